@@ -1,0 +1,83 @@
+"""The shared command line of every job: `--config PRESET [key=value ...] [--metrics-out PATH]`.
+
+    sys.exit(job_main(RegressConfig, run_regress, __doc__))
+
+`run(cfg, args)` returns the final metrics dict (with `mlflow_run_id`). User errors
+(`landmarks.errors.UserError`) become one line on stderr and a non-zero exit code:
+2 for config errors, 1 for other bad input; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .config import load_config, valid_keys
+from .errors import UserError
+from .progress import write_metrics
+
+
+@dataclass
+class JobArgs:
+    config_path: str | None
+    metrics_out: str | None
+    verbose: bool
+
+
+def build_parser(description: str | None, config_cls: type) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=(description or "").strip().splitlines()[0] if description else None,
+        epilog="keys: " + ", ".join(valid_keys(config_cls)),
+    )
+    parser.add_argument("--config", help="YAML preset (jobs/configs/*.yaml)")
+    parser.add_argument("--metrics-out", help="write the final metrics as one JSON object here")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and MLflow's own logs")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=0.01")
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for noisy in ("mlflow", "alembic", "ray", "urllib3", "botocore"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+
+
+def job_main(config_cls: type, run: Callable[[Any, JobArgs], dict], description: str | None = None,
+             argv: list[str] | None = None) -> int:
+    parser = build_parser(description, config_cls)
+    ns = parser.parse_args(argv)
+    setup_logging(ns.verbose)
+    args = JobArgs(ns.config, ns.metrics_out, ns.verbose)
+    try:
+        cfg = load_config(config_cls, ns.config, ns.overrides)
+        metrics = run(cfg, args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    write_metrics(args.metrics_out, metrics)
+    return 0
+
+
+def print_summary(title: str, metrics: dict[str, Any]) -> None:
+    """The last lines of a job: its headline numbers, then the MLflow run and links."""
+    from .tracking import run_links
+
+    shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in metrics.items() if k != "mlflow_run_id")
+    print(f"{title}: {shown}", flush=True)
+    if metrics.get("mlflow_run_id"):
+        for line in run_links(metrics["mlflow_run_id"]):
+            print(line, flush=True)

@@ -1,0 +1,260 @@
+"""All MLflow calls live here.
+
+A job creates (or resumes) one run on the driver with `start_run`, hands the run id to
+its Ray workers, and rank 0 re-attaches with `RunLogger(run_id)`: every other rank gets
+a disabled logger, so nothing is logged twice. We use `MlflowClient` with explicit run
+ids instead of the fluent API's global "active run", because Ray Tune trials and Train
+workers share a process with other runs.
+
+Tracking URI: `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` with artifacts in
+`<cwd>/mlartifacts`: what `mlflow ui`, started in the same directory, opens by default.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import UserError
+
+SECRET_WORDS = ("secret", "password", "token", "access_key")
+REDACTED = "***"
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+def tracking_uri() -> str:
+    """The tracking URI every process of a job uses (absolute, so Ray workers agree)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB}"
+
+
+def _client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def redact(params: dict[str, Any]) -> dict[str, Any]:
+    """Replace the value of any key that looks like a credential."""
+    return {k: (REDACTED if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in params.items()}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def get_or_create_experiment(name: str, uri: str | None = None) -> str:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    location = None
+    if (uri or tracking_uri()).startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
+        location = (Path.cwd().resolve() / DEFAULT_ARTIFACTS / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another trial
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class RunLogger:
+    """Logs to one MLflow run. Disabled (all calls no-ops) where `enabled` is False, e.g. rank != 0."""
+
+    def __init__(self, run_id: str | None, enabled: bool = True, uri: str | None = None):
+        self.run_id = run_id
+        self.enabled = bool(enabled and run_id)
+        self.uri = uri or tracking_uri()
+        self._client = _client(self.uri) if self.enabled else None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log (flattened, redacted) params; on a resumed run, params already there are skipped."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        existing = self._client.get_run(self.run_id).data.params
+        flat = redact(flatten(params))
+        new = [Param(k, str(v)[:6000]) for k, v in flat.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self._client.log_batch(self.run_id, params=new[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if items:
+            self._client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in redact(tags).items() if v is not None]
+        if items:
+            self._client.log_batch(self.run_id, tags=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            path = Path(path)
+            if path.is_dir():
+                self._client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        if self.enabled:
+            self._client.log_dict(self.run_id, data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        if self.enabled:
+            self._client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_torch_model(self, model: Any, name: str = "model") -> None:
+        """An `mlflow.pytorch` model in this run (loadable with mlflow.pytorch.load_model)."""
+        if not self.enabled:
+            return
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            mlflow.pytorch.log_model(model, name=name)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            self._client.set_terminated(self.run_id, status=status)
+
+    def fail(self, message: str) -> None:
+        """Mark the run failed with a one-line error tag (and nothing else)."""
+        if self.enabled:
+            self.set_tags({"error": message[:5000]})
+            self._client.set_terminated(self.run_id, status="FAILED")
+
+
+def start_run(
+    experiment: str,
+    run_name: str | None,
+    tags: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> RunLogger:
+    """Create a run (or resume `run_id`) in `experiment`, tagged with the git commit.
+
+    Returns a RunLogger for the driver. Tags with value None are dropped.
+    """
+    client = _client()
+    if run_id:
+        run = get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+        logger = RunLogger(run.info.run_id)
+    else:
+        exp_id = get_or_create_experiment(experiment)
+        all_tags = {"git_commit": git_commit()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags.update({k: v for k, v in (tags or {}).items() if v is not None})
+        run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in redact(all_tags).items()})
+        logger = RunLogger(run.info.run_id)
+    return logger
+
+
+def get_run(run_id: str):
+    """The MLflow run, or a UserError saying it does not exist at this tracking URI."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"MLflow run {run_id!r} does not exist at {safe_uri(tracking_uri())}") from None
+
+
+def download_artifact(run_id: str, artifact_path: str, dst: str | Path | None = None) -> Path:
+    """Download one artifact of a run to a local path (a temp dir by default)."""
+    from mlflow.exceptions import MlflowException
+
+    get_run(run_id)
+    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="landmarks-artifact-"))
+    try:
+        path = _client().download_artifacts(run_id, artifact_path, str(dst))
+    except (MlflowException, OSError) as err:
+        raise UserError(f"MLflow run {run_id} has no artifact {artifact_path!r}: {err}") from None
+    return Path(path)
+
+
+def search_runs(experiment: str, filter_string: str = "", max_results: int = 5000) -> list:
+    """All runs of an experiment (empty list if the experiment does not exist)."""
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string, max_results=min(max_results, 1000),
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token or len(runs) >= max_results:
+            return runs
+
+
+def safe_uri(uri: str) -> str:
+    """A URI with any user:password@ part removed, for messages."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return uri
+
+
+def run_links(run_id: str) -> list[str]:
+    """Human-readable lines: the run id, and UI links when the tracking URI is an http server."""
+    uri = tracking_uri()
+    lines = [f"MLflow run id: {run_id}"]
+    if uri.startswith(("http://", "https://")):
+        run = _client().get_run(run_id)
+        base = safe_uri(uri).rstrip("/")
+        exp = run.info.experiment_id
+        lines.append(f"MLflow run:  {base}/#/experiments/{exp}/runs/{run_id}")
+        lines.append(f"MLflow runs: {base}/#/experiments/{exp}/runs")
+    else:
+        lines.append(f"Open the UI: mlflow ui --backend-store-uri {safe_uri(uri)}  (then http://127.0.0.1:5000)")
+    return lines
+
+
+def log_lines(lines: Iterable[str]) -> None:
+    import sys
+
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
