@@ -67,7 +67,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         if target == "local":
             # A local instance is started for this process; size it to the machine.
             os.environ.pop("RAY_ADDRESS", None)
-            kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+            # The dashboard also serves the State API that Ray Train's placement-group cleaner polls.
+            kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count())
             if num_gpus is not None:
                 kwargs["num_gpus"] = num_gpus
         else:

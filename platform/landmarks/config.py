@@ -57,6 +57,7 @@ class RayConfig(Section):
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: use GPUs when the cluster has them")
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(1.0, gt=0.0, le=8.0, description="GPU share per worker when use_gpu")
+    wait_for_resources: bool = Field(False, description="do not refuse requests the cluster cannot place now")
 
 
 class MlflowConfig(Section):

@@ -151,7 +151,9 @@ class RunLogger:
 
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            mlflow.pytorch.log_model(model, name=name)
+            # "pickle": loadable wherever `landmarks` is installed; "pt2" would need an input example
+            # and a torch.export trace of every model we log.
+            mlflow.pytorch.log_model(model, name=name, serialization_format="pickle")
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import (
     AnnotationsMixin,
@@ -69,13 +69,10 @@ class PretrainConfig(Section):
         return self
 
 
-class EvalRay(Section):
-    """Resources of one evaluation job (a Ray task, or a Tune trial)."""
-
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (projector / fine-tuning only)")
-    use_gpu: bool | Literal["auto"] = "auto"
-    cpus_per_worker: float = Field(1.0, gt=0.0)
-    gpus_per_worker: float = Field(1.0, gt=0.0, le=8.0, description="may be a fraction, e.g. 0.25")
+class EvalRay(RayConfig):
+    """Resources of one evaluation job (a Ray task, or a Tune trial); `gpus_per_worker` may be a
+    fraction (e.g. 0.25) so several trials share a GPU. `num_workers` > 1 only for the jobs that
+    scale out with Ray Train (projector, fine-tuning)."""
 
 
 class FeatureCacheConfig(Section):
@@ -103,8 +100,21 @@ class EvalCommon(AnnotationsMixin):
     layers: int = Field(4, ge=1, le=4, description="hypercolumn stages (layer4..layer1)")
 
 
+class RegressTrain(EvalTrain):
+    samples_per_epoch: int | Literal["auto"] = Field(
+        "auto", description="auto: 1000 for limited face budgets (official --repeat --num_per_epoch 1000), "
+        "else one pass over the annotated images")
+
+    @field_validator("samples_per_epoch")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("samples_per_epoch must be a positive integer or 'auto'")
+        return v
+
+
 class RegressConfig(EvalCommon):
-    train: EvalTrain = EvalTrain()
+    train: RegressTrain = RegressTrain()
     tps_augment: bool | Literal["auto"] = Field("auto", description="auto: on for limited face budgets")
     mlflow: MlflowConfig = MlflowConfig(experiment="regress")
 
@@ -133,6 +143,12 @@ class MatchConfig(Section):
     layers: int = Field(4, ge=1, le=4)
     split: str = "test"
     seed: int = 0
+    warp: Literal["match", "pair"] = Field(
+        "match", description="TPS strength of same-identity pairs: match = half of pair, both images warped "
+        "(contrast-landmark MAFLAligned(pair_image=True)); pair = the equivariance-loss PAIR preset")
+    descriptor_size: int | None = Field(
+        None, ge=1, description="side of the descriptor maps; None: the input size (official val_out_size 96)")
+    batch_size: int = Field(32, ge=2, description="images per forward pass (even: consecutive pairs)")
     mlflow: MlflowConfig = MlflowConfig(experiment="match")
 
 

@@ -1,0 +1,108 @@
+"""Canonical crop + resize of an image with its keypoints and mask (numpy + PIL).
+
+Coordinate convention, used by every converter and stored in the Parquet shards:
+
+* a keypoint (x, y) is in pixels with **pixel centres at integer coordinates**:
+  pixel column i covers [i - 0.5, i + 0.5), so (0, 0) is the centre of the
+  top-left pixel;
+* a crop box (left, top, width, height) is in **pixel-edge coordinates**, like
+  PIL's boxes: (0, 0, w, h) is the whole w x h image, and the box may be
+  fractional and may leave the image (zero padding there);
+* cropping the box and resizing it to out_size = (W, H) moves a keypoint by
+
+      x' = (x - left + 0.5) * W / width  - 0.5
+      y' = (y - top  + 0.5) * H / height - 0.5
+
+  which is the exact continuous map between the two pixel grids (it sends the
+  box's left edge, x = left - 0.5, to the output's left edge, x' = -0.5).
+
+Images are resized with PIL's bilinear filter, which widens its support when
+downscaling (antialiased); masks with nearest neighbour, so they stay binary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+Box = tuple[float, float, float, float]  # (left, top, width, height), pixel-edge coordinates
+
+
+def crop_resize(
+    image_hw3: np.ndarray,
+    box: Box,
+    out_size: tuple[int, int],
+    keypoints_k2: np.ndarray | None = None,
+    mask_hw: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Crop `box` out of an image (zero-padded where it leaves the image) and resize it.
+
+    Args:
+        image_hw3: (H, W, 3) uint8 RGB image.
+        box: (left, top, width, height) in pixel-edge coordinates, width and height > 0.
+        out_size: (W_out, H_out) of the result.
+        keypoints_k2: optional (K, 2) keypoints, x then y, pixel-centre coordinates.
+        mask_hw: optional (H, W) uint8 mask with the image's height and width.
+
+    Returns:
+        image (H_out, W_out, 3) uint8; keypoints (K, 2) float64 moved by the map in the
+        module docstring (None if not given); mask (H_out, W_out) uint8 (None if not given).
+    """
+    left, top, width, height = (float(v) for v in box)
+    out_w, out_h = int(out_size[0]), int(out_size[1])
+    if not (width > 0 and height > 0 and math.isfinite(left) and math.isfinite(top)):
+        raise ValueError(f"crop box must be finite with positive size, got {box}")
+    if out_w <= 0 or out_h <= 0:
+        raise ValueError(f"out_size must be positive, got {out_size}")
+    if image_hw3.ndim != 3 or image_hw3.shape[2] != 3 or image_hw3.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image_hw3.shape} {image_hw3.dtype}")
+
+    # Bilinear downscaling reads up to `scale` pixels beyond the box: keep real pixels (or
+    # zeros) there so that the result does not depend on where the box sits in the image.
+    margin = math.ceil(max(width / out_w, height / out_h, 1.0)) + 1
+    image = _resize_box(image_hw3, left, top, width, height, out_w, out_h, margin, Image.Resampling.BILINEAR)
+
+    keypoints = None
+    if keypoints_k2 is not None:
+        kps = np.asarray(keypoints_k2, dtype=np.float64).reshape(-1, 2)
+        keypoints = np.empty_like(kps)
+        keypoints[:, 0] = (kps[:, 0] - left + 0.5) * (out_w / width) - 0.5
+        keypoints[:, 1] = (kps[:, 1] - top + 0.5) * (out_h / height) - 0.5
+
+    mask = None
+    if mask_hw is not None:
+        if mask_hw.shape != image_hw3.shape[:2]:
+            raise ValueError(f"mask {mask_hw.shape} does not match image {image_hw3.shape[:2]}")
+        mask = _resize_box(
+            mask_hw.astype(np.uint8), left, top, width, height, out_w, out_h, 0, Image.Resampling.NEAREST
+        )
+    return image, keypoints, mask
+
+
+def _resize_box(
+    array: np.ndarray,
+    left: float,
+    top: float,
+    width: float,
+    height: float,
+    out_w: int,
+    out_h: int,
+    margin: int,
+    resample: int,
+) -> np.ndarray:
+    """Resize the box of `array` ((H, W) or (H, W, 3) uint8) to (out_h, out_w), zero-padded."""
+    x0, y0 = math.floor(left) - margin, math.floor(top) - margin
+    x1, y1 = math.ceil(left + width) + margin, math.ceil(top + height) + margin
+    h, w = array.shape[:2]
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        canvas = array[y0:y1, x0:x1]
+    else:
+        canvas = np.zeros((y1 - y0, x1 - x0) + array.shape[2:], dtype=array.dtype)
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if sx0 < sx1 and sy0 < sy1:
+            canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = array[sy0:sy1, sx0:sx1]
+    pil = Image.fromarray(np.ascontiguousarray(canvas))
+    rel = (left - x0, top - y0, left - x0 + width, top - y0 + height)
+    return np.asarray(pil.resize((out_w, out_h), resample, box=rel))

@@ -1,0 +1,241 @@
+"""Where an evaluation job's frozen backbone and projector come from (`backbone.source`, `projector.source`).
+
+    backbone, info = load_backbone(cfg.backbone.source, cfg.model.backbone, seed=cfg.train.seed)
+    projector = load_projector(cfg.projector.source, info["fingerprint"], in_channels)
+
+`backbone.source` is one of
+- ``random``: torchvision's initialisation, seeded (Table 4/5 "random init"),
+- an MLflow run id of a pretraining run: its artifacts ``backbone/backbone.pt`` + ``backbone/meta.json``
+  (written by `landmarks.train.pretrain.save_backbone`),
+- a Ray Train checkpoint directory (``state.pt`` with the MoCo state dict + ``meta.json``), local or s3://,
+- a ``.pt``/``.pth`` file: our ``backbone.pt`` (a ``meta.json`` beside it is checked) or a local
+  torchvision ImageNet weights file (Table 4/5 "ImageNet"; nothing is downloaded).
+
+`info["fingerprint"]` hashes the weights that shape the dense features (the MoCo head is left
+out), so two sources with the same weights share one feature cache entry. `info["init"]` is
+``random``, ``pretrained`` or ``imagenet``: the MLflow tag reports and tables group by.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import storage, tracking
+from ..errors import UserError
+from ..models import Projector, ResNetBackbone, build_backbone, load_backbone_weights
+from .checkpoint import META, STATE
+
+# torchvision ImageNet normalisation (torchvision.models ResNet50_Weights transforms).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def fingerprint(backbone: torch.nn.Module) -> str:
+    """SHA-256 (first 24 hex digits) of the architecture name and every non-head tensor."""
+    digest = hashlib.sha256(str(getattr(backbone, "name", type(backbone).__name__)).encode())
+    for key, tensor in sorted(backbone.state_dict().items()):
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            continue  # the MoCo head does not touch the dense features
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _looks_like_path(source: str) -> bool:
+    return "/" in source or os.sep in source or source.endswith((".pt", ".pth", ".tar")) or source.startswith(".")
+
+
+def _random(name: str, seed: int) -> ResNetBackbone:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_backbone(name)
+
+
+def _check_meta(meta: dict, name: str, where: str) -> None:
+    got = meta.get("backbone")
+    if got and got != name:
+        raise UserError(f"backbone.source {where} holds a {got!r} backbone but model.backbone={name!r}; "
+                        f"set model.backbone={got} or use a {name} checkpoint")
+
+
+def _load_weights(backbone: ResNetBackbone, weights: Any, where: str) -> None:
+    try:
+        load_backbone_weights(backbone, weights)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"backbone.source {where}: {err}") from None
+
+
+def _local_copy(uri: str) -> Path:
+    """An s3:// checkpoint directory or file, copied to a temp dir (local paths are returned as is)."""
+    if not storage.is_s3(uri):
+        return Path(uri)
+    tmp = Path(tempfile.mkdtemp(prefix="landmarks-backbone-"))
+    files = storage.list_files(uri)
+    if not files:  # a single object
+        (tmp / Path(uri).name).write_bytes(storage.read_bytes(uri))
+        return tmp / Path(uri).name
+    for rel in files:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(storage.read_bytes(storage.join(uri, rel)))
+    return tmp
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable meta.json ({err})") from None
+
+
+def _torch_load(path: Path, where: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle / zip errors of a file that is not a weights file
+        raise UserError(f"backbone.source {where}: cannot read {path.name} as PyTorch weights ({err})") from None
+
+
+def _is_imagenet(state: Any) -> bool:
+    """torchvision ImageNet files end in a 1000-way classifier."""
+    w = state.get("fc.weight") if isinstance(state, dict) else None
+    return isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] == 1000
+
+
+def _from_path(source: str, name: str) -> tuple[ResNetBackbone, dict]:
+    exists = storage.exists(source) if storage.is_s3(source) else os.path.exists(source)
+    if not exists:
+        raise UserError(f"backbone.source: no such checkpoint file or directory: {storage.redact(source)} "
+                        "(expected 'random', an MLflow run id, a Ray checkpoint dir, or a .pt/.pth file)")
+    path = _local_copy(source)
+    if path.is_dir():
+        if not (path / STATE).is_file():
+            raise UserError(f"backbone.source {source}: directory has no {STATE} (not a Ray Train checkpoint)")
+        meta = _read_meta(path / META)
+        _check_meta(meta, name, source)
+        state = _torch_load(path / STATE, source)
+        backbone = build_backbone(name, low_dim=int(meta.get("low_dim", 128)))
+        _load_weights(backbone, state.get("model", state) if isinstance(state, dict) else state, source)
+        return backbone, {"init": "pretrained", "type": "checkpoint", "meta": meta}
+    meta = _read_meta(path.parent / META) if path.name == "backbone.pt" else {}
+    _check_meta(meta, name, source)
+    state = _torch_load(path, source)
+    backbone = build_backbone(name, low_dim=int(meta.get("low_dim", 128)))
+    _load_weights(backbone, state, source)
+    init = "imagenet" if not meta and _is_imagenet(state) else "pretrained"
+    return backbone, {"init": init, "type": "imagenet_file" if init == "imagenet" else "file", "meta": meta}
+
+
+def _from_run(run_id: str, name: str) -> tuple[ResNetBackbone, dict]:
+    tracking.get_run(run_id)  # UserError: MLflow run ... does not exist
+    try:
+        directory = tracking.download_artifact(run_id, "backbone")
+    except UserError:
+        raise UserError(f"backbone.source: MLflow run {run_id} has no 'backbone' artifact; is it a "
+                        "pretraining run (jobs/pretrain.py) that finished?") from None
+    meta = _read_meta(directory / META)
+    _check_meta(meta, name, f"(MLflow run {run_id})")
+    backbone = build_backbone(name, low_dim=int(meta.get("low_dim", 128)))
+    _load_weights(backbone, _torch_load(directory / "backbone.pt", run_id), f"(MLflow run {run_id})")
+    return backbone, {"init": "pretrained", "type": "mlflow_run", "mlflow_run_id": run_id, "meta": meta}
+
+
+def load_backbone(source: str, backbone_name: str, seed: int = 0) -> tuple[ResNetBackbone, dict]:
+    """The frozen backbone named by `source` (module docstring), in eval mode on the CPU.
+
+    Returns (backbone, info) with info keys: source, type, init, backbone, fingerprint,
+    normalization ("imagenet" for ImageNet weights, else "dataset": the eval dataset's mean/std),
+    meta (the checkpoint's meta.json, possibly empty), mlflow_run_id (for a run id).
+
+    Raises:
+        UserError: unknown run id, missing path, unreadable file, or weights of another backbone.
+    """
+    source = (source or "").strip()
+    if source == "random":
+        backbone, info = _random(backbone_name, seed), {"init": "random", "type": "random", "meta": {}, "seed": seed}
+    elif _looks_like_path(source) or os.path.exists(source):
+        backbone, info = _from_path(source, backbone_name)
+    elif source:  # anything else names an MLflow run (ids are 32 hex digits)
+        backbone, info = _from_run(source, backbone_name)
+    else:
+        raise UserError("backbone.source is empty: pass 'random', an MLflow run id, or a checkpoint path")
+    info.update(source=source, backbone=backbone_name, fingerprint=fingerprint(backbone),
+                normalization="imagenet" if info["init"] == "imagenet" else "dataset")
+    return backbone.eval(), info
+
+
+# ----------------------------------------------------------------------------- projector
+
+
+def _projector_state(raw: Any, where: str) -> dict[str, torch.Tensor]:
+    state = raw
+    while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        inner = next((state[k] for k in ("state_dict", "projector", "model") if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            raise UserError(f"projector.source {where}: no projector weights found (keys {sorted(state)[:10]})")
+        state = inner
+    if not isinstance(state, dict):
+        raise UserError(f"projector.source {where}: expected a state dict, got {type(state).__name__}")
+    weights = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() == 4}
+    if len(weights) != 1:
+        raise UserError(f"projector.source {where}: expected one 1x1 conv weight, found {sorted(weights)}")
+    key = next(iter(weights))
+    bias = state.get(key[: -len("weight")] + "bias")
+    return {"proj.weight": weights[key], **({"proj.bias": bias} if bias is not None else {})}
+
+
+def _projector_files(source: str) -> tuple[Path, dict, str]:
+    """(weights file, meta, description) for a run id, a directory or a file."""
+    if source and not _looks_like_path(source) and not os.path.exists(source):
+        tracking.get_run(source)
+        try:
+            directory = tracking.download_artifact(source, "projector")
+        except UserError:
+            raise UserError(f"projector.source: MLflow run {source} has no 'projector' artifact; is it a "
+                            "jobs/train_projector.py run that finished?") from None
+        return directory / "projector.pt", _read_meta(directory / META), f"(MLflow run {source})"
+    path = _local_copy(source)
+    if not path.exists():
+        raise UserError(f"projector.source: no such file or directory: {source}")
+    if path.is_dir():
+        path = path / "projector.pt"
+        if not path.is_file():
+            raise UserError(f"projector.source {source}: directory has no projector.pt")
+    return path, _read_meta(path.parent / META), source
+
+
+def load_projector(source: str, backbone_fingerprint: str, in_channels: int,
+                   backbone_name: str | None = None) -> Projector:
+    """The trained 1x1 projector named by `source` (an MLflow run id of jobs/train_projector.py, a
+    directory with projector.pt + meta.json, or a projector.pt file), in eval mode on the CPU.
+
+    meta.json ({"backbone_fingerprint", "backbone", "dim", "in_channels", "layers"}) is checked
+    against this job's backbone: a projector trained on other weights is a UserError.
+    """
+    if not source:
+        raise UserError("representation=projected needs projector.source (an MLflow run id of "
+                        "jobs/train_projector.py, or a projector.pt file)")
+    path, meta, where = _projector_files(source)
+    trained_on = meta.get("backbone_fingerprint")
+    if trained_on and trained_on != backbone_fingerprint:
+        named = f" ({meta['backbone']})" if meta.get("backbone") else ""
+        raise UserError(f"projector.source {where} was trained on another backbone{named}, weights "
+                        f"{trained_on[:12]}, but backbone.source gives weights {backbone_fingerprint[:12]}"
+                        f"{f' ({backbone_name})' if backbone_name else ''}; use the projector trained on this "
+                        "backbone, or the backbone.source it was trained on")
+    state = _projector_state(_torch_load(path, where), where)
+    dim, got_in = state["proj.weight"].shape[:2]
+    if got_in != in_channels or tuple(state["proj.weight"].shape[2:]) != (1, 1):
+        raise UserError(f"projector.source {where} maps {got_in} channels (layers={meta.get('layers', '?')}) but "
+                        f"this representation has {in_channels}; match `layers` and model.backbone to the projector")
+    state.setdefault("proj.bias", torch.zeros(int(dim)))
+    projector = Projector(in_channels, int(dim))
+    projector.load_state_dict(state)
+    projector.meta = dict(meta, source=source)
+    return projector.eval()

@@ -1,0 +1,78 @@
+"""Checkpoints: what a training checkpoint holds, and finding the latest one of a run.
+
+A checkpoint is a directory with
+    state.pt    tensors and plain containers only (loads with torch.load(weights_only=True)):
+                {"model": MoCo/model state_dict, "optimizer": ..., "epoch": int, "step": int}
+    meta.json   {"epoch", "step", "backbone", "low_dim", "mlflow_run_id", "dataset", ...}
+Ray Train copies it to `RunConfig(storage_path)/<name>/checkpoint_*` (local or s3://). The
+schedule is a pure function of the step, so no scheduler object is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import storage
+from ..errors import UserError
+
+STATE = "state.pt"
+META = "meta.json"
+
+
+def save_checkpoint_dir(state: dict[str, Any], meta: dict[str, Any], directory: str | Path | None = None) -> Path:
+    """Write state.pt + meta.json into `directory` (a new temp dir by default); returns it."""
+    directory = Path(directory or tempfile.mkdtemp(prefix="landmarks-ckpt-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(state, directory / STATE)
+    (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory
+
+
+def load_checkpoint_dir(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+    directory = Path(directory)
+    state = torch.load(directory / STATE, map_location=map_location, weights_only=True)
+    meta = json.loads((directory / META).read_text()) if (directory / META).exists() else {}
+    return state, meta
+
+
+def run_dir(storage_path: str, name: str) -> str:
+    return storage.join(absolute_storage(storage_path), name)
+
+
+def absolute_storage(storage_path: str) -> str:
+    """Ray Train wants an absolute local path or a URI."""
+    if "://" in storage_path:
+        return storage_path
+    return os.path.abspath(storage_path)
+
+
+def latest_checkpoint(storage_path: str, name: str) -> tuple[str, dict] | None:
+    """(uri, meta) of the newest checkpoint Ray Train kept for run `name`, or None.
+
+    Ray names checkpoint dirs `checkpoint_<timestamp>`, which sort by time.
+    """
+    root = run_dir(storage_path, name)
+    metas = sorted(
+        rel for rel in storage.list_files(root, recursive=True)
+        if rel.startswith("checkpoint_") and rel.count("/") == 1 and rel.endswith("/" + META)
+    )
+    if not metas:
+        return None
+    latest = metas[-1]
+    return storage.join(root, latest.split("/")[0]), storage.read_json(storage.join(root, latest))
+
+
+def check_compatible(meta: dict, backbone: str, where: str) -> None:
+    """A checkpoint from another backbone cannot be resumed or evaluated as this one."""
+    got = meta.get("backbone")
+    if got and got != backbone:
+        raise UserError(
+            f"checkpoint {where} is from backbone {got!r} but model.backbone={backbone!r}; "
+            f"set model.backbone={got} or use another mlflow.run_name / checkpoint"
+        )

@@ -1,0 +1,137 @@
+"""MoCo pretraining, the driver side: validate, connect, build the TorchTrainer, log the result.
+
+    python jobs/pretrain.py --config jobs/configs/pretrain_synthetic_cpu.yaml data.path=...
+
+Rerunning with the same `mlflow.run_name` (the Ray Train run name) resumes from the latest
+checkpoint under `checkpoint.storage_path` and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .. import tracking
+from ..cli import JobArgs, print_summary
+from ..cluster import connect
+from ..config import to_flat_dict
+from ..errors import UserError
+from .checkpoint import absolute_storage, check_compatible, latest_checkpoint, load_checkpoint_dir
+from .configs import PretrainConfig
+from .data_source import open_manifest
+from .ray_setup import check_resources, resolve_use_gpu, scaling_config
+
+
+def run_name(cfg: PretrainConfig, dataset: str) -> str:
+    return cfg.mlflow.run_name or f"pretrain-{dataset}-{cfg.model.backbone}-s{cfg.train.seed}"
+
+
+def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
+    # 1. Everything that can be checked before work starts.
+    manifest = open_manifest(cfg.data.path, "train", need_landmarks=False)
+    if cfg.moco.queue_size % cfg.train.batch_size:
+        raise UserError(f"moco.queue_size={cfg.moco.queue_size} must be a multiple of train.batch_size="
+                        f"{cfg.train.batch_size} (MoCo enqueues whole global batches)")
+    train_rows = int(manifest.splits["train"].rows * cfg.data.fraction)
+    if train_rows < cfg.train.batch_size:
+        raise UserError(f"{cfg.data.path}: the train split has {train_rows} rows (x data.fraction), fewer than "
+                        f"one batch of train.batch_size={cfg.train.batch_size}")
+    name = run_name(cfg, manifest.name)
+    previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
+    if previous:
+        check_compatible(previous[1], cfg.model.backbone, previous[0])
+
+    resources = connect(verbose=args.verbose)
+    use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
+    check_resources(cfg.ray, use_gpu, resources, "pretraining")
+
+    # 2. The MLflow run: new, or the one the checkpoint belongs to.
+    run_id = previous[1].get("mlflow_run_id") if previous else None
+    tags = {"job": "pretrain", "dataset": manifest.name, "backbone": cfg.model.backbone, "seed": cfg.train.seed,
+            "data_fraction": cfg.data.fraction, "image_size": cfg.data.image_size}
+    logger = tracking.start_run(cfg.mlflow.experiment, name, tags=tags, run_id=run_id)
+    logger.log_params(to_flat_dict(cfg))
+    if previous:
+        print(f"[pretrain] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)", flush=True)
+
+    try:
+        result = _fit(cfg, name, manifest, use_gpu, logger.run_id, train_rows)
+    except Exception as err:
+        logger.fail(f"{type(err).__name__}: {err}")
+        raise
+    return _finish(cfg, result, logger, manifest.name)
+
+
+def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..data import read_dataset
+    from .pretrain_loop import train_loop_per_worker
+
+    dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False)
+    dataset = dataset.randomize_block_order(seed=cfg.train.seed)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
+            "mean": list(manifest.mean), "std": list(manifest.std), "train_rows": train_rows,
+            "dataset": manifest.name,
+            # Views keep the manifest's eval border in proportion (20 px of 136 for 96 px faces).
+            "border": round(manifest.border * cfg.data.image_size / manifest.input_size),
+        },
+        scaling_config=scaling_config(cfg.ray, use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=absolute_storage(cfg.checkpoint.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets={"train": dataset},
+    )
+    try:
+        return trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; surface the cause in one line
+        from ray.train import TrainingFailedError
+
+        if isinstance(err, TrainingFailedError):
+            raise UserError(f"pretraining failed: {str(err).strip().splitlines()[-1]}") from err
+        raise
+
+
+def _finish(cfg: PretrainConfig, result, logger: tracking.RunLogger, dataset: str) -> dict:
+    """Log the final backbone (weights + an mlflow.pytorch model) and the last checkpoint."""
+    from .pretrain_loop import build_moco
+
+    if result.checkpoint is None:
+        raise UserError("pretraining ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state, meta = load_checkpoint_dir(d)
+        logger.log_artifact(d, "checkpoint")
+    moco = build_moco(cfg)
+    moco.load_state_dict(state["model"])
+    backbone = moco.encoder_q.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_backbone(backbone, {**meta, "dataset": dataset}, Path(tmp))
+        logger.log_artifact(Path(tmp), "backbone")
+    logger.log_torch_model(backbone, name="backbone_model")
+    logger.set_tags({"checkpoint_uri": result.checkpoint.path})
+    loss = float(result.metrics.get("loss", meta.get("loss", float("nan"))))
+    logger.log_metrics({"final_loss": loss}, step=int(meta.get("step", 0)))
+    logger.finish()
+    metrics = {"loss": loss, "epochs": int(meta["epoch"]) + 1, "mlflow_run_id": logger.run_id,
+               "checkpoint": result.checkpoint.path}
+    print_summary("pretrain", metrics)
+    return metrics
+
+
+def save_backbone(backbone: torch.nn.Module, meta: dict, directory: Path) -> Path:
+    """backbone.pt (state dict, weights-only loadable) + meta.json; what evaluation jobs load."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, directory / "backbone.pt")
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory / "backbone.pt"

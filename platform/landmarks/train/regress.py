@@ -1,0 +1,285 @@
+"""Landmark regression on a frozen representation (SPEC "Regressor"; Tables 1, 5, 7, 8).
+
+    python jobs/regress.py --config jobs/configs/regress_mafl.yaml backbone.source=<pretrain run id>
+
+A `LandmarkRegressor` (50 soft-argmax points per landmark, then a linear map) is trained on the
+frozen hypercolumn / conv4 / projected map of the train split (or an `annotations`-sized
+seeded subset of it) and scored on the test split: inter-ocular error (faces) or PCK@0.05 (CUB,
+whose epoch is chosen on the val split). Without augmentation the backbone's stage outputs come
+from the feature cache (`landmarks.features`); with TPS augmentation (limited face budgets,
+`tps_augment=auto`) each batch is warped and passed through the backbone afresh.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..augment.tps import AUGMENT, tps_augment
+from ..augment.views import normalize, to_float_images
+from ..cli import JobArgs, print_summary
+from ..data.budgets import CUB_BUDGETS, budget_indices, cub_budget_ids
+from ..data.manifest import Manifest
+from ..errors import UserError
+from ..features import FeatureSet, feature_size, load_split
+from ..losses import masked_smooth_l1
+from ..metrics import inter_ocular_error, pck
+from ..models import LandmarkRegressor, normalized_to_pixels, pixels_to_normalized, soft_argmax
+from ..progress import Progress
+from ..tracking import RunLogger
+from .configs import RegressConfig
+from .data_source import open_manifest
+from .eval_job import (Representation, absolute_paths, linear_over_blocks, load_representation, pick_device,
+                       run_logged, split_image_ids)
+from .schedules import cosine_lr, set_lr
+
+# Paper Sec. 4 / official README (eval_face.py, eval_animal.py command lines).
+FULL_LR, FULL_WD = 1e-3, 5e-4
+LIMITED_FACE_LR, LIMITED_FACE_WD = 1e-2, 5e-2
+CUB_LR, CUB_WD_SMALL, CUB_WD_LARGE = 1e-2, 5e-2, 5e-3  # wd 5e-2 up to 100 annotations, 5e-3 above
+REPEAT_PER_EPOCH = 1000  # official --repeat --num_per_epoch 1000 for limited face budgets
+PCK_THRESHOLD = 0.05
+
+
+@dataclass
+class Plan:
+    """Everything checked and resolved before training starts."""
+
+    manifest: Manifest
+    rows: np.ndarray  # training rows (indices into the train split)
+    metric: str  # "iod" or "pck"
+    lr: float
+    weight_decay: float
+    tps: bool
+    samples_per_epoch: int
+    rep: Representation
+    is_cub: bool
+    tags: dict = field(default_factory=dict)
+
+
+def _train_rows(cfg: RegressConfig, manifest: Manifest, is_cub: bool) -> np.ndarray:
+    n = manifest.splits["train"].rows
+    seed = cfg.train.seed + cfg.repeat
+    if cfg.annotations == "all":
+        if cfg.data.fraction < 1.0:
+            return np.sort(budget_indices(n, max(1, round(cfg.data.fraction * n)), seed))
+        return np.arange(n)
+    if cfg.data.fraction < 1.0:
+        raise UserError("set either annotations=N or data.fraction<1 for regression, not both")
+    if cfg.annotations > n:
+        raise UserError(f"annotations={cfg.annotations} is more than the {n} rows of the train split of "
+                        f"{cfg.data.path}; use at most {n} or annotations=all")
+    if is_cub and cfg.annotations in CUB_BUDGETS:  # the official fixed subsets (Tables 6, 8)
+        ids = split_image_ids(cfg.data.path, "train")
+        where = {image_id: i for i, image_id in enumerate(ids)}
+        wanted = cub_budget_ids(cfg.annotations)
+        missing = [i for i in wanted if i not in where]
+        if missing:
+            raise UserError(f"{cfg.data.path}: {len(missing)} images of the CUB train_{cfg.annotations} list are not "
+                            f"in its train split (first: {missing[0]}); re-ingest cub with the shipped splits")
+        return np.array(sorted(where[i] for i in wanted))
+    return budget_indices(n, cfg.annotations, seed)
+
+
+def check_regression(cfg: RegressConfig) -> Plan:
+    """Validate the dataset, budget, backbone and projector; resolve the paper's 'auto' settings."""
+    manifest = open_manifest(cfg.data.path, "train", "test", need_landmarks=True)
+    is_cub_name = manifest.name == "cub"
+    if is_cub_name:
+        open_manifest(cfg.data.path, "val")
+    rows = _train_rows(cfg, manifest, is_cub_name)
+    limited = cfg.annotations != "all"
+    if is_cub_name:
+        small = cfg.annotations != "all" and cfg.annotations <= 100
+        lr, wd = CUB_LR, CUB_WD_SMALL if small else CUB_WD_LARGE
+    else:
+        lr, wd = (LIMITED_FACE_LR, LIMITED_FACE_WD) if limited else (FULL_LR, FULL_WD)
+    lr = lr if cfg.train.lr == "auto" else cfg.train.lr
+    wd = wd if cfg.train.weight_decay == "auto" else cfg.train.weight_decay
+    tps = (limited and not is_cub_name) if cfg.tps_augment == "auto" else bool(cfg.tps_augment)
+    spe = cfg.train.samples_per_epoch
+    if spe == "auto":
+        spe = max(REPEAT_PER_EPOCH, len(rows)) if limited and not is_cub_name else len(rows)
+    rep = load_representation(cfg, manifest, seed=cfg.train.seed)
+    tags = {"dataset": manifest.name, "backbone": cfg.model.backbone, "representation": cfg.representation,
+            "budget": cfg.annotations, "seed": cfg.train.seed, "repeat": cfg.repeat, "init": rep.info["init"],
+            "backbone_source": cfg.backbone.source, "projector_dim": rep.info.get("projector_dim"),
+            "image_size": cfg.data.image_size}
+    return Plan(manifest, rows, "iod" if manifest.eye_indices else "pck", float(lr), float(wd), tps, int(spe),
+                rep, is_cub_name, tags)
+
+
+def run_name(cfg: RegressConfig, plan: Plan) -> str:
+    return cfg.mlflow.run_name or (f"regress-{plan.manifest.name}-{cfg.model.backbone}-{cfg.representation}"
+                                   f"-n{cfg.annotations}-s{cfg.train.seed}-r{cfg.repeat}")
+
+
+def run_regress(cfg: RegressConfig, args: JobArgs) -> dict:
+    """The job: check everything, then train and score as one Ray task (in-process inside a Tune trial)."""
+    cfg = absolute_paths(cfg)
+    plan = check_regression(cfg)
+    resolved = {"resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay, "resolved.tps_augment": plan.tps,
+                "resolved.samples_per_epoch": plan.samples_per_epoch, "resolved.train_rows": len(plan.rows),
+                "backbone.fingerprint": plan.rep.info["fingerprint"]}
+    metrics = run_logged("regress", cfg, plan.tags, run_name(cfg, plan), evaluate_regression,
+                         getattr(args, "verbose", False), extra_params=resolved, plan=plan)
+    print_summary("regress", metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- data sources
+
+
+class Rows:
+    """Training or evaluation rows and how to get their stage outputs: from the cache, or from the
+    images through the backbone (then optionally TPS-augmented: keypoints move, may turn invisible)."""
+
+    def __init__(self, rep: Representation, image_size: int, features: FeatureSet | None = None,
+                 split: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None, augment: bool = False):
+        self.rep, self.image_size, self.features, self.augment = rep, image_size, features, augment
+        if features is not None:
+            self.index = np.arange(len(features)) if rows is None else np.asarray(rows)
+            self.keypoints, self.visible = features.keypoints[self.index], features.visible[self.index]
+            self.image_ids = features.image_ids[self.index]
+        else:
+            self.images = split["image"]
+            self.keypoints, self.visible, self.image_ids = split["keypoints"], split["visible"], split["image_id"]
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def batch(self, pos: np.ndarray, generator: torch.Generator | None = None):
+        """(stages [layer1..layer4], keypoints (B, K, 2) input px, visible (B, K)) on the device."""
+        device = self.rep.device
+        kps = torch.from_numpy(self.keypoints[pos]).to(device)
+        vis = torch.from_numpy(self.visible[pos]).to(device)
+        if self.features is not None:
+            return self.features.stage_batch(self.index[pos], device), kps, vis
+        images = torch.from_numpy(self.images[pos]).to(device)
+        if not self.augment:
+            return self.rep.stages(images), kps, vis
+        x = to_float_images(images).contiguous()
+        x, kps, vis = tps_augment(x, kps, vis, AUGMENT, generator)
+        return self.rep.stages(normalize(x, self.rep.mean, self.rep.std)), kps, vis
+
+
+def _source(cfg: RegressConfig, plan: Plan, split: str, rows: np.ndarray | None, augment: bool) -> Rows:
+    size = cfg.data.image_size
+    if cfg.features.enabled and not augment:
+        return Rows(plan.rep, size, features=plan.rep.features(cfg.data.path, split, size, cfg.features.dir), rows=rows)
+    return Rows(plan.rep, size, split=load_split(cfg.data.path, split, size, rows=rows), augment=augment)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def predict(regressor: LandmarkRegressor, rep: Representation, stages: list[torch.Tensor],
+            size: tuple[int, int]) -> torch.Tensor:
+    """Landmarks (B, K, 2), normalized, = regressor(rep.dense(stages, size)) computed block by block:
+    the heatmap conv runs at each stage's resolution (`linear_over_blocks`)."""
+    if rep.projector is not None:
+        return regressor(rep.dense(stages, size))
+    logits = linear_over_blocks(rep.stage_blocks(stages), regressor.heatmaps.weight, None, size)
+    pts = soft_argmax(logits * regressor.softmax_scale)  # (B, K*P, 2)
+    pts = pts.reshape(pts.shape[0], regressor.num_landmarks, -1)  # (B, K, 2P)
+    return torch.einsum("bki,koi->bko", pts, regressor.weight)
+
+
+@torch.no_grad()
+def predict_rows(regressor, source: Rows, size, batch_size: int = 64) -> np.ndarray:
+    """Pixel predictions (N, K, 2) for every row of `source` (no augmentation)."""
+    regressor.eval()
+    out = []
+    for start in range(0, len(source), batch_size):
+        stages, _, _ = source.batch(np.arange(start, min(start + batch_size, len(source))))
+        out.append(normalized_to_pixels(predict(regressor, source.rep, stages, size), source.image_size).cpu())
+    regressor.train()
+    return torch.cat(out).numpy()
+
+
+def score(metric: str, pred: np.ndarray, source: Rows, manifest: Manifest) -> float:
+    if metric == "iod":
+        return inter_ocular_error(pred, source.keypoints, manifest.eye_indices, visible=source.visible)
+    return pck(pred, source.keypoints, source.visible, source.image_size, threshold=PCK_THRESHOLD)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _epoch_order(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """`samples` positions: shuffled passes over the n rows (repeated when samples > n)."""
+    reps = math.ceil(samples / n)
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:samples]
+
+
+def train_epoch(regressor, optimizer, source: Rows, order: np.ndarray, batch_size: int, epoch: int,
+                epochs: int, base_lr: float, size, generator: torch.Generator) -> float:
+    steps = math.ceil(len(order) / batch_size)
+    total, count = 0.0, 0
+    for i in range(steps):
+        set_lr(optimizer, cosine_lr(base_lr, epoch + i / steps, epochs))
+        stages, kps, vis = source.batch(order[i * batch_size:(i + 1) * batch_size], generator)
+        target = pixels_to_normalized(kps, source.image_size)
+        loss = masked_smooth_l1(predict(regressor, source.rep, stages, size), target, vis)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + float(loss) * len(kps), count + len(kps)
+    return total / max(count, 1)
+
+
+def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | None = None) -> dict:
+    """Train the regressor and score it on the test split; logs to `run_logger`. Returns the metrics."""
+    plan = plan or check_regression(absolute_paths(cfg))
+    device = pick_device()
+    rep = plan.rep.to(device)
+    seed = cfg.train.seed + cfg.repeat
+    torch.manual_seed(seed)
+    size = feature_size(cfg.data.image_size)
+    train = _source(cfg, plan, "train", plan.rows, augment=plan.tps)
+    test = _source(cfg, plan, "test", None, augment=False)
+    val = _source(cfg, plan, "val", None, augment=False) if plan.is_cub else None
+    run_logger.set_tags({f"features.{name}": ("hit" if s.features.hit else "miss") if s.features else "off"
+                         for name, s in (("train", train), ("test", test), ("val", val)) if s is not None})
+
+    regressor = LandmarkRegressor(rep.channels, plan.manifest.K).to(device)
+    optimizer = torch.optim.Adam(regressor.parameters(), lr=plan.lr, betas=(cfg.train.adam_beta1, 0.999),
+                                 weight_decay=plan.weight_decay)
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    batch_size = min(cfg.train.batch_size, plan.samples_per_epoch)
+    bar = Progress(cfg.train.epochs, "regress", every=5.0)
+    best = (-math.inf, -1, None)  # (val pck, epoch, state) for CUB
+    for epoch in range(cfg.train.epochs):
+        t0 = time.perf_counter()
+        order = _epoch_order(len(train), plan.samples_per_epoch, rng)
+        loss = train_epoch(regressor, optimizer, train, order, batch_size, epoch, cfg.train.epochs, plan.lr,
+                           size, generator)
+        logged = {"train_loss": loss, "images_per_sec": len(order) / (time.perf_counter() - t0)}
+        if val is not None:
+            logged["val_pck"] = score("pck", predict_rows(regressor, val, size), val, plan.manifest)
+            if logged["val_pck"] > best[0]:
+                best = (logged["val_pck"], epoch, copy.deepcopy(regressor.state_dict()))
+        run_logger.log_metrics(logged, step=epoch)
+        bar.update(1, loss=loss, **({"val_pck": logged["val_pck"]} if val is not None else {}))
+
+    metrics: dict[str, Any] = {"train_loss": loss, "epochs": cfg.train.epochs}
+    if best[2] is not None:
+        regressor.load_state_dict(best[2])
+        metrics["best_epoch"], metrics["val_pck"] = best[1], best[0]
+    pred = predict_rows(regressor, test, size)
+    metrics[plan.metric] = score(plan.metric, pred, test, plan.manifest)
+    run_logger.log_metrics({k: v for k, v in metrics.items() if k != "epochs"}, step=cfg.train.epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "predictions.npz"
+        np.savez_compressed(path, image_id=np.array(test.image_ids, dtype=str), pred=pred.astype(np.float32),
+                            gt=test.keypoints, visible=test.visible, image_size=cfg.data.image_size)
+        run_logger.log_artifact(path, "predictions")
+    return metrics

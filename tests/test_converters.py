@@ -1,0 +1,443 @@
+"""Real-dataset converters on tiny fixtures written in each dataset's on-disk format.
+
+Each builder writes a few images with known landmarks under tmp_path and returns what the
+converter must produce: per split, image_id -> expected stored keypoints, computed here from
+the documented geometry. Bad-input cases then corrupt one file each.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from landmarks.data.converters import BadItem, get_converter
+from landmarks.data.converters.cub import split_list
+from landmarks.errors import ConfigError
+from PIL import Image
+
+S = 136  # stored face size at the default 96 px input
+HEADER5 = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+
+
+def _image(path: Path, w: int, h: int, marks=(), fmt: str | None = None) -> None:
+    """Dark noisy image with a bright 3x3 blob at each integer (x, y) of `marks`."""
+    arr = np.random.default_rng(len(str(path))).integers(0, 40, (h, w, 3), dtype=np.uint8)
+    for x, y in marks:
+        arr[int(y) - 1 : int(y) + 2, int(x) - 1 : int(x) + 2] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt, quality=95)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _edit(path: Path, line: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[line - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _moved(kps, left, top, width, height, out_w, out_h):
+    kps = np.asarray(kps, np.float64)
+    return np.stack([(kps[:, 0] - left + 0.5) * out_w / width - 0.5,
+                     (kps[:, 1] - top + 0.5) * out_h / height - 0.5], axis=1)
+
+
+def _blob_centre(image):
+    w = np.where(image[..., 0] > 120, image[..., 0].astype(np.float64), 0)
+    ys, xs = np.mgrid[: w.shape[0], : w.shape[1]]
+    return np.array([(w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()])
+
+
+# ---------------------------------------------------------------- fixture builders
+
+NAMES = [f"{i:06d}.jpg" for i in range(1, 7)]
+PARTITION = [0, 0, 0, 1, 2, 0]  # 000003, 000006 are MAFL train, 000005 MAFL test
+
+
+def build_celeba(root: Path, aligned: bool = True):
+    """CelebA files; aligned: landmarks in 178x218 images, else in-the-wild images + face boxes."""
+    rng = np.random.default_rng(0)
+    _write(root / "Eval/list_eval_partition.txt", "".join(f"{n} {p}\n" for n, p in zip(NAMES, PARTITION)))
+    _write(root / "Anno/identity_CelebA.txt", "".join(f"{n} {10 + i // 2}\n" for i, n in enumerate(NAMES)))
+    _write(root / "MAFL/training.txt", "000003.jpg\n000006.jpg\n")
+    _write(root / "MAFL/testing.txt", "000005.jpg\n")
+    lm_rows, box_rows, expected = [], [], {}
+    for name in NAMES:
+        if aligned:
+            kps = np.stack([rng.integers(10, 168, 5), rng.integers(45, 200, 5)], 1)
+            _image(root / "Img/img_align_celeba" / name, 178, 218, kps[:1])
+            expected[name] = _moved(kps, 0, 30, 178, 178, S, S)
+        else:
+            bx, by, bw, bh = (int(v) for v in rng.integers(60, 100, 4))
+            kps = np.stack([rng.integers(bx, bx + bw, 5), rng.integers(by, by + bh, 5)], 1)
+            kps[4] = (2, 3)  # outside the crop: visible False
+            _image(root / "Img/img_celeba" / name, 260, 300, kps[:1])
+            side = 1.2 * max(bw, bh)
+            cx, cy = bx + bw / 2, by + bh / 2 - 0.1 * bh
+            expected[name] = _moved(kps, cx - side / 2, cy - side / 2, side, side, S, S)
+            box_rows.append(f"{name} {bx} {by} {bw} {bh}\n")
+        lm_rows.append(f"{name} " + " ".join(str(int(v)) for v in kps.ravel()) + "\n")
+    lm_file = "list_landmarks_align_celeba.txt" if aligned else "list_landmarks_celeba.txt"
+    _write(root / "Anno" / lm_file, f"{len(NAMES)}\n{HEADER5}\n" + "".join(lm_rows))
+    if not aligned:
+        _write(root / "Anno/list_bbox_celeba.txt", f"{len(NAMES)}\nimage_id x_1 y_1 width height\n" + "".join(box_rows))
+    return expected
+
+
+def build_aflw_mtfl(root: Path):
+    rng = np.random.default_rng(1)
+    header = "image_file,face_id,crop_file,set," + ",".join(f"x{i},y{i}" for i in range(1, 6)) + ",extra"
+    rows, train, test = [header], {}, {}
+    for i, setv in enumerate([1, 2, 1]):
+        kps = rng.uniform(20, 130, (5, 2)).round(2)  # 1-based
+        crop = f"image{i:05d}_{i}.jpg"
+        _image(root / "aflw_cropped" / crop, 150, 150)
+        rows.append(f"image{i:05d}.jpg,{i},{crop},{setv}," + ",".join(f"{v:g}" for v in kps.ravel()) + ",0")
+        if setv == 1:
+            train[f"aflw_cropped/{crop}"] = _moved(kps - 1, 0, 0, 150, 150, S, S)
+    _write(root / "aflw_cropped/facedata_cropped.csv", "\n".join(rows) + "\n")
+    lines = []
+    for i in range(2):
+        kps = rng.uniform(20, 130, (5, 2)).round(2)
+        _image(root / "MTFL/AFLW" / f"{i}-image{i:05d}.jpg", 150, 150)
+        lines.append(f"AFLW\\{i}-image{i:05d}.jpg " + " ".join(f"{v:g}" for v in kps.T.ravel()) + " 1 2 2 3")
+        test[f"MTFL/AFLW/{i}-image{i:05d}.jpg"] = _moved(kps - 1, 0, 0, 150, 150, S, S)
+    _write(root / "MTFL/testing.txt", "\n".join(lines) + "\n")
+    return {"train": train, "test": test}
+
+
+def build_aflw(root: Path):
+    rng = np.random.default_rng(2)
+    out = {}
+    for split, sizes in (("train", [(120, 100), (90, 90)]), ("test", [(100, 130)])):
+        gt, hw, names, out[split] = [], [], [], {}
+        for i, (w, h) in enumerate(sizes):
+            name = f"{split}/face{i}.jpg"
+            kps = np.stack([rng.uniform(5, w - 5, 5), rng.uniform(5, h - 5, 5)], 1)
+            scale = 2 if i == 1 else 1  # stored image twice the `hw` frame: landmarks rescaled
+            _image(root / "output" / name, w * scale, h * scale)
+            gt.append(kps[:, ::-1]), hw.append((h, w)), names.append(name)
+            out[split][name] = _moved(kps, 0, 0, w, h, S, S)
+        _write(root / f"aflw_{split}_images.txt", "\n".join(names) + "\n")
+        scipy.io.savemat(root / f"aflw_{split}_keypoints.mat", {"gt": np.array(gt), "hw": np.array(hw, float)})
+    return out
+
+
+def _pts(path: Path, kps) -> None:
+    _write(path, "version: 1\nn_points:  68\n{\n" + "".join(f"{x:.3f} {y:.3f}\n" for x, y in kps) + "}\n")
+
+
+def _bbox_mat(path: Path, entries) -> None:
+    cell = np.empty((1, len(entries)), dtype=object)
+    for i, (name, bb) in enumerate(entries):
+        cell[0, i] = {"imgName": name, "bb_detector": np.array([[0.0, 0, 1, 1]]), "bb_ground_truth": np.array([bb])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"bounding_boxes": cell})
+
+
+def build_300w(root: Path):
+    rng = np.random.default_rng(3)
+    layout = {  # bbox file stem -> (folder, [(image name, has .pts)])
+        "afw": ("afw", [("a1.jpg", True)]),
+        "helen_trainset": ("helen/trainset", [("h1.jpg", True), ("h2.jpg", False)]),
+        "ibug": ("ibug", [("image_001.jpg", True), ("other.jpg", True)]),
+    }
+    out = {"train": {}, "test": {}}
+    for stem, (folder, names) in layout.items():
+        entries = []
+        for name, has_pts in names:
+            kps = np.stack([rng.uniform(40, 150, 68), rng.uniform(50, 170, 68)], 1)  # 1-based
+            bb = [kps[:, 0].min(), kps[:, 1].min(), kps[:, 0].max(), kps[:, 1].max()]
+            entries.append((name, bb))
+            _image(root / folder / name, 200, 220, [kps[36].round() - 1])
+            if has_pts:
+                _pts((root / folder / name).with_suffix(".pts"), kps)
+            if has_pts and not name.startswith("other"):
+                bw, bh = bb[2] - bb[0] + 1, bb[3] - bb[1] + 1
+                fac = 52 / bw
+                left = math.floor(fac * (bb[0] + (bw + 1) / 2)) - 50
+                top = math.floor(fac * (bb[1] + (bh + 1) / 2)) - 52
+                moved = _moved(kps - 1, left / fac, top / fac, 100 / fac, 100 / fac, S, S)
+                out["test" if stem == "ibug" else "train"][f"{folder}/{name}"] = moved
+        _bbox_mat(root / "Bounding Boxes" / f"bounding_boxes_{stem}.mat", entries)
+    return out
+
+
+def build_cub(root: Path, size: int = 96):
+    rng = np.random.default_rng(4)
+    picks = {"train": split_list("train")[:2], "val": split_list("val")[:1], "test": split_list("test")[:1]}
+    rels = [r for v in picks.values() for r in v] + ["001.Black_footed_Albatross/not_in_split.jpg"]
+    _write(root / "images.txt", "".join(f"{i} {r}\n" for i, r in enumerate(rels, 1)))
+    parts, out, masks = [], {}, {}
+    for i, rel in enumerate(rels, 1):
+        w, h = 120 + 10 * i, 80 + 7 * i
+        kps = np.stack([rng.uniform(2, w - 3, 15), rng.uniform(2, h - 3, 15)], 1).round(1)
+        vis = np.arange(15) % 4 != 1
+        kps[~vis] = 0
+        parts += [f"{i} {p + 1} {x:g} {y:g} {int(v)}" for p, ((x, y), v) in enumerate(zip(kps, vis))]
+        _image(root / "images" / rel, w, h)
+        soft = np.zeros((h, w), np.uint8)
+        soft[10:40, 20:70] = 200
+        soft[40:50, 20:70] = 100  # below the 0.5 threshold
+        mask_path = (root / "segmentations" / rel).with_suffix(".png")
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(soft).save(mask_path)
+        expected = _moved(kps, 0, 0, w, h, size, size)
+        expected[~vis] = 0
+        out[rel], masks[rel] = (expected, vis), ((soft >= 128) * 255).astype(np.uint8)
+    _write(root / "parts/part_locs.txt", "\n".join(parts) + "\n")
+    _write(root / "parts/parts.txt", "".join(f"{i} part {i}\n" for i in range(1, 16)))
+    return {s: {r: out[r] for r in v} for s, v in picks.items()}, masks
+
+
+def build_inat(root: Path):
+    _image(root / "Aves/sp1/a.jpg", 200, 100, [(99, 49)])
+    _image(root / "Aves/sp2/b.jpg", 90, 150, [(44, 74)])
+    _write(root / "aves_100k.txt", "Aves/sp1/a.jpg\ntrain_val_images/Aves/sp2/b.jpg\n")
+
+
+# ---------------------------------------------------------------- happy paths
+
+
+def _load_all(conv, items):
+    return {item.image_id: conv.load(item) for item in items}
+
+
+def test_celeba_aligned_geometry_splits_and_mafl_exclusion(tmp_path):
+    expected = build_celeba(tmp_path)
+    conv = get_converter("celeba")(str(tmp_path))
+    splits = conv.splits()
+    assert {s: [i.image_id for i in v] for s, v in splits.items()} == {
+        "train": ["000001.jpg", "000002.jpg"], "val": ["000004.jpg"], "test": []}
+    assert conv.excluded_mafl == 3 and conv.info.image_size == S and conv.info.border == 20
+    for name, rec in _load_all(conv, splits["train"] + splits["val"]).items():
+        assert rec.image.shape == (S, S, 3) and rec.image.dtype == np.uint8
+        assert rec.keypoints.dtype == np.float32 and rec.visible.all()
+        np.testing.assert_allclose(rec.keypoints, expected[name], atol=1e-3)
+        assert np.linalg.norm(_blob_centre(rec.image) - expected[name][0]) < 1.0  # pixels moved alike
+    assert rec.identity == "11"
+
+
+def test_mafl_splits_and_geometry_at_128(tmp_path):
+    expected = build_celeba(tmp_path)
+    conv = get_converter("mafl")(str(tmp_path), image_size=128)
+    splits = conv.splits()
+    assert [i.image_id for i in splits["train"]] == ["000003.jpg", "000006.jpg"]
+    assert [i.image_id for i in splits["test"]] == ["000005.jpg"]
+    size = conv.info.image_size
+    assert size == 182 and conv.info.border == 27  # 128 + 2 * round(128 * 20 / 96)
+    rec = conv.load(splits["test"][0])
+    np.testing.assert_allclose(rec.keypoints, (expected["000005.jpg"] + 0.5) * size / S - 0.5, atol=1e-3)
+
+
+def test_celeba_wild_box_and_visibility(tmp_path):
+    expected = build_celeba(tmp_path, aligned=False)
+    conv = get_converter("celeba-wild")(str(tmp_path))
+    splits = conv.splits()
+    assert [i.image_id for i in splits["train"]] == ["000001.jpg", "000002.jpg"]
+    for name, rec in _load_all(conv, splits["train"] + splits["val"]).items():
+        np.testing.assert_allclose(rec.keypoints, expected[name], atol=1e-3)
+        assert rec.visible.tolist() == [True] * 4 + [False]
+        assert np.linalg.norm(_blob_centre(rec.image) - expected[name][0]) < 1.0
+
+
+def test_aflw_mtfl(tmp_path):
+    expected = build_aflw_mtfl(tmp_path)
+    conv = get_converter("aflw-mtfl")(str(tmp_path))
+    splits = conv.splits()
+    for split in ("train", "test"):
+        assert [i.image_id for i in splits[split]] == list(expected[split])
+        for name, rec in _load_all(conv, splits[split]).items():
+            assert rec.image.shape == (S, S, 3)
+            np.testing.assert_allclose(rec.keypoints, expected[split][name], atol=1e-3)
+
+
+def test_aflw_r(tmp_path):
+    expected = build_aflw(tmp_path)
+    conv = get_converter("aflw")(str(tmp_path))
+    splits = conv.splits()
+    for split in ("train", "test"):
+        assert [i.image_id for i in splits[split]] == list(expected[split])
+        for name, rec in _load_all(conv, splits[split]).items():
+            np.testing.assert_allclose(rec.keypoints, expected[split][name], atol=1e-3)
+
+
+def test_300w_crop_and_subsets(tmp_path):
+    expected = build_300w(tmp_path)
+    conv = get_converter("300w")(str(tmp_path))
+    splits = conv.splits()
+    assert conv.absent == {"helen/trainset": 1} and conv.info.eye_indices == (36, 45)
+    for split in ("train", "test"):
+        assert [i.image_id for i in splits[split]] == list(expected[split])
+        for name, rec in _load_all(conv, splits[split]).items():
+            assert rec.keypoints.shape == (68, 2)
+            np.testing.assert_allclose(rec.keypoints, expected[split][name], atol=1e-3)
+            face_w = rec.keypoints[:, 0].max() - rec.keypoints[:, 0].min()
+            assert abs(face_w - 52 * S / 100) < 2  # face 52 px of a 100 px crop
+            assert np.linalg.norm(_blob_centre(rec.image) - expected[split][name][36]) < 1.5
+
+
+def test_cub_parts_masks_and_subset(tmp_path):
+    expected, masks = build_cub(tmp_path)
+    conv = get_converter("cub")(str(tmp_path))
+    splits = conv.splits()
+    assert conv.absent == {s: len(split_list(s)) - len(expected[s]) for s in expected}
+    assert conv.info.landmark_names[0] == "part 1" and conv.info.border == 0 and conv.info.has_masks
+    for split, want in expected.items():
+        assert [i.image_id for i in splits[split]] == list(want)
+        for name, rec in _load_all(conv, splits[split]).items():
+            kps, vis = want[name]
+            np.testing.assert_allclose(rec.keypoints, kps, atol=1e-3)
+            assert rec.visible.tolist() == vis.tolist()
+            src = masks[name]
+            h, w = src.shape
+            rows = np.floor((np.arange(96) + 0.5) * h / 96).astype(int)
+            cols = np.floor((np.arange(96) + 0.5) * w / 96).astype(int)
+            np.testing.assert_array_equal(rec.mask, src[rows][:, cols])  # nearest, same grid as the image
+            assert rec.mask.shape == rec.image.shape[:2] == (96, 96)
+
+
+def test_inat_center_crop_unlabeled(tmp_path):
+    build_inat(tmp_path)
+    conv = get_converter("inat-aves")(str(tmp_path), image_size=64)
+    items = conv.splits()["train"]
+    assert [i.image_id for i in items] == ["Aves/sp1/a.jpg", "Aves/sp2/b.jpg"]
+    for rec in _load_all(conv, items).values():
+        assert rec.image.shape == (64, 64, 3) and rec.keypoints.shape == (0, 2) and rec.visible.shape == (0,)
+        assert np.linalg.norm(_blob_centre(rec.image) - 31.5) < 1.0  # centred blob stays centred
+    (tmp_path / "other.txt").write_text("Aves/sp1/a.jpg\n")
+    with pytest.raises(BadItem, match="exactly one"):
+        get_converter("inat-aves")(str(tmp_path)).splits()
+    assert len(get_converter("inat-aves")(str(tmp_path), options={"list_file": "other.txt"}).splits()["train"]) == 1
+
+
+def test_unknown_option_and_missing_root():
+    with pytest.raises(ConfigError, match="unknown option"):
+        get_converter("cub")("/x", options={"bogus": 1})
+    with pytest.raises(ConfigError, match="--root"):
+        get_converter("mafl")(None)
+    with pytest.raises(ConfigError, match="landmark_col"):
+        get_converter("aflw-mtfl")("/x", options={"landmark_col": "5"})
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(BadItem, match="img_align_celeba: image folder not found"):
+        get_converter("celeba")(str(tmp_path)).splits()
+    (tmp_path / "Img/img_align_celeba").mkdir(parents=True)
+    with pytest.raises(BadItem, match="list_landmarks_align_celeba.txt: list_landmarks_align_celeba.txt not found"):
+        get_converter("celeba")(str(tmp_path)).splits()
+    with pytest.raises(BadItem, match="bounding_boxes_"):
+        get_converter("300w")(str(tmp_path)).splits()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _drop_line(path: Path, line: int) -> None:
+    lines = path.read_text().splitlines()
+    del lines[line - 1]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+
+
+def _mat_gt(root: Path, row: int, col: int, xy: int, value: float) -> None:
+    mat = scipy.io.loadmat(root / "aflw_train_keypoints.mat")
+    mat["gt"][row, col, xy] = value
+    scipy.io.savemat(root / "aflw_train_keypoints.mat", {"gt": mat["gt"], "hw": mat["hw"]})
+
+
+LM = "Anno/list_landmarks_align_celeba.txt"
+CSV = "aflw_cropped/facedata_cropped.csv"
+PTS = "afw/a1.pts"
+PARTS = "parts/part_locs.txt"
+ROW1 = "000001.jpg 69 109 106 113 77 142 73 152 108 154"
+BUILDERS = {
+    "celeba": build_celeba, "mafl": build_celeba, "celeba-wild": lambda r: build_celeba(r, aligned=False),
+    "aflw-mtfl": build_aflw_mtfl, "aflw": build_aflw, "300w": build_300w, "cub": build_cub, "inat-aves": build_inat,
+}
+# (dataset, corruption, phase, text the message must contain: file and line)
+BAD = [
+    ("celeba", lambda r: _edit(r / LM, 3, ROW1.replace("109", "abc")), "splits", "align_celeba.txt:3"),
+    ("celeba", lambda r: _edit(r / LM, 4, ROW1.replace("01.jpg", "02.jpg").rsplit(" ", 1)[0]), "splits", "align_celeba.txt:4"),
+    ("celeba", lambda r: _edit(r / LM, 3, ROW1.replace("109", "nan")), "splits", "align_celeba.txt:3"),
+    ("celeba", lambda r: _edit(r / LM, 3, ROW1.replace("106", "300")), "splits", "align_celeba.txt:3"),
+    ("celeba", lambda r: _edit(r / "Eval/list_eval_partition.txt", 2, "000002.jpg 7"), "splits", "partition.txt:2"),
+    ("celeba", lambda r: (r / "Img/img_align_celeba/000002.jpg").unlink(), "load", "align_celeba.txt:4"),
+    ("celeba", lambda r: _garbage(r / "Img/img_align_celeba/000001.jpg"), "load", "align_celeba.txt:3"),
+    ("mafl", lambda r: _edit(r / "MAFL/testing.txt", 1, "999999.jpg"), "splits", "testing.txt:1"),
+    ("celeba-wild", lambda r: _edit(r / "Anno/list_landmarks_celeba.txt", 3, ROW1.replace("106", "900")),
+     "load", "list_landmarks_celeba.txt:3"),
+    ("celeba-wild", lambda r: _edit(r / "Anno/list_bbox_celeba.txt", 3, "000001.jpg 10 10 0 50"),
+     "splits", "list_bbox_celeba.txt:3"),
+    ("aflw-mtfl", lambda r: _edit(r / CSV, 2, "a,b,c"), "splits", "facedata_cropped.csv:2"),
+    ("aflw-mtfl", lambda r: _edit(r / CSV, 2, (r / CSV).read_text().splitlines()[1].replace(",1,", ",1,nan,", 1)
+                                  .rsplit(",", 1)[0]), "splits", "facedata_cropped.csv:2"),
+    ("aflw-mtfl", lambda r: _edit(r / CSV, 2, (r / CSV).read_text().splitlines()[1].replace(",1,", ",1,400,", 1)
+                                  .rsplit(",", 1)[0]), "splits", "facedata_cropped.csv:2"),
+    ("aflw-mtfl", lambda r: _edit(r / "MTFL/testing.txt", 1, "AFLW\\0-image00000.jpg 1 2 3"), "splits", "testing.txt:1"),
+    ("aflw-mtfl", lambda r: _edit(r / "MTFL/testing.txt", 2, "AFLW\\1-image00001.jpg " + "400 " * 10),
+     "load", "testing.txt:2"),
+    ("aflw-mtfl", lambda r: (r / "MTFL/AFLW/1-image00001.jpg").unlink(), "load", "testing.txt:2"),
+    ("aflw", lambda r: _mat_gt(r, 1, 2, 0, np.nan), "splits", "aflw_train_keypoints.mat:2"),
+    ("aflw", lambda r: _mat_gt(r, 0, 0, 1, 500.0), "splits", "aflw_train_keypoints.mat:1"),
+    ("aflw", lambda r: _garbage(r / "output/test/face0.jpg"), "load", "aflw_test_keypoints.mat:1"),
+    ("aflw", lambda r: (r / "aflw_train_images.txt").write_text("a.jpg\nb.jpg\nc.jpg\n"), "fatal",
+     "aflw_train_images.txt: 3 lines but aflw_train_keypoints.mat has 2 rows"),
+    ("300w", lambda r: _drop_line(r / PTS, 20), "splits", "a1.pts:70"),
+    ("300w", lambda r: _edit(r / PTS, 10, "abc 5"), "splits", "a1.pts:10"),
+    ("300w", lambda r: _edit(r / PTS, 10, "nan 5"), "splits", "a1.pts:10"),
+    ("300w", lambda r: _edit(r / PTS, 2, "n_points: 5"), "splits", "a1.pts:2"),
+    ("300w", lambda r: _edit(r / PTS, 11, "900 5"), "load", "a1.pts:11"),
+    ("300w", lambda r: (r / "afw/a1.jpg").unlink(), "load", "bounding_boxes_afw.mat:1"),
+    ("cub", lambda r: _edit(r / PARTS, 1, "1 1 abc 3 1"), "splits", "part_locs.txt:1"),
+    ("cub", lambda r: _edit(r / PARTS, 1, "1 1 nan 3 1"), "splits", "part_locs.txt:1"),
+    ("cub", lambda r: _drop_line(r / PARTS, 15), "splits", "part_locs.txt:14"),
+    ("cub", lambda r: _edit(r / "images.txt", 2, "2"), "splits", "images.txt:2"),
+    ("cub", lambda r: _edit(r / PARTS, 1, "1 1 5000 3 1"), "load", "part_locs.txt:1"),
+    ("cub", lambda r: _garbage(r / "images" / split_list("train")[1]), "load", "images.txt:2"),
+    ("cub", lambda r: (r / "segmentations" / split_list("train")[0]).with_suffix(".png").unlink(),
+     "load", "images.txt:1"),
+    ("inat-aves", lambda r: _edit(r / "aves_100k.txt", 1, "../outside.jpg"), "splits", "aves_100k.txt:1"),
+    ("inat-aves", lambda r: _edit(r / "aves_100k.txt", 2, "Aves/sp1/a.jpg"), "splits", "aves_100k.txt:2"),
+    ("inat-aves", lambda r: _garbage(r / "Aves/sp2/b.jpg"), "load", "aves_100k.txt:2"),
+]
+
+
+def _count(splits):
+    return sum(len(v) for v in splits.values())
+
+
+@pytest.mark.parametrize("dataset, corrupt, phase, where", BAD, ids=[f"{c[0]}-{i}" for i, c in enumerate(BAD)])
+def test_bad_input_names_file_and_line(tmp_path, dataset, corrupt, phase, where):
+    BUILDERS[dataset](tmp_path)
+    clean = _count(get_converter(dataset)(str(tmp_path)).splits())
+    corrupt(tmp_path)
+    conv = get_converter(dataset)(str(tmp_path))
+    if phase in ("splits", "fatal"):
+        with pytest.raises(BadItem) as exc:
+            conv.splits()
+        assert where in str(exc.value)
+        lenient = get_converter(dataset)(str(tmp_path), skip_bad=True)
+        if phase == "fatal":  # the whole file is unusable: skip_bad cannot help
+            with pytest.raises(BadItem):
+                lenient.splits()
+            return
+        assert _count(lenient.splits()) == clean - 1  # the bad item is left out, the rest kept
+        assert len(lenient.skipped) == 1 and where in str(lenient.skipped[0])
+    else:
+        errors = []
+        for item in [i for v in conv.splits().values() for i in v]:
+            try:
+                conv.load(item)
+            except BadItem as err:
+                errors.append(str(err))
+        assert len(errors) == 1 and where in errors[0], errors

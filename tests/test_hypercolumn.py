@@ -1,0 +1,85 @@
+"""Hypercolumn / conv4 representations: channel counts, stage order, resizing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from landmarks.models import (
+    BACKBONES,
+    build_backbone,
+    conv4,
+    hypercolumn,
+    representation,
+    representation_channels,
+)
+
+HYPERCOLUMN_CHANNELS = {"resnet18": 960, "resnet50": 3840, "resnet50_half": 1920}
+CONV4_CHANNELS = {"resnet18": 256, "resnet50": 1024, "resnet50_half": 512}
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {name: build_backbone(name).eval() for name in BACKBONES}
+
+
+@pytest.mark.parametrize("name", sorted(HYPERCOLUMN_CHANNELS))
+def test_shapes_at_paper_resolution(models, name):
+    model = models[name]
+    images = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        hc = hypercolumn(model, images)
+        c4 = conv4(model, images)
+    assert hc.shape == (1, HYPERCOLUMN_CHANNELS[name], 48, 48)
+    assert c4.shape == (1, CONV4_CHANNELS[name], 48, 48)
+    assert representation_channels(model, "hypercolumn") == HYPERCOLUMN_CHANNELS[name]
+    assert representation_channels(model, "conv4") == CONV4_CHANNELS[name]
+
+
+def test_stage_order_and_bilinear_resize(models):
+    model = models["resnet18"]
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        l1, l2, l3, l4 = model.stages(images)
+        hc = hypercolumn(model, images, size=(20, 24))
+        two = hypercolumn(model, images, layers=2, size=(20, 24))
+
+    def up(x):
+        return F.interpolate(x, size=(20, 24), mode="bilinear", align_corners=False)
+
+    expected = torch.cat([up(l4), up(l3), up(l2), up(l1)], dim=1)
+    assert hc.shape == (2, 960, 20, 24)
+    torch.testing.assert_close(hc, expected)
+    torch.testing.assert_close(two, expected[:, : 512 + 256])
+    assert representation_channels(model, "hypercolumn", layers=2) == 768
+
+
+def test_conv4_skips_layer4_and_matches_layer3(models):
+    model = models["resnet50_half"]
+    calls = []
+    handle = model.layer4.register_forward_hook(lambda *a: calls.append(1))
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        c4 = representation(model, images, kind="conv4", size=16)
+        layer3 = model.stages(images, num_stages=3)[2]
+    handle.remove()
+    assert calls == []
+    assert layer3.shape[-2:] == (4, 4)
+    torch.testing.assert_close(c4, F.interpolate(layer3, size=(16, 16), mode="bilinear", align_corners=False))
+
+
+def test_gradients_flow_for_finetuning(models):
+    model = build_backbone("resnet18")
+    hc = hypercolumn(model, torch.randn(2, 3, 32, 32), size=(16, 16))
+    hc.mean().backward()
+    assert model.layer1[0].conv1.weight.grad.abs().sum() > 0
+
+
+def test_bad_arguments(models):
+    model = models["resnet18"]
+    images = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="valid choices"):
+        representation(model, images, kind="projected")
+    with pytest.raises(ValueError, match="layers"):
+        hypercolumn(model, images, layers=5)
+    with pytest.raises(ValueError, match="valid choices"):
+        representation_channels(model, "conv5")
