@@ -17,7 +17,7 @@ Options (`options={...}`; `jobs/ingest.py synthetic-faces --num-images N --seed 
                          glasses, while pose, expression, light and background change per image
     difficulty           "easy" | "normal" (default) | "hard": ranges of rotation (8/22/40 deg),
                          yaw, pitch, scale and shift; background clutter and decoy eyes; light,
-                         noise and blur; occluders (hard only). Table: `synthetic_render.LEVELS`.
+                         noise and blur; occluders (hard only). Table: `LEVELS` below.
 
 Identities: max(ceil(N / images_per_identity), min(N, 10)), so that even a tiny set has several
 per split; image i belongs to identity floor(i * n_ids / N) (contiguous, balanced blocks). The
@@ -38,9 +38,25 @@ import numpy as np
 
 from ...errors import ConfigError
 from .base import Converter, DatasetInfo, Record, face_border, face_store_size
-from .synthetic_render import LEVELS, render_face
+from .synthetic_render import render_face
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+
+# rot: max in-plane degrees; yaw, pitch: max radians; scale: face-size range; shift: max offset as
+# a fraction of the image; blobs: background blob count range; pairs (decoy eyes), stripes,
+# occluder, blur: probabilities; noise: sensor noise sigma (0-255); light: shading strength;
+# shades: whether identities with glasses may wear sunglasses (hiding the eyes).
+LEVELS = {
+    "easy": {"rot": 8, "yaw": 0.2, "pitch": 0.08, "scale": (0.92, 1.08), "shift": 0.03, "blobs": (2, 5),
+             "pairs": 0.1, "stripes": 0.2, "occluder": 0.0, "noise": 2.0, "blur": 0.1, "light": 0.25,
+             "shades": False},
+    "normal": {"rot": 22, "yaw": 0.45, "pitch": 0.15, "scale": (0.8, 1.15), "shift": 0.07, "blobs": (6, 14),
+               "pairs": 0.4, "stripes": 0.4, "occluder": 0.0, "noise": 4.0, "blur": 0.3, "light": 0.45,
+               "shades": True},
+    "hard": {"rot": 40, "yaw": 0.7, "pitch": 0.22, "scale": (0.7, 1.2), "shift": 0.1, "blobs": (12, 24),
+             "pairs": 0.8, "stripes": 0.6, "occluder": 0.35, "noise": 7.0, "blur": 0.5, "light": 0.65,
+             "shades": True},
+}
 DIFFICULTIES = tuple(LEVELS)
 _DEFAULTS = {"num_images": 4000, "seed": 0, "images_per_identity": 6, "difficulty": "normal"}
 _MIN_IDENTITIES = 10
@@ -104,6 +120,6 @@ class SyntheticFaces(Converter):
             raise ValueError(f"synthetic-faces: image index {index} outside 0..{self.num_images - 1}")
         ident = self.identity_of(index)
         image, kps, mask = render_face(self.info.image_size, self.info.border, self.seed, ident, index,
-                                       self.difficulty)
+                                       LEVELS[self.difficulty])
         return Record(image_id=f"synthetic/{index:07d}", image=image, keypoints=kps,
                       visible=np.ones(len(LANDMARK_NAMES), dtype=bool), identity=f"id{ident:06d}", mask=mask)

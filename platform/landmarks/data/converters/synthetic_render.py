@@ -5,7 +5,8 @@ pixels: small features (eyes, nose, mouth) sit on a rounded surface, so yaw and 
 foreshorten them; large regions (face, hair, neck) are ellipses lit by a Lambertian light. The
 background is drawn at half resolution and upsampled, which is cheap and soft like a portrait's.
 `render_face` is all the dataset (`synthetic.SyntheticFaces`) calls; it is deterministic in
-(seed, identity, index) and takes about 3-5 ms for a 136 px image on one core.
+(seed, identity, index). Cost is mostly numpy call overhead, ~1000 small ops per image: about
+5-7 ms of CPU per 136 px image on a busy shared core (`benchmarks/synthetic_preview.py --time`).
 """
 
 from __future__ import annotations
@@ -18,18 +19,6 @@ from PIL import Image, ImageFilter
 
 _TAG_IMAGE, _TAG_IDENTITY = 0, 1  # random streams; synthetic.py uses 2 for the splits
 
-# rot: max in-plane degrees; yaw, pitch: max radians; scale: face-size range; shift: max offset as
-# a fraction of the image; blobs: background blob count range; pairs (decoy eyes), stripes,
-# occluder, blur: probabilities; noise: sensor noise sigma (0-255); light: shading strength.
-LEVELS = {
-    "easy": {"rot": 8, "yaw": 0.2, "pitch": 0.08, "scale": (0.92, 1.08), "shift": 0.03, "blobs": (2, 5),
-             "pairs": 0.1, "stripes": 0.2, "occluder": 0.0, "noise": 2.0, "blur": 0.1, "light": 0.25},
-    "normal": {"rot": 22, "yaw": 0.45, "pitch": 0.15, "scale": (0.8, 1.15), "shift": 0.07, "blobs": (6, 14),
-               "pairs": 0.4, "stripes": 0.4, "occluder": 0.0, "noise": 4.0, "blur": 0.3, "light": 0.45},
-    "hard": {"rot": 40, "yaw": 0.7, "pitch": 0.22, "scale": (0.7, 1.2), "shift": 0.1, "blobs": (12, 24),
-             "pairs": 0.8, "stripes": 0.6, "occluder": 0.35, "noise": 7.0, "blur": 0.5, "light": 0.65},
-}
-
 _SKIN = np.array([[246, 214, 192], [228, 182, 150], [196, 144, 108], [150, 100, 70], [96, 64, 46]],
                  np.float32)
 _HAIR = np.array([[24, 20, 18], [58, 40, 28], [104, 70, 44], [188, 150, 96], [142, 64, 34], [150, 148, 142]],
@@ -37,11 +26,12 @@ _HAIR = np.array([[24, 20, 18], [58, 40, 28], [104, 70, 44], [188, 150, 96], [14
 _IRIS = np.array([[70, 44, 28], [36, 28, 24], [64, 94, 124], [74, 96, 64], [110, 84, 50]], np.float32)
 
 
-def render_face(size: int, border: int, seed: int, identity: int, index: int, difficulty: str):
+def render_face(size: int, border: int, seed: int, identity: int, index: int, level: dict):
     """Image `index` of `identity`: (S, S, 3) uint8, landmarks (5, 2) float32 (x, y in pixels, MAFL
-    order), mask (S, S) uint8 in {0, 255}. Landmarks lie at least 3 px inside the `border` crop."""
+    order), mask (S, S) uint8 in {0, 255}. Landmarks lie at least 3 px inside the `border` crop.
+    `level`: pose ranges, clutter and camera noise, one of `synthetic.LEVELS`."""
     rng = np.random.default_rng([seed, _TAG_IMAGE, index])
-    return _render(size, border, _identity(seed, identity), rng, LEVELS[difficulty])
+    return _render(size, border, _identity(seed, identity), rng, level)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -49,7 +39,7 @@ def _identity(seed: int, ident: int) -> dict:
     """Face-shape parameters in face units (1 = half the face width) and colours of one person.
     Cached, as an identity's images are usually rendered together: callers must not mutate it."""
     rng = np.random.default_rng([seed, _TAG_IDENTITY, ident])
-    u = lambda lo, hi: float(rng.uniform(lo, hi))
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # Python floats keep float32 arrays float32
     t = float(rng.beta(1.3, 2.0)) * (len(_SKIN) - 1.001)  # lighter tones more often, as in CelebA
     skin = _SKIN[int(t)] + (t % 1) * (_SKIN[int(t) + 1] - _SKIN[int(t)]) + rng.normal(0, 6, 3)
     hair = _HAIR[rng.integers(len(_HAIR))] * u(0.8, 1.2) + rng.normal(0, 6, 3)
@@ -102,9 +92,8 @@ class _Canvas:
         q, v = dx * (c / a) + dy * (s / a), dy * (c / b) - dx * (s / b)
         q = np.sqrt(np.add(q * q, v * v, out=q), out=q)  # normalised radius; (q - 1) * r ~ px distance
         r = 2 * a * b / (a + b)
-        if ring:
-            return win, _clamp01(np.subtract(0.5 + ring, np.abs(q - 1, out=q) * r, out=q))
-        return win, _clamp01(np.subtract(0.5 + r, q * r, out=q))
+        d = np.abs(q - 1, out=q) * r - ring if ring else (q - 1) * r  # px outside the edge (ring)
+        return win, _clamp01(np.subtract(0.5, d, out=d))
 
     def polyline(self, pts, radius):
         """Round-capped stroke through the (n, 2) points with half-width `radius` px."""
@@ -183,22 +172,35 @@ def _to_pil(img_chw: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(img_chw.astype(np.uint8).transpose(1, 2, 0)))
 
 
-def _noise(rng, rows, cols, size, channels=3, resample=Image.BICUBIC):
-    """Smooth value noise in [0, 1], (size, size[, channels]): a random grid, upsampled."""
-    small = rng.integers(0, 256, (rows, cols, channels) if channels > 1 else (rows, cols), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize((size, size), resample), np.float32) / 255
+@functools.lru_cache(maxsize=64)
+def _interpolation(cells: int, size: int):
+    """Indices i0, i1 (size,) and weights w0, w1 (size,) that spread `cells` values over `size`
+    pixels, smoothstep-weighted so that the noise has no creases at cell borders."""
+    p = np.clip((np.arange(size) + 0.5) * (cells / size) - 0.5, 0, cells - 1)
+    i0 = p.astype(int)
+    f = (p - i0).astype(np.float32)
+    f = f * f * (3 - 2 * f)
+    return i0, np.minimum(i0 + 1, cells - 1), 1 - f, f
+
+
+def _noise(rng, rows, cols, size, channels=1):
+    """Smooth value noise in [0, 1], (channels, size, size), from a random rows x cols grid.
+    Gathers rather than matmuls: BLAS threads fight other processes on a busy machine."""
+    grid = rng.random((channels, rows, cols), dtype=np.float32)
+    i0, i1, w0, w1 = _interpolation(cols, size)
+    grid = grid[:, :, i0] * w0 + grid[:, :, i1] * w1  # (channels, rows, size)
+    i0, i1, w0, w1 = _interpolation(rows, size)
+    return grid[:, i0] * w0[:, None] + grid[:, i1] * w1[:, None]
 
 
 def _rand_color(rng, face):
     """Clutter colours: skin tones (others' and this face's), darks, hair tones, anything."""
     r = rng.random()
-    if r < 0.3:
-        return (_SKIN[rng.integers(len(_SKIN))] * rng.uniform(0.8, 1.15)).astype(np.float32)
     if r < 0.4:
-        return face["skin"] * float(rng.uniform(0.7, 1.1))
-    if r < 0.6:
-        return rng.uniform(5, 70, 3).astype(np.float32)
-    return _HAIR[rng.integers(len(_HAIR))].copy() if r < 0.7 else rng.uniform(0, 255, 3).astype(np.float32)
+        return (_SKIN[rng.integers(len(_SKIN))] if r < 0.3 else face["skin"]) * float(rng.uniform(0.75, 1.15))
+    if r < 0.7:
+        return rng.uniform(5, 70, 3).astype(np.float32) if r < 0.6 else _HAIR[rng.integers(len(_HAIR))].copy()
+    return rng.uniform(0, 255, 3).astype(np.float32)
 
 
 def _background(cv, rng, face, lv):
@@ -208,8 +210,8 @@ def _background(cv, rng, face, lv):
     k = half.size / 136  # half-canvas pixels per 136-px reference pixel
     a, b = _rand_color(rng, face), _rand_color(rng, face)
     cells, grain_cells = int(rng.integers(2, 6)), int(rng.integers(10, 28))
-    t = _noise(rng, cells, cells, half.size, 1)
-    grain = _noise(rng, grain_cells, grain_cells, half.size).transpose(2, 0, 1) - 0.5
+    t = _noise(rng, cells, cells, half.size)[0]
+    grain = _noise(rng, grain_cells, grain_cells, half.size, 3) - 0.5
     grain *= float(rng.uniform(10, 50))
     half.img[:] = a[:, None, None] + t * (b - a)[:, None, None] + grain
     if rng.random() < lv["stripes"]:
@@ -274,8 +276,9 @@ def _render(size, border, f, rng, lv):
     # camera: a gradient along the light, colour cast x exposure x contrast, sensor noise, blur
     grad = 1 + lv["light"] * float(rng.uniform(0.5, 1.0)) / size * (
         light[0] * (cv.grid[None, :] - size / 2) + light[1] * (cv.grid[:, None] - size / 2))
-    gain = (1 + rng.normal(0, 0.035, 3)) * float(rng.uniform(0.85, 1.15)) * float(rng.uniform(0.8, 1.1))
-    offset = float(cv.img.mean()) * (1 - float(rng.uniform(0.8, 1.1)))
+    exposure, contrast = float(rng.uniform(0.85, 1.15)), float(rng.uniform(0.8, 1.1))
+    gain = (1 + rng.normal(0, 0.035, 3)) * (exposure * contrast)  # per-channel cast
+    offset = float(cv.img.mean()) * exposure * (1 - contrast)  # contrast about the mean
     noise = rng.random((size, size), dtype=np.float32) - 0.5
     noise *= float(rng.uniform(0.3, 1.0)) * lv["noise"] * math.sqrt(12)  # uniform noise of that sigma
     noise += offset
@@ -293,23 +296,28 @@ def _shaded(color, win, nu, nv, light, texture=None):
     if win is None:  # the shape is outside the image
         return None
     lx, ly, lz, amb = light
-    lam = np.clip(nu * lx + nv * ly + np.sqrt(np.clip(1 - nu * nu - nv * nv, 0, 1)) * lz, 0, 1)
-    shade = amb + (1 - amb) * lam
-    return color[:, None, None] * (shade * texture[win] if texture is not None else shade)
+    nz = np.sqrt(_clamp01(1 - nu * nu - nv * nv))
+    shade = _clamp01(nu * lx + nv * ly + nz * lz) * (1 - amb) + amb
+    return color[:, None, None] * (shade if texture is None else shade * texture)
 
 
 def _draw_head(cv, pose, f, rng, light):
     """Shoulders, hair behind the head, neck, ears, face and the hair over the forehead."""
     asp, turn = f["aspect"], math.sin(pose.yaw)
-    strands = 0.85 + 0.3 * _noise(rng, 3, int(rng.integers(20, 40)), cv.size, 1, Image.BILINEAR)
+    freq, phase = rng.uniform(15, 60, 3).tolist(), rng.uniform(0, 2 * math.pi, 3).tolist()
+
+    def hair(win, al, nu, nv, fx):  # strands: brightness waves across the face frame's x
+        if win is not None:
+            tex = sum(0.06 * np.sin(fx * fr + ph) for fr, ph in zip(freq, phase)) + 1
+            cv.paint(win, al, _shaded(f["hair"], win, nu, nv, light, tex), fg=True)
+
     win, al, nu, nv, _, _ = pose.region(cv, 0.0, asp + 1.3, float(rng.uniform(1.7, 2.3)), 1.0)  # shoulders
     cv.paint(win, al, _shaded(_rand_color(rng, f), win, nu, nv, light))
     # the face outline turns with the head (it lies in front of the neck's axis), the back hair less
     back = {2: (0.1 * turn, 0.35, f["volume"] * 1.15, asp + 0.75),  # long
             3: (0.1 * turn, 0.05, f["volume"] * 1.12, asp)}  # bob
     if f["style"] in back:
-        win, al, nu, nv, _, _ = pose.region(cv, *back[f["style"]])
-        cv.paint(win, al, _shaded(f["hair"], win, nu, nv, light, strands), fg=True)
+        hair(*pose.region(cv, *back[f["style"]])[:5])
     win, al, nu, nv, _, _ = pose.region(cv, 0.0, asp * 0.85, 0.5, 0.8)  # neck, in the chin's shadow
     cv.paint(win, al, _shaded(f["skin"] * 0.72, win, nu, nv, light))
     for sgn in (-1, 1):  # ears, near the turning axis: the one the face turns away from shows more
@@ -323,8 +331,8 @@ def _draw_head(cv, pose, f, rng, light):
         win, al, nu, nv, fx, fy = pose.region(cv, 0.25 * turn, -0.12, f["volume"] * 1.02, asp * 0.96)
         if win is not None:
             fx = fx - 0.25 * turn
-            al *= np.clip(0.5 + (f["hairline"] + f["temples"] * fx * fx + f["part"] * fx - fy) * pose.s, 0, 1)
-        cv.paint(win, al, _shaded(f["hair"], win, nu, nv, light, strands), fg=True)
+            al *= _clamp01(0.5 + (f["hairline"] + f["temples"] * fx * fx + f["part"] * fx - fy) * pose.s)
+        hair(win, al, nu, nv, fx)
 
 
 def _draw_features(cv, pose, f, rng, light, lv):
@@ -357,7 +365,7 @@ def _draw_features(cv, pose, f, rng, light, lv):
         rim = f["hair"] * 0.3 if rng.random() < 0.5 else rng.uniform(0, 200, 3).astype(np.float32)
         gw, gh, gy, ex = f["eye_w"] * 1.75, f["eye_w"] * 1.3, f["eye_y"] + 0.03, f["eye_x"]
         for sgn in (-1, 1):
-            if f["sunglasses"] and lv is not LEVELS["easy"]:
+            if f["sunglasses"] and lv["shades"]:
                 cv.paint(*pose.ellipse(cv, sgn * ex, gy, gw, gh, lift=0.1), np.full(3, 25, np.float32), 0.85)
             cv.paint(*pose.ellipse(cv, sgn * ex, gy, gw, gh, lift=0.1, ring=0.7 * px), rim)
             arm = pose.polyline(cv, [sgn * (ex + gw * 0.95), sgn], [gy - 0.03, gy + 0.02], 0.7 * px, 0.1)
