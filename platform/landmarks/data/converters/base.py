@@ -77,6 +77,9 @@ class BadItem(Exception):
         where = f"{self.source}:{line}" if line is not None else self.source
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):  # picklable across Ray tasks despite the 3-argument __init__
+        return (BadItem, (self.source, self.line, self.message))
+
 
 @dataclass
 class Converter(ABC):

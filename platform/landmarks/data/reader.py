@@ -1,0 +1,153 @@
+"""Reading an ingested dataset: `read_dataset` (Ray Data) and `read_split_numpy` (small splits).
+
+    ds = read_dataset("s3://bucket/mafl", "train", fraction=0.1, seed=0)
+    # rows: image_id, image (H, W, 3) uint8, keypoints (K, 2) float32, visible (K,) bool,
+    #       identity (str or None), mask (H, W) uint8 where the dataset has masks
+
+Both check the split against dataset.json first (missing, extra or altered shard ->
+ManifestError naming it), then read the Parquet shards through the same pyarrow
+filesystem ingest wrote with, and decode images with PIL (Ray Data `map_batches` on
+CPU workers for `read_dataset`).
+
+`fraction` keeps exactly round(fraction * rows) rows (at least one): those whose
+seeded 64-bit hash of image_id is smallest. The subset depends only on (seed,
+image ids), and a smaller fraction is a subset of a larger one with the same seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .. import storage
+from .manifest import Manifest, ManifestError, dataset_dir
+from .shards import decode_batch
+
+_READ_COLUMNS = ["image_id", "image", "keypoints", "visible", "identity"]
+DECODE_BATCH_SIZE = 64  # rows per decode task call: small enough to spread over CPU workers
+
+
+def load_manifest(path: str) -> Manifest:
+    """The dataset.json of the dataset directory (or s3:// URI) `path`."""
+    return Manifest.load(path)
+
+
+def read_dataset(path: str, split: str, fraction: float | None = None, seed: int = 0,
+                 verify: bool = True) -> Any:
+    """A `ray.data.Dataset` over one split of an ingested dataset (rows as in the module doc).
+
+    Raises ManifestError (naming the shard) before any work if the split's shards do not
+    match dataset.json; with `verify=False` only their presence is checked by Ray.
+    """
+    import ray
+
+    from ..cluster import connect
+
+    manifest, fs, paths = _prepare(path, split, verify)
+    threshold = fraction_threshold(_image_ids(fs, paths), fraction, seed) if _partial(fraction) else None
+    if not ray.is_initialized():
+        connect()
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=_columns(manifest), partitioning=None,
+                               file_extensions=None)
+    return ds.map_batches(
+        _decode, batch_format="pyarrow", batch_size=DECODE_BATCH_SIZE, zero_copy_batch=True,
+        fn_kwargs={"k": manifest.K, "has_masks": manifest.has_masks, "size": manifest.image_size,
+                   "seed": seed, "threshold": threshold},
+    )
+
+
+def read_split_numpy(path: str, split: str, fraction: float | None = None, seed: int = 0,
+                     verify: bool = True, max_workers: int = 8) -> dict[str, np.ndarray]:
+    """A whole split as numpy arrays, in ingest order, without Ray (for small eval splits).
+
+    Returns image_id (N,) object, image (N, H, W, 3) uint8, keypoints (N, K, 2) float32,
+    visible (N, K) bool, identity (N,) object, and mask (N, H, W) uint8 where the
+    dataset has masks. `fraction` keeps the same rows as `read_dataset` does.
+    """
+    import pyarrow.parquet as pq
+
+    manifest, fs, paths = _prepare(path, split, verify)
+    threshold = fraction_threshold(_image_ids(fs, paths), fraction, seed) if _partial(fraction) else None
+
+    def read_one(p: str) -> dict[str, np.ndarray]:
+        table = pq.read_table(p, filesystem=fs, columns=_columns(manifest))
+        return _decode(table, manifest.K, manifest.has_masks, manifest.image_size, seed, threshold)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(paths)))) as pool:
+        parts = list(pool.map(read_one, paths))
+    if not parts:
+        return _decode_empty(manifest.K, manifest.has_masks, manifest.image_size)
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def fraction_threshold(image_ids: list[str], fraction: float, seed: int) -> int | None:
+    """The hash bound that keeps round(fraction * N) of `image_ids` (None: keep all)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    keep = max(1, round(fraction * len(image_ids)))
+    if keep >= len(image_ids):
+        return None
+    keys = np.sort(row_keys(image_ids, seed))
+    return int(keys[keep])
+
+
+def row_keys(image_ids, seed: int) -> np.ndarray:
+    """(N,) uint64: a seeded hash of each image_id (the order `fraction` takes rows in)."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(f"{seed}\0{i}".encode(), digest_size=8).digest(), "big")
+         for i in image_ids], dtype=np.uint64)
+
+
+def _partial(fraction: float | None) -> bool:
+    if fraction is None:
+        return False
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return fraction < 1.0
+
+
+def _prepare(path: str, split: str, verify: bool) -> tuple[Manifest, Any, list[str]]:
+    manifest = Manifest.load(path)
+    shards = manifest.split(split).shards
+    if verify:
+        manifest.verify(path, split=split, check_hashes=True)
+    if not shards:
+        raise ManifestError(f"{storage.redact(path)}: split {split!r} has no rows")
+    fs, base = storage.resolve(dataset_dir(path))
+    return manifest, fs, [storage.join(base, sh.path) for sh in shards]
+
+
+def _columns(manifest: Manifest) -> list[str]:
+    return _READ_COLUMNS + (["mask"] if manifest.has_masks else [])
+
+
+def _image_ids(fs, paths: list[str]) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(paths, filesystem=fs, columns=["image_id"]).column("image_id").to_pylist()
+
+
+def _decode(table, k: int, has_masks: bool, size: int, seed: int, threshold: int | None):
+    """Parquet rows -> decoded arrays, dropping rows outside the `fraction` before decoding."""
+    if threshold is not None:
+        import pyarrow as pa
+
+        keep = row_keys(table.column("image_id").to_pylist(), seed) < np.uint64(threshold)
+        table = table.filter(pa.array(keep, pa.bool_()))
+    if table.num_rows == 0:
+        return _decode_empty(k, has_masks, size)
+    return decode_batch(table, k, has_masks)
+
+
+def _decode_empty(k: int, has_masks: bool, size: int) -> dict[str, np.ndarray]:
+    out = {
+        "image_id": np.zeros(0, object), "image": np.zeros((0, size, size, 3), np.uint8),
+        "keypoints": np.zeros((0, k, 2), np.float32), "visible": np.zeros((0, k), bool),
+        "identity": np.zeros(0, object),
+    }
+    if has_masks:
+        out["mask"] = np.zeros((0, size, size), np.uint8)
+    return out
