@@ -1,0 +1,249 @@
+"""The development recipes, run for real: cluster/local_up.sh brings up a head and a worker
+Ray node on this machine, a `ray job submit --working-dir` job lands a task on the worker,
+cluster/local_down.sh leaves no process behind; cluster/mlflow_server.sh serves MLflow with
+basic auth on 127.0.0.1 and accepts the Host names the Kubernetes manifest allows.
+
+Slow (minutes on 2 cores). Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, VENV_BIN, free_port, stop_group, wait_http
+
+UP = ROOT / "cluster" / "local_up.sh"
+DOWN = ROOT / "cluster" / "local_down.sh"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base() -> int:
+    """A base whose fixed ports (base..base+19) and worker-port ranges (base+100..+299) are free,
+    below the ephemeral range, so a developer's own local cluster on the default base is left alone."""
+    for base in range(24100, 32000, 400):
+        if all(port_is_free(p) for p in [*range(base, base + 20), *range(base + 100, base + 300)]):
+            return base
+    raise RuntimeError("no free port range for a test cluster")
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that contain `text` (zombies have none)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def processes_in_groups(pgids: set[int]) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) in pgids:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture
+def cluster_env():
+    """Environment for the scripts: a short state dir outside the repo (unix socket paths are
+    limited to 107 bytes), free ports, no inherited RAY_ADDRESS."""
+    state = Path(tempfile.mkdtemp(prefix="lmray-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(LANDMARKS_RAY_DIR=str(state), LANDMARKS_RAY_PORT_BASE=str(free_port_base()),
+               PATH=f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}")
+    yield env
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def run(cmd: list[str], env: dict, timeout: float, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def exported(output: str, name: str) -> str:
+    line = next((ln for ln in output.splitlines() if ln.strip().startswith(f"export {name}=")), None)
+    assert line, f"local_up.sh did not print `export {name}=...`:\n{output}"
+    return line.strip().split("=", 1)[1]
+
+
+TASK = textwrap.dedent("""
+    import sys
+    import ray
+
+    ray.init()
+    worker = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "worker_node" in n["Resources"]]
+
+    @ray.remote(resources={"worker_node": 1})
+    def where():
+        # The working dir was unpacked on this node too: the payload travels with the job.
+        return ray.get_runtime_context().get_node_id(), open("payload.txt").read().strip()
+
+    node, payload = ray.get(where.remote())
+    print("TASK_NODE", node, "WORKER_NODES", worker, "PAYLOAD", payload)
+    sys.exit(0 if [node] == worker and payload == "shipped-with-the-job" else 1)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_local_cluster_up_job_down(cluster_env, tmp_path):
+    state = Path(cluster_env["LANDMARKS_RAY_DIR"])
+    up = None
+    try:
+        up = run(["bash", str(UP)], cluster_env, timeout=420)
+        assert up.returncode == 0, f"local_up.sh failed:\n{up.stdout}\n{up.stderr}"
+        assert exported(up.stdout, "RAY_AUTH_MODE") == "token"
+        address = exported(up.stdout, "RAY_ADDRESS")
+        dashboard = f"http://127.0.0.1:{int(cluster_env['LANDMARKS_RAY_PORT_BASE']) + 1}"
+        assert dashboard in up.stdout, "prints the dashboard URL"
+        # Each node has its own temp dir, outside the repository.
+        assert (state / "head" / "session_latest").exists() and (state / "worker" / "session_latest").exists()
+        assert not state.resolve().is_relative_to(ROOT)
+
+        client_env = {**cluster_env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": address}
+        status = run([str(VENV_BIN / "ray"), "status"], client_env, timeout=120)
+        assert status.returncode == 0, status.stderr
+        assert sum(ln.strip().startswith("1 node_") for ln in status.stdout.split("Pending:")[0].splitlines()) == 2
+
+        nodes_code = ("import json, ray; ray.init(logging_level='ERROR'); "
+                      "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))")
+        listed = run([sys.executable, "-c", nodes_code], client_env, timeout=180, cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        alive = json.loads(listed.stdout.strip().splitlines()[-1])
+        assert len(alive) == 2
+        assert sorted("head_node" in r for r in alive) == [False, True]
+        assert sorted("worker_node" in r for r in alive) == [False, True]
+        assert all(r["CPU"] == 1 for r in alive), "each node advertises --num-cpus 1"
+
+        job_dir = tmp_path / "job"
+        job_dir.mkdir()
+        (job_dir / "task.py").write_text(TASK)
+        (job_dir / "payload.txt").write_text("shipped-with-the-job\n")
+        job = run([str(VENV_BIN / "ray"), "job", "submit", "--working-dir", str(job_dir), "--",
+                   "python", "task.py"], client_env, timeout=300, cwd=tmp_path)
+        assert job.returncode == 0, f"job failed:\n{job.stdout[-3000:]}\n{job.stderr[-3000:]}"
+        assert "TASK_NODE" in job.stdout and "PAYLOAD shipped-with-the-job" in job.stdout
+    finally:
+        pgids = {int((state / f"{n}.pid").read_text()) for n in ("head", "worker") if (state / f"{n}.pid").exists()}
+        down = run(["bash", str(DOWN)], cluster_env, timeout=180)
+    assert down.returncode == 0, f"local_down.sh failed:\n{down.stdout}\n{down.stderr}"
+    assert len(pgids) == 2, "local_up.sh records one process group per node"
+    assert not (state / "head.pid").exists() and not (state / "worker.pid").exists()
+    assert processes_in_groups(pgids) == [], "processes of the cluster's groups survived local_down.sh"
+    assert processes_mentioning(str(state)) == [], "Ray processes of this cluster survived local_down.sh"
+
+
+def mlflow_manifest_env() -> dict[str, str]:
+    docs = yaml.safe_load_all((ROOT / "cluster" / "k8s" / "mlflow.yaml").read_text())
+    deployment = next(d for d in docs if d and d["kind"] == "Deployment")
+    return {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            if "value" in e}
+
+
+def request(url: str, user: str | None = None, password: str | None = None, body: dict | None = None,
+            host: str | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if user is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    if host is not None:
+        req.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses with a listening TCP socket on `port` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        ip_hex, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(ip_hex)[::-1]))
+    return found
+
+
+def check_mlflow_server(base: str, port: int, proc: subprocess.Popen) -> None:
+    wait_http(base + "/health", timeout=180, proc=proc)
+    assert listening_addresses(port) == {"127.0.0.1"}, "bound to localhost when MLFLOW_HOST is unset"
+
+    search = base + "/api/2.0/mlflow/experiments/search?max_results=5"
+    assert request(search)[0] == 401, "no credentials, no data"
+    assert request(search, "admin", "wrong")[0] == 401
+    assert request(search, "admin", "admin-pw-for-test")[0] == 200
+
+    # The README's flow: the admin creates the user that Ray jobs log as (Secret mlflow-client).
+    code, body = request(base + "/api/2.0/mlflow/users/create", "admin", "admin-pw-for-test",
+                         {"username": "ray", "password": "ray-pw-for-test"})
+    assert code == 200, body
+    code, body = request(base + "/api/2.0/mlflow/experiments/create", "ray", "ray-pw-for-test",
+                         {"name": "pretrain"})
+    assert code == 200, body
+
+    # Host headers: the manifest's in-cluster Service name passes, other names are refused.
+    assert request(search, "ray", "ray-pw-for-test", host="mlflow.landmarks.svc.cluster.local:5000")[0] == 200
+    assert request(search, "ray", "ray-pw-for-test", host="mlflow.evil.example:5000")[0] == 403
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_mlflow_server_script_basic_auth_on_localhost(tmp_path):
+    try:
+        import flask_wtf  # noqa: F401
+    except ImportError:
+        pytest.fail("MLflow's basic-auth app needs Flask-WTF: depend on mlflow[auth] in pyproject.toml")
+
+    port = free_port()
+    manifest = mlflow_manifest_env()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_PORT=str(port), MLFLOW_WORKERS="1", MLFLOW_DATA_DIR=str(tmp_path / "data"),
+               MLFLOW_AUTH_ADMIN_PASSWORD="admin-pw-for-test", MLFLOW_FLASK_SERVER_SECRET_KEY="test-key",
+               MLFLOW_SERVER_ALLOWED_HOSTS=manifest["MLFLOW_SERVER_ALLOWED_HOSTS"],
+               PATH=f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}")
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen(["bash", str(ROOT / "cluster" / "mlflow_server.sh")], env=env, cwd=tmp_path,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            check_mlflow_server(f"http://127.0.0.1:{port}", port, proc)
+        finally:
+            stop_group(proc, grace=20)
+    assert (tmp_path / "data" / "basic_auth.db").exists() and (tmp_path / "data" / "mlflow.db").exists()
