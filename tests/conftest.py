@@ -92,3 +92,32 @@ def ray_local():
     connect(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+def job_env(tracking_uri: str | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a job subprocess: its own local Ray, the given MLflow URI."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.update(extra)
+    return env
+
+
+def run_job(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: float = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run jobs/<script> through its real entry point; on failure show the tail of its output."""
+    out = subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=cwd, env=env or job_env(),
+                         capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{script} exited {out.returncode}\n--- stderr ---\n{out.stderr[-6000:]}"
+                             f"\n--- stdout ---\n{out.stdout[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_faces(tmp_path_factory) -> Path:
+    """200 synthetic faces at a 32 px input (46 px stored), ingested through jobs/ingest.py."""
+    out = tmp_path_factory.mktemp("tiny-faces") / "faces"
+    run_job("ingest.py", "synthetic-faces", "--num-images", "200", "--seed", "0", "--image-size", "32",
+            "--rows-per-shard", "50", "--out", str(out), cwd=out.parent, timeout=300)
+    return out

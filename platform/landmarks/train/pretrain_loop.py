@@ -8,6 +8,7 @@ logs to MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -48,6 +49,14 @@ def train_step(model, views: MoCoViews, optimizer, images_u8, device) -> tuple[f
     return loss.item(), positive_probability(logits).item()
 
 
+def queue_sha256(model: MoCo) -> str:
+    """Fingerprint of the MoCo queue + pointer, to show a resume restored them bit-exactly."""
+    h = hashlib.sha256()
+    h.update(model.queue.detach().cpu().numpy().tobytes())
+    h.update(model.queue_ptr.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -74,6 +83,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = state["epoch"] + 1, state["step"]
+        logger.set_tags({"resumed_from_epoch": state["epoch"], "resume_queue_sha256": queue_sha256(model)})
     # DDP after loading (prepare_model moves to the device; no-op wrapper for one worker).
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False,
                                               parallel_strategy_kwargs={"find_unused_parameters": False})

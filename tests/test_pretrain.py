@@ -1,0 +1,166 @@
+"""MoCo pretraining through jobs/pretrain.py on Ray Train (CPU, tiny synthetic faces)."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, job_env, run_job
+from landmarks.train.checkpoint import latest_checkpoint, load_checkpoint_dir
+
+PRESET = str(ROOT / "jobs" / "configs" / "pretrain_synthetic_cpu.yaml")
+TINY = ["data.image_size=32", "train.batch_size=32", "moco.queue_size=64", "moco.jpeg=false",
+        "train.log_every_steps=1", "ray.num_workers=2", "ray.cpus_per_worker=0.5"]
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _queue_sha(state: dict) -> str:
+    h = hashlib.sha256()
+    h.update(state["model"]["queue"].numpy().tobytes())
+    h.update(state["model"]["queue_ptr"].numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = job_env(uri)
+    common = [f"data.path={tiny_faces}", "mlflow.run_name=tiny", f"checkpoint.storage_path={tmp_path}/ray", *TINY]
+    # Milder views and a higher lr than the paper so that 40 CPU steps show learning.
+    easy = ["train.lr=0.2", "moco.crop_min_scale=0.5", "moco.color_jitter=0.2"]
+    run_job("pretrain.py", "--config", PRESET, *common, *easy, "train.epochs=8",
+            "--metrics-out", str(tmp_path / "m1.json"), cwd=tmp_path, env=env)
+    m1 = json.loads((tmp_path / "m1.json").read_text())
+    run_id = m1["mlflow_run_id"]
+    client = _client(uri)
+    epoch_losses = [m.value for m in client.get_metric_history(run_id, "epoch_loss")]
+    assert len(epoch_losses) == 8
+    # The queue (64 keys) is full after two steps; from then on the loss must fall.
+    assert epoch_losses[-1] < epoch_losses[1] - 0.05, epoch_losses
+    run = client.get_run(run_id)
+    assert run.data.tags["backbone"] == "resnet18" and run.data.tags["dataset"] == "synthetic-faces"
+    assert {"loss", "positive_prob", "lr", "images_per_sec"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"backbone", "checkpoint"} <= artifacts
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(uri)
+    backbone = mlflow.pytorch.load_model(f"runs:/{run_id}/backbone_model")
+    assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
+    ckpt_uri, meta = latest_checkpoint(str(tmp_path / "ray"), "tiny")
+    assert meta["epoch"] == 7 and meta["mlflow_run_id"] == run_id
+    saved_state, _ = load_checkpoint_dir(ckpt_uri)
+    steps_before = max(m.step for m in client.get_metric_history(run_id, "loss"))
+
+    # Rerun the same experiment with more epochs: resumes at epoch 8 with the saved queue.
+    run_job("pretrain.py", "--config", PRESET, *common, *easy, "train.epochs=9",
+            "--metrics-out", str(tmp_path / "m2.json"), cwd=tmp_path, env=env)
+    m2 = json.loads((tmp_path / "m2.json").read_text())
+    assert m2["mlflow_run_id"] == run_id and m2["epochs"] == 9
+    run = client.get_run(run_id)
+    assert run.data.tags["resumed_from_epoch"] == "7"
+    assert run.data.tags["resume_queue_sha256"] == _queue_sha(saved_state)
+    epochs = [int(m.value) for m in client.get_metric_history(run_id, "epoch")]
+    assert epochs == list(range(9))  # epoch 8 logged once, after 0..7: nothing redone
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+    assert steps[-1] > steps_before and len(steps) == len(set(steps))
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_before_work(tiny_faces, tmp_path):
+    env = job_env(f"sqlite:///{tmp_path}/mlflow.db")
+    base = ["--config", PRESET, f"checkpoint.storage_path={tmp_path}/ray", *TINY]
+    cases = [
+        ([f"data.path={tmp_path}/nope"], "no dataset.json"),
+        ([f"data.path={tiny_faces}", "ray.num_workers=64", "train.batch_size=64"], "the Ray cluster has"),
+        ([f"data.path={tiny_faces}", "train.batch_size=33"], "not divisible by ray.num_workers"),
+        ([f"data.path={tiny_faces}", "train.batch_size=48"], "must be a multiple of train.batch_size"),
+    ]
+    for extra, text in cases:
+        out = run_job("pretrain.py", *base, *extra, cwd=tmp_path, env=env, check=False, timeout=300)
+        assert out.returncode != 0 and text in out.stderr, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_checkpoint_from_another_backbone_is_refused(tiny_faces, tmp_path):
+    env = job_env(f"sqlite:///{tmp_path}/mlflow.db")
+    common = ["--config", PRESET, f"data.path={tiny_faces}", f"checkpoint.storage_path={tmp_path}/ray",
+              "mlflow.run_name=mix", *TINY, "train.epochs=1"]
+    run_job("pretrain.py", *common, cwd=tmp_path, env=env)
+    out = run_job("pretrain.py", *common, "model.backbone=resnet50_half", cwd=tmp_path, env=env, check=False)
+    assert out.returncode == 1 and "from backbone 'resnet18'" in out.stderr and "Traceback" not in out.stderr
+
+
+def _train_worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_from_checkpoint(tiny_faces, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--config", PRESET, f"data.path={tiny_faces}", f"checkpoint.storage_path={tmp_path}/ray",
+            "mlflow.run_name=fault", *TINY, "train.epochs=5", "max_failures=2",
+            "--metrics-out", str(tmp_path / "m.json")]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "pretrain.py"), *args], cwd=tmp_path,
+                            env=job_env(uri), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = tmp_path / "ray" / "fault" / "checkpoint_epoch00001"
+    deadline = time.monotonic() + 400
+    while not first.exists():
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.5)
+    pids = _train_worker_pids()
+    assert pids, "no Ray Train worker process found"
+    os.kill(pids[-1], signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-5000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["epochs"] == 5
+    client = _client(uri)
+    runs = client.search_runs([client.get_experiment_by_name("pretrain-synthetic").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == metrics["mlflow_run_id"]
+    epochs = [int(m.value) for m in client.get_metric_history(metrics["mlflow_run_id"], "epoch")]
+    assert epochs[-1] == 4 and set(epochs) == set(range(5))
+    # Restarted from a checkpoint (epoch 0 or 1, whichever Ray had registered when the worker died).
+    assert int(runs[0].data.tags["resumed_from_epoch"]) in (0, 1)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_on_two_node_cluster(tiny_faces, tmp_path):
+    state = Path(f"/tmp/landmarks-test-ray-{os.getpid()}")
+    env = job_env(f"sqlite:///{tmp_path}/mlflow.db", LANDMARKS_RAY_DIR=str(state), LANDMARKS_RAY_PORT_BASE="24790",
+                  RAY_AUTH_MODE="token")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    up = subprocess.run(["bash", str(ROOT / "cluster" / "local_up.sh")], env=env, capture_output=True, text=True,
+                        timeout=400)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        submit = subprocess.run(
+            ["ray", "job", "submit", "--address", "http://127.0.0.1:24791", "--working-dir", str(ROOT),
+             "--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}}), "--",
+             "python", "jobs/pretrain.py", "--config", "jobs/configs/pretrain_synthetic_cpu.yaml",
+             f"data.path={tiny_faces}", f"checkpoint.storage_path={tmp_path}/ray", *TINY, "train.epochs=1",
+             "ray.cpus_per_worker=0.25", f"--metrics-out={tmp_path}/m.json"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+        assert "succeeded" in submit.stdout.lower()
+        metrics = json.loads((tmp_path / "m.json").read_text())
+        assert metrics["epochs"] == 1 and metrics["mlflow_run_id"]
+    finally:
+        subprocess.run(["bash", str(ROOT / "cluster" / "local_down.sh")], env=env, capture_output=True, timeout=120)
