@@ -1,0 +1,200 @@
+"""`make demo`: the whole pipeline on the built-in synthetic faces, on local Ray and local MLflow.
+
+    ingest -> MoCo pretraining (2 Ray Train workers) -> equivariance projector
+      -> Ray Tune sweep of landmark regression: budget x repeat x {pretrained, random init}
+      -> matching + segmentation -> report (tables + PNGs) -> summary
+
+Every step calls the same library function as its `jobs/*.py` entry point, in one process
+that holds one Ray instance, and logs to the MLflow experiment `demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import tracking
+from .cli import JobArgs, setup_logging
+from .config import load_config
+from .errors import UserError
+from .jobs_registry import config_class, run_function
+
+CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Sizes of one demo; `default` is what `make demo` runs, `tiny` is the CI smoke version."""
+
+    num_images: int
+    image_size: int
+    pretrain_epochs: int
+    pretrain_batch: int
+    queue_size: int
+    pretrain_lr: float
+    projector_epochs: int
+    regress_epochs: int
+    budgets: tuple[Any, ...]
+    repeats: int
+    segment_epochs: int
+    extra_pretrain: tuple[str, ...] = field(default=())
+
+
+PRESETS = {
+    "default": DemoPreset(num_images=3000, image_size=64, pretrain_epochs=12, pretrain_batch=64, queue_size=2048,
+                          pretrain_lr=0.06, projector_epochs=2, regress_epochs=20, budgets=(5, 20, 100, "all"),
+                          repeats=2, segment_epochs=10),
+    "tiny": DemoPreset(num_images=240, image_size=32, pretrain_epochs=2, pretrain_batch=32, queue_size=128,
+                       pretrain_lr=0.05, projector_epochs=1, regress_epochs=3, budgets=(5, "all"), repeats=1,
+                       segment_epochs=2, extra_pretrain=("moco.jpeg=false",)),
+}
+
+
+def step(title: str) -> float:
+    print(f"\n=== {title} ===", flush=True)
+    return time.monotonic()
+
+
+def run_job(job: str, preset_file: str, overrides: list[str], verbose: bool) -> dict:
+    cfg = load_config(config_class(job), CONFIGS / preset_file, overrides)
+    return run_function(job)(cfg, JobArgs(str(CONFIGS / preset_file), None, verbose))
+
+
+def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: bool = False) -> dict:
+    from .cluster import connect
+    from .data import ingest
+    from .data.manifest import Manifest
+
+    started = time.monotonic()
+    out = out.resolve()
+    data = out / "data" / "synthetic-faces"
+    common = [f"data.path={data}", f"data.image_size={preset.image_size}", f"mlflow.experiment={experiment}"]
+
+    t = step(f"1/6 synthetic faces: {preset.num_images} images -> {data}")
+    done = (data / "dataset.json").exists() and sum(s.rows for s in Manifest.load(str(data)).splits.values()) == \
+        preset.num_images
+    if not done:
+        ingest("synthetic-faces", None, str(data), image_size=preset.image_size, rows_per_shard=500,
+               options={"num_images": preset.num_images, "seed": 0}, overwrite=True)
+    print(f"dataset ready ({time.monotonic() - t:.0f}s)", flush=True)
+    resources = connect(verbose=verbose)
+    print(f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs", flush=True)
+
+    t = step("2/6 MoCo pretraining, 2 Ray Train workers")
+    pre = run_job("pretrain", "pretrain_synthetic_cpu.yaml", [
+        *common, f"train.epochs={preset.pretrain_epochs}", f"train.batch_size={preset.pretrain_batch}",
+        f"moco.queue_size={preset.queue_size}", f"train.lr={preset.pretrain_lr}",
+        f"checkpoint.storage_path={out / 'ray'}", f"mlflow.run_name=demo-pretrain-{preset.num_images}",
+        *preset.extra_pretrain], verbose)
+    backbone = pre["mlflow_run_id"]
+    print(f"pretraining done ({time.monotonic() - t:.0f}s), final loss {pre['loss']:.3f}", flush=True)
+
+    t = step("3/6 equivariance projector on the pretrained hypercolumns")
+    proj = run_job("train_projector", "train_projector_synthetic_cpu.yaml", [
+        *common, f"backbone.source={backbone}", f"train.epochs={preset.projector_epochs}",
+        f"checkpoint.storage_path={out / 'ray'}"], verbose)
+    print(f"projector done ({time.monotonic() - t:.0f}s), loss {proj['loss']:.3f}", flush=True)
+
+    t = step("4/6 Ray Tune sweep: regression over budgets x repeats, pretrained vs random init")
+    sweep = run_sweep_grid(preset, common, backbone, experiment, out, verbose)
+    print(f"sweep done ({time.monotonic() - t:.0f}s): {sweep.get('trials_finished')} trials", flush=True)
+
+    t = step("5/6 landmark matching and segmentation")
+    match = {src: run_job("match", "match_synthetic_cpu.yaml", [*common, f"backbone.source={src}"], verbose)
+             for src in (backbone, "random")}
+    seg = run_job("segment", "segment_synthetic_cpu.yaml", [
+        *common, f"backbone.source={backbone}", f"train.epochs={preset.segment_epochs}"], verbose)
+    print(f"matching + segmentation done ({time.monotonic() - t:.0f}s)", flush=True)
+
+    t = step("6/6 report")
+    from .report import run_report
+
+    report = run_report([experiment], out / "report", pca_backbone=backbone, data=str(data),
+                        mlflow_experiment=experiment)
+    table = budget_table(experiment, backbone)
+    summary = {
+        "pretrain_run_id": backbone, "pretrain_loss": pre["loss"], "projector_loss": proj["loss"],
+        "match_same_px": {"pretrained": match[backbone]["match_same_px"], "random": match["random"]["match_same_px"]},
+        "match_diff_px": {"pretrained": match[backbone]["match_diff_px"], "random": match["random"]["match_diff_px"]},
+        "segment_iou": seg["iou"], "iod_by_budget": table, "report": str(out / "report"),
+        "report_run_id": report.get("mlflow_run_id"), "minutes": (time.monotonic() - started) / 60,
+    }
+    print_summary(summary, experiment)
+    return summary
+
+
+def run_sweep_grid(preset: DemoPreset, common: list[str], backbone: str, experiment: str, out: Path,
+                   verbose: bool) -> dict:
+    from .sweep import SweepConfig, run_sweep
+
+    cfg = SweepConfig.model_validate({
+        "job": "regress",
+        "base_config": str(CONFIGS / "regress_synthetic_cpu.yaml"),
+        "overrides": {**dict(o.split("=", 1) for o in common), "train.epochs": preset.regress_epochs},
+        "grid": {"backbone.source": [backbone, "random"], "annotations": list(preset.budgets),
+                 "repeat": list(range(preset.repeats))},
+        "max_concurrent": 2,
+        "resources_per_trial": {"cpu": 1, "gpu": 0},
+        "mlflow": {"experiment": experiment, "run_name": f"demo-sweep-{backbone[:8]}"},
+        "name": f"demo-sweep-{backbone[:8]}",
+        "storage_path": str(out / "tune"),
+    })
+    return run_sweep(cfg, JobArgs(None, None, verbose))
+
+
+def budget_table(experiment: str, backbone: str) -> dict[str, dict[str, float]]:
+    """budget -> {"pretrained": mean IOD, "random": mean IOD} over the sweep's finished regress runs."""
+    cells: dict[str, dict[str, list[float]]] = {}
+    for run in tracking.search_runs(experiment, "tags.job = 'regress' and attributes.status = 'FINISHED'"):
+        source = run.data.params.get("backbone.source")
+        iod = run.data.metrics.get("iod")
+        if iod is None or source not in (backbone, "random"):
+            continue
+        init = "pretrained" if source == backbone else "random"
+        cells.setdefault(run.data.params.get("annotations", "all"), {}).setdefault(init, []).append(iod)
+    return {budget: {init: statistics.fmean(v) for init, v in by_init.items()} for budget, by_init in cells.items()}
+
+
+def print_summary(summary: dict, experiment: str) -> None:
+    table = summary["iod_by_budget"]
+    print("\n=== summary ===")
+    print("inter-ocular error (%) on the synthetic test split, lower is better")
+    print(f"{'annotations':>12} {'MoCo pretrained':>16} {'random init':>12}")
+    wins = 0
+    order = sorted(table, key=lambda b: (b == "all", int(b) if b.isdigit() else 0))
+    for budget in order:
+        pre, rnd = table[budget].get("pretrained"), table[budget].get("random")
+        wins += pre is not None and rnd is not None and pre < rnd
+        print(f"{budget:>12} {pre if pre is not None else float('nan'):16.2f} "
+              f"{rnd if rnd is not None else float('nan'):12.2f}")
+    print(f"pretrained beats random init at {wins}/{len(order)} budgets")
+    m_same, m_diff = summary["match_same_px"], summary["match_diff_px"]
+    print(f"matching error (px @70): same identity {m_same['pretrained']:.2f} (random {m_same['random']:.2f}), "
+          f"different identity {m_diff['pretrained']:.2f} (random {m_diff['random']:.2f})")
+    print(f"segmentation IoU (pretrained, linear): {summary['segment_iou']:.3f}")
+    print(f"report: {summary['report']}/summary.md (tables/, figures/)")
+    print(f"MLflow: experiment '{experiment}' at {tracking.safe_uri(tracking.tracking_uri())}")
+    print("  open the UI: mlflow ui   (from this directory; then http://127.0.0.1:5000, experiment "
+          f"'{experiment}')")
+    print(f"total time: {summary['minutes']:.1f} min")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the whole pipeline on synthetic faces.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--out", default="demo_output", help="where data, checkpoints and the report go")
+    parser.add_argument("--experiment", default="demo", help="MLflow experiment of every run")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        run_demo(PRESETS[args.preset], Path(args.out), args.experiment, args.verbose)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
