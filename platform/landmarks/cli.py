@@ -44,6 +44,8 @@ def build_parser(description: str | None, config_cls: type) -> argparse.Argument
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
+        # MLflow sets its own loggers to this level when it is imported (after us).
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for noisy in ("mlflow", "alembic", "ray", "urllib3", "botocore"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -98,7 +98,7 @@ def _read_meta(path: Path) -> dict:
 def _torch_load(path: Path, where: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors of a file that is not a weights file
+    except (RuntimeError, OSError, ValueError, EOFError) as err:  # pickle / zip errors: not a weights file
         raise UserError(f"backbone.source {where}: cannot read {path.name} as PyTorch weights ({err})") from None
 
 

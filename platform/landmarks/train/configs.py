@@ -121,8 +121,18 @@ class RegressConfig(EvalCommon):
 
 class SegmentTrain(EvalTrain):
     epochs: int = Field(100, ge=1)
-    lr: float | Literal["auto"] = 1e-3
-    weight_decay: float | Literal["auto"] = 5e-4
+    lr: float | Literal["auto"] = Field(1e-3, description="head lr (auto: 1e-3)")
+    weight_decay: float | Literal["auto"] = Field(5e-4, description="auto: 5e-4")
+    samples_per_epoch: int | Literal["auto"] = Field(
+        "auto", description="auto: 1000 for limited budgets (as the regressor's official --num_per_epoch "
+        "1000), else one pass over the annotated images")
+
+    @field_validator("samples_per_epoch")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("samples_per_epoch must be a positive integer or 'auto'")
+        return v
 
 
 class SegmentConfig(EvalCommon):
@@ -161,6 +171,16 @@ class ProjectorTrain(TrainConfig):
     weight_decay: float = Field(5e-4, ge=0.0)
     temperature: float = Field(1 / 7, gt=0.0)
     power: float = Field(0.5, gt=0.0)
+    log_every_steps: int = Field(10, ge=1, description="log the step loss to MLflow every N steps")
+
+
+def _check_batch_split(cfg):
+    if cfg.train.batch_size % cfg.ray.num_workers:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by ray.num_workers="
+            f"{cfg.ray.num_workers}; the global batch is split evenly over workers"
+        )
+    return cfg
 
 
 class ProjectorConfig(Section):
@@ -173,12 +193,18 @@ class ProjectorConfig(Section):
     layers: int = Field(4, ge=1, le=4)
     mlflow: MlflowConfig = MlflowConfig(experiment="projector")
     checkpoint: CheckpointConfig = CheckpointConfig()
+    max_failures: int = Field(2, ge=-1, description="Ray Train FailureConfig(max_failures); -1 = unlimited")
+
+    @model_validator(mode="after")
+    def _batch_divisible(self):
+        return _check_batch_split(self)
 
 
 class FinetuneTrain(EvalTrain):
     lr: float | Literal["auto"] = 1e-3
     weight_decay: float | Literal["auto"] = 5e-4
     backbone_lr: float = Field(1e-4, gt=0.0, description="lr of the backbone (heads use train.lr)")
+    log_every_steps: int = Field(10, ge=1, description="log the step loss to MLflow every N steps")
 
 
 class FinetuneConfig(EvalCommon):
@@ -186,6 +212,11 @@ class FinetuneConfig(EvalCommon):
     representation: Representation = "conv4"
     mlflow: MlflowConfig = MlflowConfig(experiment="finetune")
     checkpoint: CheckpointConfig = CheckpointConfig()
+    max_failures: int = Field(2, ge=-1, description="Ray Train FailureConfig(max_failures); -1 = unlimited")
+
+    @model_validator(mode="after")
+    def _batch_divisible(self):
+        return _check_batch_split(self)
 
 
 __all__ = [

@@ -10,9 +10,10 @@ evaluate, and how a job runs (one Ray task from the command line, in-process ins
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,7 @@ class Representation:
     layers: int
     mean: Sequence[float]
     std: Sequence[float]
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # see `to`
 
     @property
     def kind(self) -> str:

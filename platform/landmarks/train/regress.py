@@ -37,8 +37,15 @@ from ..progress import Progress
 from ..tracking import RunLogger
 from .configs import RegressConfig
 from .data_source import open_manifest
-from .eval_job import (Representation, absolute_paths, linear_over_blocks, load_representation, pick_device,
-                       run_logged, split_image_ids)
+from .eval_job import (
+    Representation,
+    absolute_paths,
+    linear_over_blocks,
+    load_representation,
+    pick_device,
+    run_logged,
+    split_image_ids,
+)
 from .schedules import cosine_lr, set_lr
 
 # Paper Sec. 4 / official README (eval_face.py, eval_animal.py command lines).
@@ -89,32 +96,35 @@ def _train_rows(cfg: RegressConfig, manifest: Manifest, is_cub: bool) -> np.ndar
     return budget_indices(n, cfg.annotations, seed)
 
 
+def paper_lr_wd(is_cub: bool, annotations: int | str) -> tuple[float, float]:
+    """train.lr / train.weight_decay = auto: the paper's rule for the dataset and budget."""
+    if is_cub:
+        return CUB_LR, CUB_WD_SMALL if annotations != "all" and annotations <= 100 else CUB_WD_LARGE
+    return (FULL_LR, FULL_WD) if annotations == "all" else (LIMITED_FACE_LR, LIMITED_FACE_WD)
+
+
 def check_regression(cfg: RegressConfig) -> Plan:
     """Validate the dataset, budget, backbone and projector; resolve the paper's 'auto' settings."""
     manifest = open_manifest(cfg.data.path, "train", "test", need_landmarks=True)
-    is_cub_name = manifest.name == "cub"
-    if is_cub_name:
+    is_cub = manifest.name == "cub"
+    if is_cub:
         open_manifest(cfg.data.path, "val")
-    rows = _train_rows(cfg, manifest, is_cub_name)
+    rows = _train_rows(cfg, manifest, is_cub)
     limited = cfg.annotations != "all"
-    if is_cub_name:
-        small = cfg.annotations != "all" and cfg.annotations <= 100
-        lr, wd = CUB_LR, CUB_WD_SMALL if small else CUB_WD_LARGE
-    else:
-        lr, wd = (LIMITED_FACE_LR, LIMITED_FACE_WD) if limited else (FULL_LR, FULL_WD)
+    lr, wd = paper_lr_wd(is_cub, cfg.annotations)
     lr = lr if cfg.train.lr == "auto" else cfg.train.lr
     wd = wd if cfg.train.weight_decay == "auto" else cfg.train.weight_decay
-    tps = (limited and not is_cub_name) if cfg.tps_augment == "auto" else bool(cfg.tps_augment)
+    tps = (limited and not is_cub) if cfg.tps_augment == "auto" else bool(cfg.tps_augment)
     spe = cfg.train.samples_per_epoch
     if spe == "auto":
-        spe = max(REPEAT_PER_EPOCH, len(rows)) if limited and not is_cub_name else len(rows)
+        spe = max(REPEAT_PER_EPOCH, len(rows)) if limited and not is_cub else len(rows)
     rep = load_representation(cfg, manifest, seed=cfg.train.seed)
     tags = {"dataset": manifest.name, "backbone": cfg.model.backbone, "representation": cfg.representation,
             "budget": cfg.annotations, "seed": cfg.train.seed, "repeat": cfg.repeat, "init": rep.info["init"],
             "backbone_source": cfg.backbone.source, "projector_dim": rep.info.get("projector_dim"),
             "image_size": cfg.data.image_size}
     return Plan(manifest, rows, "iod" if manifest.eye_indices else "pck", float(lr), float(wd), tps, int(spe),
-                rep, is_cub_name, tags)
+                rep, is_cub, tags)
 
 
 def run_name(cfg: RegressConfig, plan: Plan) -> str:
@@ -232,13 +242,14 @@ def train_epoch(regressor, optimizer, source: Rows, order: np.ndarray, batch_siz
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, count = total + float(loss) * len(kps), count + len(kps)
+        total, count = total + loss.item() * len(kps), count + len(kps)
     return total / max(count, 1)
 
 
 def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | None = None) -> dict:
     """Train the regressor and score it on the test split; logs to `run_logger`. Returns the metrics."""
-    plan = plan or check_regression(absolute_paths(cfg))
+    cfg = absolute_paths(cfg)
+    plan = plan or check_regression(cfg)
     device = pick_device()
     rep = plan.rep.to(device)
     seed = cfg.train.seed + cfg.repeat
@@ -276,7 +287,8 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         metrics["best_epoch"], metrics["val_pck"] = best[1], best[0]
     pred = predict_rows(regressor, test, size)
     metrics[plan.metric] = score(plan.metric, pred, test, plan.manifest)
-    run_logger.log_metrics({k: v for k, v in metrics.items() if k != "epochs"}, step=cfg.train.epochs)
+    run_logger.log_metrics({k: v for k, v in metrics.items() if k not in ("epochs", "train_loss")},
+                           step=cfg.train.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "predictions.npz"
         np.savez_compressed(path, image_id=np.array(test.image_ids, dtype=str), pred=pred.astype(np.float32),

@@ -1,0 +1,166 @@
+"""Trials per hour of a landmark-regression grid with and without the feature cache.
+
+    python benchmarks/sweep.py [--num-images 600] [--lrs 0.001,0.003] [--repeats 2] [--epochs 10]
+        [--runner job|tune] [--out sweep.json] [--mlflow benchmarks] [--quick]
+    flock /tmp/landmarks-ray.lock python benchmarks/sweep.py --runner tune     # the Ray Tune sweep
+
+The grid is train.lr x repeat over jobs/configs/regress_synthetic_cpu.yaml (ResNet18 hypercolumn,
+random init, full annotations: no TPS augmentation, so the cache applies) on a synthetic-faces
+dataset generated once under runs/bench/. It runs twice:
+
+  cache     features.enabled=true with an empty features.dir: the first trial computes the
+            backbone's stage outputs of the train and test splits once (landmarks.features);
+            every trial then trains its regressor on them
+  no-cache  features.enabled=false: every trial runs every image through the backbone every epoch
+
+  --runner job   each trial is `landmarks.train.regress.run_regress(cfg, ...)` called in this
+                 process, one after the other: what a Tune trial runs (landmarks.sweep.run_trial),
+                 MLflow run included (a throw-away local store), without Ray
+  --runner tune  the whole grid through `landmarks.sweep.run_sweep` (Ray Tune; trials as
+                 resources allow, one CPU each); starts Ray
+
+trials/hour = trials x 3600 / wall time of the grid (the cache build included in "cache"); the
+cache's first trial and the mean of the others are reported too. speedup = cache / no-cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import DATA_ROOT, ROOT, bench_parser, finish, parse_ints
+
+PRESET = ROOT / "jobs" / "configs" / "regress_synthetic_cpu.yaml"
+
+
+def ensure_dataset(num_images: int, image_size: int) -> Path:
+    """synthetic-faces for input `image_size`, ingested once under runs/bench/ (starts Ray the first time)."""
+    from landmarks.data import ingest
+
+    path = DATA_ROOT / f"synthetic-faces-n{num_images}-px{image_size}"
+    if not (path / "dataset.json").is_file():
+        ingest("synthetic-faces", None, str(path), image_size=image_size,
+               options={"num_images": num_images, "seed": 0}, progress=False)
+    return path
+
+
+def grid_points(lrs: list[float], repeats: int) -> list[dict[str, Any]]:
+    return [{"train.lr": lr, "repeat": r} for lr in lrs for r in range(repeats)]
+
+
+def job_overrides(data: Path, cache: bool, cache_dir: str, epochs: int, image_size: int) -> dict[str, Any]:
+    return {"data.path": str(data), "data.image_size": image_size, "train.epochs": epochs,
+            "features.enabled": cache, "features.dir": cache_dir if cache else "",
+            "mlflow.experiment": "bench-sweep"}
+
+
+def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Every grid point as `run_regress` in this process; per-trial seconds and metrics."""
+    from landmarks.cli import JobArgs
+    from landmarks.config import load_config, with_overrides
+    from landmarks.train.configs import RegressConfig
+    from landmarks.train.regress import run_regress
+
+    base = with_overrides(load_config(RegressConfig, PRESET), overrides)
+    os.environ["LANDMARKS_IN_PROCESS"] = "1"  # evaluate here, as inside a Tune trial, not as a Ray task
+    seconds, iods = [], []
+    t0 = time.perf_counter()
+    for point in points:
+        cfg = with_overrides(base, {**point, "mlflow.run_name": f"bench-{point['train.lr']}-{point['repeat']}"})
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # the job's progress lines and MLflow links
+            metrics = run_regress(cfg, JobArgs(None, None, False))
+        seconds.append(time.perf_counter() - start)
+        iods.append(metrics["iod"])
+    return {"wall_s": time.perf_counter() - t0, "trial_s": seconds, "iod": iods}
+
+
+def run_tune(points: list[dict[str, Any]], overrides: dict[str, Any], lrs: list[float], repeats: int,
+             storage: str) -> dict[str, Any]:
+    """The grid through landmarks.sweep (Ray Tune), timed end to end."""
+    from landmarks.cli import JobArgs
+    from landmarks.sweep import SweepConfig, run_sweep
+
+    cfg = SweepConfig.model_validate({
+        "job": "regress", "base_config": str(PRESET), "overrides": overrides,
+        "grid": {"train.lr": lrs, "repeat": list(range(repeats))}, "storage_path": storage,
+        "name": f"bench-{'cache' if overrides['features.enabled'] else 'nocache'}", "resume": False,
+        "mlflow": {"experiment": "bench-sweep"}, "resources_per_trial": {"cpu": 1}})
+    t0 = time.perf_counter()
+    metrics = run_sweep(cfg, JobArgs(None, None, False))
+    return {"wall_s": time.perf_counter() - t0, "trial_s": [], "iod": [], "sweep_metrics": metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--num-images", type=int, default=600)
+    parser.add_argument("--image-size", type=int, default=64, help="network input (the CPU preset's 64)")
+    parser.add_argument("--lrs", default="0.001,0.003")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=10, help="regressor epochs per trial (the CPU preset's 10)")
+    parser.add_argument("--runner", choices=("job", "tune"), default="job")
+    parser.add_argument("--modes", default="cache,no-cache")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of a trial (job runner): 1, as in a Tune trial holding one CPU")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_images, args.image_size, args.lrs, args.repeats, args.epochs = 60, 32, "0.001", 2, 1
+    lrs = [float(x) for x in args.lrs.split(",") if x]
+    modes = [m for m in args.modes.split(",") if m]
+    if bad := [m for m in modes if m not in ("cache", "no-cache")]:
+        parser.error(f"unknown mode(s) {bad}; valid: cache, no-cache")
+    parse_ints(str(args.repeats))
+    points = grid_points(lrs, args.repeats)
+    if args.runner == "job":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    data = ensure_dataset(args.num_images, args.image_size)
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        # A throw-away MLflow store: the benchmark's trials are not results. Created (schema
+        # migrations, imports) before the clock starts, so the first mode does not pay for it.
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        from landmarks import tracking
+        from landmarks.train import regress  # noqa: F401  (imported before timing)
+
+        tracking.get_or_create_experiment("bench-sweep")
+        for mode in modes:
+            overrides = job_overrides(data, mode == "cache", f"{tmp}/features-{mode}", args.epochs, args.image_size)
+            out = (run_jobs(points, overrides) if args.runner == "job"
+                   else run_tune(points, overrides, lrs, args.repeats, f"{tmp}/tune-{mode}"))
+            trials = out["trial_s"]
+            row = {"mode": mode, "runner": args.runner, "trials": len(points), "wall_s": round(out["wall_s"], 2),
+                   "trials_per_hour": round(len(points) * 3600 / out["wall_s"], 1),
+                   "first_trial_s": round(trials[0], 2) if trials else None,
+                   "later_trial_mean_s": round(sum(trials[1:]) / len(trials[1:]), 2) if len(trials) > 1 else None,
+                   "iod_mean": round(sum(out["iod"]) / len(out["iod"]), 3) if out["iod"] else None}
+            print(row, flush=True)
+            rows.append(row)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+    summary: dict[str, Any] = {}
+    by = {r["mode"]: r for r in rows}
+    if "cache" in by and "no-cache" in by:
+        summary["speedup_trials_per_hour"] = round(by["cache"]["trials_per_hour"] / by["no-cache"]["trials_per_hour"], 2)
+        if by["cache"]["later_trial_mean_s"] and by["no-cache"]["later_trial_mean_s"]:
+            summary["speedup_per_trial_after_first"] = round(
+                by["no-cache"]["later_trial_mean_s"] / by["cache"]["later_trial_mean_s"], 2)
+    params = {"num_images": args.num_images, "image_size": args.image_size, "lrs": lrs, "repeats": args.repeats,
+              "epochs": args.epochs, "runner": args.runner,
+              "threads": args.threads if args.runner == "job" else None, "preset": str(PRESET.relative_to(ROOT)),
+              "backbone": "resnet18 (random init)", "representation": "hypercolumn", "quick": args.quick}
+    finish(args, "sweep", rows, params=params, summary=summary, label_keys=("mode",),
+           notes=["the grid's wall time includes building the cache once (first trial of 'cache')"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""End-to-end fine-tuning of backbone + landmark regressor on Ray Train (Table 1, "fine-tuned").
+
+    python jobs/finetune.py --config jobs/configs/finetune_synthetic_cpu.yaml data.path=data/synthetic-faces
+    python jobs/finetune.py --config jobs/configs/finetune_mafl.yaml backbone.source=<pretrain run id>
+"""
+
+import sys
+
+from landmarks.cli import job_main
+from landmarks.train.configs import FinetuneConfig
+from landmarks.train.finetune import run_finetune
+
+if __name__ == "__main__":
+    sys.exit(job_main(FinetuneConfig, run_finetune, __doc__))

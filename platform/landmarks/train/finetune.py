@@ -1,0 +1,199 @@
+"""End-to-end fine-tuning of backbone + landmark regressor (paper Table 1: conv4 of ResNet50, fine-tuned).
+
+    python jobs/finetune.py --config jobs/configs/finetune_mafl.yaml backbone.source=<pretrain run id>
+
+The backbone named by `backbone.source` and a `LandmarkRegressor` over its conv4 (or hypercolumn)
+map are trained together on the annotated train rows by a Ray Train TorchTrainer of
+`ray.num_workers` DDP workers (each reads its shard of a Ray Dataset via `get_dataset_shard`):
+smooth-L1 on normalized coordinates over visible landmarks, Adam (beta1 0.5), head at `train.lr`
+and backbone at `train.backbone_lr`, cosine schedule. The test split is scored after the last
+epoch: `iod` (eye indices from dataset.json), or `pck` for CUB. The linear rows of Table 1 are
+`jobs/regress.py representation=conv4`.
+
+Rerunning with the same `mlflow.run_name` (the Ray Train run name) resumes from the latest
+checkpoint under `checkpoint.storage_path` and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import tracking
+from ..cli import JobArgs, print_summary
+from ..cluster import connect
+from ..config import to_flat_dict
+from ..data.manifest import Manifest
+from ..errors import UserError
+from ..features import eval_geometry
+from .backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
+from .checkpoint import absolute_storage, latest_checkpoint
+from .configs import FinetuneConfig
+from .data_source import open_manifest
+from .eval_job import absolute_paths, split_image_ids
+from .ray_setup import check_resources, resolve_use_gpu, scaling_config
+from .segment import annotated_rows
+
+FULL_LR, FULL_WD = 1e-3, 5e-4  # train.lr / weight_decay = auto: the full-annotation regressor (SPEC)
+COMPATIBLE = ("backbone_fingerprint", "representation", "layers", "num_landmarks", "train_rows")
+
+
+@dataclass
+class FinetunePlan:
+    """Everything checked and resolved before any worker starts."""
+
+    manifest: Manifest
+    rows: np.ndarray
+    batch_size: int
+    lr: float
+    weight_decay: float
+    backbone: Any
+    info: dict
+    mean: list[float]
+    std: list[float]
+    meta: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+
+
+def check_finetune(cfg: FinetuneConfig) -> FinetunePlan:
+    """Validate dataset, budget, batch and backbone; resolve 'auto' settings. Raises UserError."""
+    manifest = open_manifest(cfg.data.path, "train", "test", need_landmarks=True)
+    if cfg.representation == "projected":
+        raise UserError("finetune trains the backbone end to end on representation=conv4 (Table 1) or hypercolumn; "
+                        "the projected descriptor is evaluated by jobs/regress.py")
+    rows = annotated_rows(cfg, manifest)
+    world = cfg.ray.num_workers
+    batch = min(cfg.train.batch_size, len(rows) - len(rows) % world)
+    if batch < 2 * world:
+        raise UserError(f"{len(rows)} annotated images cannot make batches of at least 2 per worker for "
+                        f"ray.num_workers={world} (batch norm in training mode); lower ray.num_workers or "
+                        "raise annotations")
+    backbone, info = load_backbone(cfg.backbone.source, cfg.model.backbone, seed=cfg.train.seed)
+    imagenet = info["normalization"] == "imagenet"
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (manifest.mean, manifest.std)
+    lr = FULL_LR if cfg.train.lr == "auto" else cfg.train.lr
+    wd = FULL_WD if cfg.train.weight_decay == "auto" else cfg.train.weight_decay
+    meta = {"backbone_fingerprint": info["fingerprint"], "backbone": cfg.model.backbone,
+            "backbone_source": cfg.backbone.source, "representation": cfg.representation, "layers": cfg.layers,
+            "num_landmarks": manifest.K, "train_rows": len(rows), "dataset": manifest.name,
+            "image_size": cfg.data.image_size}
+    tags = {"job": "finetune", "dataset": manifest.name, "backbone": cfg.model.backbone,
+            "representation": cfg.representation, "init": info["init"], "finetuned": 1,
+            "budget": cfg.annotations, "seed": cfg.train.seed, "repeat": cfg.repeat,
+            "backbone_source": cfg.backbone.source, "image_size": cfg.data.image_size}
+    return FinetunePlan(manifest, rows, int(batch), float(lr), float(wd), backbone, info, list(mean), list(std),
+                        meta, tags)
+
+
+def run_name(cfg: FinetuneConfig, plan: FinetunePlan) -> str:
+    return cfg.mlflow.run_name or (f"finetune-{plan.manifest.name}-{cfg.model.backbone}-{plan.info['fingerprint'][:8]}"
+                                   f"-{cfg.representation}-n{cfg.annotations}-s{cfg.train.seed}-r{cfg.repeat}")
+
+
+def _check_previous(previous: tuple[str, dict] | None, meta: dict) -> None:
+    if not previous:
+        return
+    where, old = previous
+    for key in COMPATIBLE:
+        if key in old and old[key] != meta[key]:
+            raise UserError(f"checkpoint {where} was trained with {key}={old[key]!r}, this run has {meta[key]!r}; "
+                            "set another mlflow.run_name (or checkpoint.storage_path) to start a new fine-tuning")
+
+
+def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
+    cfg = absolute_paths(cfg)
+    plan = check_finetune(cfg)
+    name = run_name(cfg, plan)
+    previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
+    _check_previous(previous, plan.meta)
+
+    resources = connect(verbose=args.verbose)
+    use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
+    check_resources(cfg.ray, use_gpu, resources, "fine-tuning")
+
+    logger = tracking.start_run(cfg.mlflow.experiment, name, tags=plan.tags,
+                                run_id=previous[1].get("mlflow_run_id") if previous else None)
+    logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": plan.info["fingerprint"],
+                       "resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay,
+                       "resolved.batch_size": plan.batch_size, "resolved.train_rows": len(plan.rows)})
+    metric = "iod" if plan.manifest.eye_indices else "pck"
+    done = previous is not None and metric in previous[1]
+    if previous:
+        print(f"[finetune] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)", flush=True)
+    try:
+        if done:
+            checkpoint_path, final = previous[0], previous[1]
+        else:
+            result = _fit(cfg, plan, name, use_gpu, logger.run_id)
+            if result.checkpoint is None or metric not in result.metrics:
+                raise UserError("fine-tuning ended without a final checkpoint and test score")
+            checkpoint_path, final = result.checkpoint.path, result.metrics
+    except BaseException as err:
+        logger.fail(f"{type(err).__name__}: {err}")
+        raise
+    metrics = {metric: float(final[metric]), "train_loss": float(final["train_loss"]),
+               "epochs": int(final["epoch"]) + 1, "mlflow_run_id": logger.run_id, "checkpoint": checkpoint_path}
+    logger.set_tags({"checkpoint_uri": checkpoint_path})
+    logger.finish()
+    print_summary("finetune", metrics)
+    return metrics
+
+
+def train_view(batch: dict[str, np.ndarray], keep_ids: frozenset | None, border: int,
+               image_size: int) -> dict[str, np.ndarray]:
+    """Ray Data batch -> the annotated rows after the eval border crop (and resize): image, keypoints, visible."""
+    if keep_ids is not None:
+        keep = np.array([str(i) in keep_ids for i in batch["image_id"]], dtype=bool)
+        batch = {k: v[keep] for k, v in batch.items()}
+    if len(batch["image"]) == 0:
+        return {"image": np.zeros((0, image_size, image_size, 3), np.uint8),
+                "keypoints": np.zeros((0, *batch["keypoints"].shape[1:]), np.float32),
+                "visible": np.zeros((0, *batch["visible"].shape[1:]), bool)}
+    out = eval_geometry({k: batch[k] for k in ("image", "keypoints", "visible")}, border, image_size)
+    return {"image": out["image"], "keypoints": out["keypoints"].astype(np.float32), "visible": out["visible"]}
+
+
+def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_id: str):
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..data import read_dataset
+    from .finetune_loop import train_loop_per_worker
+
+    n = plan.manifest.splits["train"].rows
+    keep = None if len(plan.rows) == n else frozenset(np.array(split_image_ids(cfg.data.path, "train"))[plan.rows])
+    dataset = read_dataset(cfg.data.path, "train", seed=cfg.train.seed, verify=False)
+    dataset = dataset.map_batches(train_view, batch_format="numpy",
+                                  fn_kwargs={"keep_ids": keep, "border": plan.manifest.border,
+                                             "image_size": cfg.data.image_size})
+    dataset = dataset.randomize_block_order(seed=cfg.train.seed + cfg.repeat)
+    state = {k: v.detach().cpu() for k, v in plan.backbone.state_dict().items()}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
+            "backbone_state": ray.put(state), "low_dim": plan.backbone.fc.out_features,
+            "num_landmarks": plan.manifest.K, "eye_indices": plan.manifest.eye_indices,
+            "mean": plan.mean, "std": plan.std, "lr": plan.lr, "weight_decay": plan.weight_decay,
+            "batch_size": plan.batch_size, "train_rows": len(plan.rows), "meta": plan.meta,
+        },
+        scaling_config=scaling_config(cfg.ray, use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=absolute_storage(cfg.checkpoint.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets={"train": dataset},
+    )
+    try:
+        return trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; surface the cause in one line
+        from ray.train import TrainingFailedError
+
+        if isinstance(err, TrainingFailedError):
+            raise UserError(f"fine-tuning failed: {str(err).strip().splitlines()[-1]}") from err
+        raise

@@ -1,0 +1,208 @@
+"""End-to-end fine-tuning, the per-worker side: `train_loop_per_worker(config)` run by Ray Train.
+
+Each rank streams its shard of the annotated train rows (already border-cropped by Ray Data on CPU
+workers), steps a DDP-wrapped `LandmarkNet` (backbone + landmark regressor) with smooth-L1 on
+normalized coordinates over visible landmarks, Adam (beta1 0.5) with the head at `train.lr` and
+the backbone at `train.backbone_lr`, both on one cosine schedule. After the last epoch rank 0
+scores the test split (inter-ocular error, or PCK for datasets without eyes). Every rank calls
+`ray.train.report`; only rank 0 attaches checkpoints and logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.loader import device_batches
+from ..dist import all_reduce_mean
+from ..features import feature_size, input_tensor, load_split
+from ..losses import masked_smooth_l1
+from ..metrics import inter_ocular_error, pck
+from ..models import (
+    LandmarkRegressor,
+    build_backbone,
+    normalized_to_pixels,
+    pixels_to_normalized,
+    soft_argmax,
+)
+from ..progress import Progress
+from ..tracking import RunLogger
+from .checkpoint import load_checkpoint_dir, save_checkpoint_dir
+from .configs import FinetuneConfig
+from .eval_job import linear_over_blocks
+from .pretrain_loop import autocast
+from .schedules import cosine_lr, set_lr
+
+PCK_THRESHOLD = 0.05
+
+
+class LandmarkNet(nn.Module):
+    """Backbone + `LandmarkRegressor` over its conv4 or hypercolumn map, trained end to end.
+
+    forward: normalized images (B, 3, S, S) -> landmarks (B, K, 2), normalized [-1, 1], x first.
+    Parameters that cannot reach the output (the MoCo head; layer4 for conv4) are frozen, so DDP
+    sees no unused parameters. The backbone may run in bf16 autocast; the heatmap conv and the x100 spatial softmax run in
+    float32 (bf16 logits times 100 would move the soft-argmax by whole cells).
+    """
+
+    def __init__(self, backbone: nn.Module, num_landmarks: int, kind: str = "conv4", layers: int = 4,
+                 size: tuple[int, int] = (48, 48)) -> None:
+        super().__init__()
+        if kind not in ("conv4", "hypercolumn"):
+            raise ValueError(f"LandmarkNet representation must be conv4 or hypercolumn, got {kind!r}")
+        self.backbone, self.kind, self.layers, self.size = backbone, kind, layers, tuple(size)
+        chans = list(backbone.stage_channels)
+        in_channels = chans[2] if kind == "conv4" else sum(chans[::-1][:layers])
+        self.regressor = LandmarkRegressor(in_channels, num_landmarks)
+        backbone.fc.requires_grad_(False)
+        if kind == "conv4":
+            backbone.layer4.requires_grad_(False)
+
+    def forward(self, x_b3hw: torch.Tensor) -> torch.Tensor:
+        stages = self.backbone.stages(x_b3hw, num_stages=3 if self.kind == "conv4" else 4)
+        blocks = [stages[2]] if self.kind == "conv4" else stages[::-1][:self.layers]
+        with torch.autocast(device_type=x_b3hw.device.type, enabled=False):
+            logits = linear_over_blocks([b.float() for b in blocks], self.regressor.heatmaps.weight, None, self.size)
+            pts = soft_argmax(logits * self.regressor.softmax_scale)  # (B, K*P, 2)
+            pts = pts.reshape(pts.shape[0], self.regressor.num_landmarks, -1)  # (B, K, 2P)
+            return torch.einsum("bki,koi->bko", pts, self.regressor.weight)  # (B, K, 2)
+
+
+def build_model(cfg: FinetuneConfig, num_landmarks: int, low_dim: int) -> LandmarkNet:
+    backbone = build_backbone(cfg.model.backbone, low_dim=low_dim)
+    return LandmarkNet(backbone, num_landmarks, cfg.representation, cfg.layers, feature_size(cfg.data.image_size))
+
+
+def param_groups(model: LandmarkNet, lr: float, backbone_lr: float) -> list[dict]:
+    """Head at `lr`, backbone at `backbone_lr`; `lr_scale` keeps the ratio under the cosine schedule."""
+    return [{"params": list(model.regressor.parameters()), "lr_scale": 1.0},
+            {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr_scale": backbone_lr / lr}]
+
+
+def train_step(model, optimizer, images_u8, keypoints, visible, mean, std, image_size: int) -> float:
+    """One step on border-cropped uint8 images (B, S, S, 3) with pixel keypoints (B, K, 2) -> loss."""
+    x = input_tensor(images_u8, mean, std, images_u8.device)
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = pixels_to_normalized(keypoints.float(), image_size)
+    with autocast(x.device):
+        pred = model(x)
+    loss = masked_smooth_l1(pred.float(), target, visible.bool())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def evaluate(model: LandmarkNet, data_path: str, image_size: int, mean, std, eye_indices, device,
+             batch_size: int = 64) -> tuple[str, float, dict[str, np.ndarray]]:
+    """(metric name, value, predictions) on the test split: IOD % with eye indices, else PCK@0.05 %."""
+    model.eval()
+    split = load_split(data_path, "test", image_size)
+    preds = []
+    for start in range(0, len(split["image"]), batch_size):
+        images = torch.from_numpy(split["image"][start:start + batch_size])
+        x = input_tensor(images, mean, std, device)
+        with autocast(device):
+            preds.append(normalized_to_pixels(model(x).float(), image_size).cpu())
+    pred = torch.cat(preds).numpy()
+    model.train()
+    if eye_indices:
+        value = inter_ocular_error(pred, split["keypoints"], eye_indices, visible=split["visible"])
+        return "iod", value, {"pred": pred, **split}
+    value = pck(pred, split["keypoints"], split["visible"], image_size, threshold=PCK_THRESHOLD)
+    return "pck", value, {"pred": pred, **split}
+
+
+def _log_predictions(logger: RunLogger, out: dict[str, np.ndarray], image_size: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "predictions.npz"
+        np.savez_compressed(path, image_id=np.array(out["image_id"], dtype=str), pred=out["pred"].astype(np.float32),
+                            gt=out["keypoints"], visible=out["visible"], image_size=image_size)
+        logger.log_artifact(path, "predictions")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = FinetuneConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    seed = cfg.train.seed + cfg.repeat
+    torch.manual_seed(seed)  # the same regressor initialisation on every rank
+    logger = RunLogger(config["mlflow_run_id"], enabled=rank == 0, uri=config["tracking_uri"])
+    mean, std, size = config["mean"], config["std"], cfg.data.image_size
+
+    model = build_model(cfg, config["num_landmarks"], config["low_dim"])
+    model.backbone.load_state_dict(ray.get(config["backbone_state"]))
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(param_groups(model, config["lr"], cfg.train.backbone_lr), lr=config["lr"],
+                                 betas=(cfg.train.adam_beta1, 0.999), weight_decay=config["weight_decay"])
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state, _ = load_checkpoint_dir(d, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
+
+    batch = config["batch_size"]
+    local_batch, steps_per_epoch = batch // world, max(config["train_rows"] // batch, 1)
+    shard = ray.train.get_dataset_shard("train")
+    bar = Progress(steps_per_epoch * (cfg.train.epochs - start_epoch), "finetune", every=10.0, enabled=rank == 0)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        model.train()
+        losses, t0 = [], time.perf_counter()
+        batches = device_batches(shard, local_batch, device=device, columns=("image", "keypoints", "visible"),
+                                 local_shuffle_buffer_size=4 * local_batch, local_shuffle_seed=seed * 1000 + epoch)
+        for i, b in enumerate(batches):
+            if i >= steps_per_epoch:
+                break  # shards may differ by a batch; keep ranks in lock-step for DDP
+            lr = cosine_lr(config["lr"], epoch + i / steps_per_epoch, cfg.train.epochs)
+            set_lr(optimizer, lr)
+            loss = train_step(ddp_model, optimizer, b["image"], b["keypoints"], b["visible"], mean, std, size)
+            losses.append(loss)
+            step += 1
+            if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:
+                rate = (i + 1) * batch / max(time.perf_counter() - t0, 1e-9)
+                logger.log_metrics({"loss": loss, "lr": lr, "images_per_sec": rate}, step=step)
+            bar.update(1, epoch=epoch + 1, loss=loss)
+        epoch_loss = float(all_reduce_mean(torch.tensor(sum(losses) / max(len(losses), 1), device=device)))
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_loss, "step": step}
+        logger.log_metrics({"train_loss": epoch_loss, "epoch": epoch}, step=step)
+        last = epoch == cfg.train.epochs - 1
+        if last and rank == 0:
+            name, value, out = evaluate(model, cfg.data.path, size, mean, std, config["eye_indices"], device)
+            metrics[name] = value
+            logger.log_metrics({name: value}, step=step)
+            _log_predictions(logger, out, size)
+        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or last:
+            ckpt = None
+            if rank == 0:
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "step": step}
+                meta = {**config["meta"], **metrics, "mlflow_run_id": config["mlflow_run_id"]}
+                ckpt = ray.train.Checkpoint.from_directory(str(save_checkpoint_dir(state, meta)))
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}")
+        else:
+            ray.train.report(metrics)
+        if rank == 0:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("iod", "pck"))
+            # stderr, like the progress lines: Ray Train echoes a worker's stdout twice.
+            print(f"[finetune] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  step {step}  {shown}",
+                  file=sys.stderr, flush=True)

@@ -1,0 +1,184 @@
+"""Equivariance projector training, the driver side (paper Sec. 3.2; Tables 4, 5 and 8).
+
+    python jobs/train_projector.py --config jobs/configs/train_projector_celeba_r50.yaml backbone.source=<run id>
+
+A 1x1 conv from the frozen backbone's hypercolumn to `projector.dim` (64/128/256; up to 1280
+for CUB) is trained with the equivariance loss on TPS image pairs of the train split (10 epochs,
+Adam lr 1e-3, wd 5e-4, temperature 1/7, no other augmentation) by a Ray Train TorchTrainer of
+`ray.num_workers` DDP workers. The result is logged to MLflow as the artifact evaluation jobs
+load with `projector.source=<run id>` (`backbone_source.load_projector`):
+
+    projector/projector.pt   Projector state dict (proj.weight (dim, C, 1, 1), proj.bias)
+    projector/meta.json      {"backbone_fingerprint", "backbone", "backbone_source", "dim",
+                              "in_channels", "layers", "dataset", "image_size", "init", "loss", ...}
+
+Rerunning with the same `mlflow.run_name` (the Ray Train run name; by default it names the
+dataset, backbone weights, dim and seed) resumes from the latest checkpoint under
+`checkpoint.storage_path` and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .. import storage, tracking
+from ..cli import JobArgs, print_summary
+from ..cluster import connect
+from ..config import to_flat_dict
+from ..errors import UserError
+from ..features import blocks, feature_size
+from .backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
+from .checkpoint import absolute_storage, latest_checkpoint, load_checkpoint_dir
+from .configs import ProjectorConfig
+from .data_source import open_manifest
+from .ray_setup import check_resources, resolve_use_gpu, scaling_config
+
+PROJECTOR_FILE = "projector.pt"
+META_FILE = "meta.json"
+
+
+def run_name(cfg: ProjectorConfig, dataset: str, fingerprint: str) -> str:
+    return cfg.mlflow.run_name or (f"projector-{dataset}-{cfg.model.backbone}-{fingerprint[:8]}"
+                                   f"-d{cfg.projector.dim}-s{cfg.train.seed}")
+
+
+def _absolute_data_path(cfg: ProjectorConfig) -> ProjectorConfig:
+    """A copy with a local data.path made absolute, so that Ray workers (another cwd) agree."""
+    cfg = cfg.model_copy(deep=True)
+    if cfg.data.path and not storage.is_s3(cfg.data.path):
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    return cfg
+
+
+def _check_previous(previous: tuple[str, dict] | None, meta: dict) -> None:
+    """A checkpoint under this run name must come from the same backbone weights, dim and layers."""
+    if not previous:
+        return
+    where, old = previous
+    for key in ("backbone_fingerprint", "dim", "layers", "in_channels"):
+        if key in old and old[key] != meta[key]:
+            raise UserError(f"checkpoint {where} was trained with {key}={old[key]!r}, this run has {meta[key]!r}; "
+                            "set another mlflow.run_name (or checkpoint.storage_path) to train a new projector")
+
+
+def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
+    # 1. Everything that can be checked before work starts.
+    cfg = _absolute_data_path(cfg)
+    manifest = open_manifest(cfg.data.path, "train", need_landmarks=False)
+    train_rows = max(1, round(manifest.splits["train"].rows * cfg.data.fraction))
+    if train_rows < cfg.train.batch_size:
+        raise UserError(f"{cfg.data.path}: the train split has {train_rows} rows (x data.fraction), fewer than "
+                        f"one batch of train.batch_size={cfg.train.batch_size}")
+    backbone, info = load_backbone(cfg.backbone.source, cfg.model.backbone, seed=cfg.train.seed)
+    in_channels = sum(blocks(backbone.stage_channels, "hypercolumn", cfg.layers))
+    imagenet = info["normalization"] == "imagenet"
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (manifest.mean, manifest.std)
+    meta = {"backbone_fingerprint": info["fingerprint"], "backbone": cfg.model.backbone,
+            "backbone_source": cfg.backbone.source, "init": info["init"], "dim": cfg.projector.dim,
+            "in_channels": in_channels, "layers": cfg.layers, "dataset": manifest.name,
+            "image_size": cfg.data.image_size, "epochs": cfg.train.epochs}
+    name = run_name(cfg, manifest.name, info["fingerprint"])
+    previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
+    _check_previous(previous, meta)
+
+    resources = connect(verbose=args.verbose)
+    use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
+    check_resources(cfg.ray, use_gpu, resources, "projector training")
+
+    # 2. The MLflow run: new, or the one the checkpoint belongs to.
+    tags = {"job": "train_projector", "dataset": manifest.name, "backbone": cfg.model.backbone,
+            "init": info["init"], "projector_dim": cfg.projector.dim, "backbone_source": cfg.backbone.source,
+            "seed": cfg.train.seed, "image_size": cfg.data.image_size}
+    logger = tracking.start_run(cfg.mlflow.experiment, name, tags=tags,
+                                run_id=previous[1].get("mlflow_run_id") if previous else None)
+    logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": info["fingerprint"],
+                       "resolved.in_channels": in_channels, "resolved.train_rows": train_rows})
+    done = previous is not None and previous[1].get("epoch", -1) + 1 >= cfg.train.epochs
+    if previous:
+        print(f"[train_projector] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)",
+              flush=True)
+    try:
+        if done:
+            from ray.train import Checkpoint
+
+            checkpoint, loss = Checkpoint(previous[0]), float(previous[1].get("loss", float("nan")))
+        else:
+            result = _fit(cfg, name, backbone, meta, mean, std, manifest, use_gpu, logger.run_id, train_rows)
+            if result.checkpoint is None:
+                raise UserError("projector training ended without a checkpoint")
+            checkpoint, loss = result.checkpoint, float(result.metrics["loss"])
+        metrics = _finish(checkpoint, meta, loss, logger)
+    except BaseException as err:
+        logger.fail(f"{type(err).__name__}: {err}")
+        raise
+    print_summary("train_projector", metrics)
+    return metrics
+
+
+def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manifest, use_gpu: bool,
+         run_id: str, train_rows: int):
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..data import read_dataset
+    from .projector_loop import train_loop_per_worker
+
+    dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False)
+    dataset = dataset.randomize_block_order(seed=cfg.train.seed)
+    state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
+            "backbone": cfg.model.backbone, "low_dim": backbone.fc.out_features,
+            "backbone_state": ray.put(state), "in_channels": meta["in_channels"], "meta": meta,
+            "mean": list(mean), "std": list(std), "train_rows": train_rows,
+            "feature_size": list(feature_size(cfg.data.image_size)),
+            # The eval border at the stored size (20 px of 136 for 96 px faces; 0 for CUB).
+            "border": manifest.border,
+        },
+        scaling_config=scaling_config(cfg.ray, use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=absolute_storage(cfg.checkpoint.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets={"train": dataset},
+    )
+    try:
+        return trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; surface the cause in one line
+        from ray.train import TrainingFailedError
+
+        if isinstance(err, TrainingFailedError):
+            raise UserError(f"projector training failed: {str(err).strip().splitlines()[-1]}") from err
+        raise
+
+
+def save_projector(state: dict[str, torch.Tensor], meta: dict, directory: Path) -> Path:
+    """projector.pt (state dict, weights-only loadable) + meta.json: what `load_projector` reads."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, directory / PROJECTOR_FILE)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory / PROJECTOR_FILE
+
+
+def _finish(checkpoint, meta: dict, loss: float, logger: tracking.RunLogger) -> dict:
+    """Log the trained projector (tied to its backbone by the fingerprint) and end the run."""
+    with checkpoint.as_directory() as d:
+        state, ckpt_meta = load_checkpoint_dir(d)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_projector(state["projector"], {**meta, "loss": loss, "mlflow_run_id": logger.run_id}, Path(tmp))
+        logger.log_artifact(Path(tmp), "projector")
+    step = int(ckpt_meta.get("step", 0))
+    logger.log_metrics({"final_loss": loss}, step=step)
+    logger.set_tags({"checkpoint_uri": checkpoint.path})
+    logger.finish()
+    return {"loss": loss, "epochs": int(ckpt_meta.get("epoch", -1)) + 1, "dim": meta["dim"],
+            "mlflow_run_id": logger.run_id, "checkpoint": checkpoint.path}

@@ -1,0 +1,309 @@
+"""Figure-ground segmentation (paper Table 6): a 1x1 conv to a foreground logit, fixed or fine-tuned.
+
+    python jobs/segment.py --config jobs/configs/segment_cub.yaml backbone.source=<pretrain run id> annotations=10
+
+A `SegmentationHead` (1x1 conv over the hypercolumn, conv4 or projected map, bilinearly upsampled
+to the image) is trained with BCE-with-logits on the foreground mask of `annotations` training
+images (CUB: the official fixed subsets of 10/50/100/250/500/1241; elsewhere a seeded subset) and
+scored by the mean IoU of `logits > 0` on the test split (`landmarks.metrics.mask_iou`), after the
+eval border crop. ``finetune=false``: the backbone is frozen and its stage outputs come from the
+feature cache (`landmarks.features`). ``finetune=true``: backbone and head are trained end to end,
+the backbone with `backbone_lr`. Adam (beta1 `train.adam_beta1`), cosine schedule. A PNG of a few
+test images (input, ground truth, prediction) is logged for the report. The job runs as one Ray
+task with the resources of `ray.*` (in-process inside a Tune trial), like `jobs/regress.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cli import JobArgs, print_summary
+from ..data.budgets import CUB_BUDGETS, budget_indices, cub_budget_ids
+from ..data.manifest import Manifest
+from ..errors import UserError
+from ..features import FeatureSet, feature_size, input_tensor, load_split
+from ..metrics import mask_iou
+from ..models import SegmentationHead
+from ..progress import Progress
+from ..tracking import RunLogger
+from .configs import SegmentConfig
+from .data_source import open_manifest
+from .eval_job import (
+    Representation,
+    absolute_paths,
+    linear_over_blocks,
+    load_representation,
+    pick_device,
+    run_logged,
+    split_image_ids,
+)
+from .pretrain_loop import autocast
+from .schedules import cosine_lr, set_lr
+
+DEFAULT_LR, DEFAULT_WD = 1e-3, 5e-4  # train.lr / train.weight_decay = auto
+REPEAT_PER_EPOCH = 1000  # limited budgets: as the regressor's official --repeat --num_per_epoch 1000
+FIGURE_IMAGES = 6
+
+
+def annotated_rows(cfg: Any, manifest: Manifest) -> np.ndarray:
+    """Sorted indices into the train split of the `annotations` budget (with `data.fraction` for 'all').
+
+    CUB budgets of 10/50/100/250/500/1241 are the official fixed lists (`budgets.cub_budget_ids`);
+    other budgets are the seeded `budget_indices` of seed train.seed + repeat.
+
+    Raises:
+        UserError: a budget larger than the split, a CUB list that does not match the split, or
+            annotations=N together with data.fraction < 1.
+    """
+    n = manifest.splits["train"].rows
+    seed = cfg.train.seed + cfg.repeat
+    if cfg.annotations == "all":
+        if cfg.data.fraction < 1.0:
+            return np.sort(budget_indices(n, max(1, round(cfg.data.fraction * n)), seed))
+        return np.arange(n)
+    if cfg.data.fraction < 1.0:
+        raise UserError("set either annotations=N or data.fraction<1, not both")
+    if cfg.annotations > n:
+        raise UserError(f"annotations={cfg.annotations} is more than the {n} rows of the train split of "
+                        f"{cfg.data.path}; use at most {n} or annotations=all")
+    if manifest.name == "cub" and cfg.annotations in CUB_BUDGETS:
+        where = {image_id: i for i, image_id in enumerate(split_image_ids(cfg.data.path, "train"))}
+        wanted = cub_budget_ids(cfg.annotations)
+        missing = [i for i in wanted if i not in where]
+        if missing:
+            raise UserError(f"{cfg.data.path}: {len(missing)} images of the CUB train_{cfg.annotations} list are not "
+                            f"in its train split (first: {missing[0]}); re-ingest cub with the shipped splits")
+        return np.array(sorted(where[i] for i in wanted))
+    return np.sort(budget_indices(n, cfg.annotations, seed))
+
+
+@dataclass
+class SegmentPlan:
+    """Everything checked and resolved before training starts."""
+
+    manifest: Manifest
+    rows: np.ndarray  # training rows (indices into the train split)
+    lr: float
+    weight_decay: float
+    samples_per_epoch: int
+    rep: Representation
+    tags: dict = field(default_factory=dict)
+
+
+def check_segmentation(cfg: SegmentConfig) -> SegmentPlan:
+    """Validate the dataset (with masks), budget, backbone and projector; resolve 'auto' settings."""
+    manifest = open_manifest(cfg.data.path, "train", "test", need_landmarks=False, need_masks=True)
+    if cfg.finetune and cfg.representation == "projected":
+        raise UserError("finetune=true trains the backbone end to end on representation=hypercolumn or conv4; "
+                        "use finetune=false for the projected descriptor")
+    rows = annotated_rows(cfg, manifest)
+    if cfg.finetune and len(rows) < 2:
+        raise UserError("finetune=true needs at least 2 annotated images (batch norm in training mode)")
+    limited = cfg.annotations != "all"
+    spe = cfg.train.samples_per_epoch
+    if spe == "auto":
+        spe = max(REPEAT_PER_EPOCH, len(rows)) if limited else len(rows)
+    rep = load_representation(cfg, manifest, seed=cfg.train.seed)
+    tags = {"dataset": manifest.name, "backbone": cfg.model.backbone, "representation": cfg.representation,
+            "budget": cfg.annotations, "init": rep.info["init"], "finetuned": int(cfg.finetune),
+            "seed": cfg.train.seed, "repeat": cfg.repeat, "backbone_source": cfg.backbone.source,
+            "projector_dim": rep.info.get("projector_dim"), "image_size": cfg.data.image_size}
+    lr = DEFAULT_LR if cfg.train.lr == "auto" else cfg.train.lr
+    wd = DEFAULT_WD if cfg.train.weight_decay == "auto" else cfg.train.weight_decay
+    return SegmentPlan(manifest, rows, float(lr), float(wd), int(spe), rep, tags)
+
+
+def run_name(cfg: SegmentConfig, plan: SegmentPlan) -> str:
+    mode = "finetuned" if cfg.finetune else "linear"
+    return cfg.mlflow.run_name or (f"segment-{plan.manifest.name}-{cfg.model.backbone}-{cfg.representation}-{mode}"
+                                   f"-n{cfg.annotations}-s{cfg.train.seed}-r{cfg.repeat}")
+
+
+def run_segment(cfg: SegmentConfig, args: JobArgs) -> dict:
+    """The job: check everything, then train and score as one Ray task (in-process inside a Tune trial)."""
+    cfg = absolute_paths(cfg)
+    plan = check_segmentation(cfg)
+    resolved = {"resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay,
+                "resolved.samples_per_epoch": plan.samples_per_epoch, "resolved.train_rows": len(plan.rows),
+                "backbone.fingerprint": plan.rep.info["fingerprint"]}
+    metrics = run_logged("segment", cfg, plan.tags, run_name(cfg, plan), evaluate_segmentation,
+                         getattr(args, "verbose", False), extra_params=resolved, plan=plan)
+    print_summary("segment", metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+class MaskRows:
+    """Rows of a split with their masks, and the stage outputs of a batch of them: from the feature
+    cache, or from the images through the backbone (with gradients when fine-tuning)."""
+
+    def __init__(self, rep: Representation, features: FeatureSet | None = None,
+                 split: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None, grad: bool = False):
+        self.rep, self.features, self.grad = rep, features, grad
+        if features is not None:
+            if features.masks is None:
+                raise UserError(f"feature cache {features.directory} holds no masks; delete it to rebuild")
+            self.index = np.arange(len(features)) if rows is None else np.asarray(rows)
+            self.masks = features.masks
+        else:
+            self.index = np.arange(len(split["image"]))
+            self.images, self.masks = split["image"], split["mask"]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def target(self, pos: np.ndarray) -> torch.Tensor:
+        """(B, H, W) float foreground (ingest writes 0/255 masks) on the device."""
+        return torch.from_numpy(np.asarray(self.masks[self.index[pos]]) > 127).to(self.rep.device).float()
+
+    def stages(self, pos: np.ndarray) -> list[torch.Tensor]:
+        if self.features is not None:
+            return self.features.stage_batch(self.index[pos], self.rep.device)
+        images = self.images[self.index[pos]]
+        if not self.grad:
+            return self.rep.stages(images)
+        x = input_tensor(images, self.rep.mean, self.rep.std, self.rep.device)
+        if x.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.rep.backbone.stages(x, num_stages=4 if self.rep.kind == "hypercolumn" else 3)
+
+
+def segment_logits(head: SegmentationHead, rep: Representation, stages: list[torch.Tensor],
+                   size: tuple[int, int], image_size: int) -> torch.Tensor:
+    """Foreground logits (B, H, W) = head(rep.dense(stages)), the 1x1 conv run block by block."""
+    if rep.projector is not None:
+        return head(rep.dense(stages, size), image_size)
+    conv = head.classifier
+    logits = linear_over_blocks(rep.stage_blocks(stages), conv.weight, conv.bias, size)  # (B, 1, h, w)
+    return F.interpolate(logits.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _source(cfg: SegmentConfig, plan: SegmentPlan, split: str, rows: np.ndarray | None) -> MaskRows:
+    size = cfg.data.image_size
+    if cfg.features.enabled and not cfg.finetune:
+        return MaskRows(plan.rep, features=plan.rep.features(cfg.data.path, split, size, cfg.features.dir), rows=rows)
+    return MaskRows(plan.rep, split=load_split(cfg.data.path, split, size, rows=rows), grad=cfg.finetune)
+
+
+@torch.no_grad()
+def predict_masks(head, source: MaskRows, size, image_size: int, batch_size: int = 64) -> np.ndarray:
+    """Boolean foreground predictions (N, H, W), logits > 0, for every row of `source`."""
+    grad, source.grad = source.grad, False
+    out = []
+    for start in range(0, len(source), batch_size):
+        pos = np.arange(start, min(start + batch_size, len(source)))
+        with autocast(source.rep.device):
+            logits = segment_logits(head, source.rep, source.stages(pos), size, image_size)
+        out.append((logits > 0).cpu())
+    source.grad = grad
+    return torch.cat(out).numpy()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _batches(n: int, samples: int, batch_size: int, rng: np.random.Generator, drop_last: bool) -> list[np.ndarray]:
+    """One epoch: `samples` positions from shuffled passes over n rows, cut into batches."""
+    order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(samples / n))])[:samples]
+    cuts = [order[i:i + batch_size] for i in range(0, samples, batch_size)]
+    return [c for c in cuts if len(c) == batch_size] if drop_last and len(cuts) > 1 else cuts
+
+
+def train_epoch(head, optimizer, source: MaskRows, batches: list[np.ndarray], epoch: int, epochs: int,
+                base_lr: float, size, image_size: int) -> float:
+    total, count = 0.0, 0
+    for i, pos in enumerate(batches):
+        set_lr(optimizer, cosine_lr(base_lr, epoch + i / len(batches), epochs))
+        with autocast(source.rep.device):
+            logits = segment_logits(head, source.rep, source.stages(pos), size, image_size)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), source.target(pos))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item() * len(pos), count + len(pos)
+    return total / max(count, 1)
+
+
+def evaluate_segmentation(cfg: SegmentConfig, run_logger: RunLogger, plan: SegmentPlan | None = None) -> dict:
+    """Train the head (and the backbone when fine-tuning), score IoU on the test split; logs to `run_logger`."""
+    plan = plan or check_segmentation(absolute_paths(cfg))
+    device = pick_device()
+    rep = plan.rep.to(device)
+    if rep.projector is not None:
+        rep.projector.requires_grad_(False)
+    seed = cfg.train.seed + cfg.repeat
+    torch.manual_seed(seed)
+    size, image_size = feature_size(cfg.data.image_size), cfg.data.image_size
+    train = _source(cfg, plan, "train", plan.rows)
+    test = _source(cfg, plan, "test", None)
+    if train.features is not None:
+        run_logger.set_tags({"features.train": "hit" if train.features.hit else "miss",
+                             "features.test": "hit" if test.features.hit else "miss"})
+
+    head = SegmentationHead(rep.channels).to(device)
+    groups = [{"params": list(head.parameters()), "lr_scale": 1.0}]
+    if cfg.finetune:
+        rep.backbone.requires_grad_(True).train()
+        if device.type == "cuda":
+            rep.backbone.to(memory_format=torch.channels_last)
+        groups.append({"params": list(rep.backbone.parameters()), "lr_scale": cfg.backbone_lr / plan.lr})
+    optimizer = torch.optim.Adam(groups, lr=plan.lr, betas=(cfg.train.adam_beta1, 0.999),
+                                 weight_decay=plan.weight_decay)
+    rng = np.random.default_rng(seed)
+    batch_size = min(cfg.train.batch_size, plan.samples_per_epoch)
+    bar = Progress(cfg.train.epochs, "segment", every=5.0)
+    for epoch in range(cfg.train.epochs):
+        t0 = time.perf_counter()
+        batches = _batches(len(train), plan.samples_per_epoch, batch_size, rng, drop_last=cfg.finetune)
+        loss = train_epoch(head, optimizer, train, batches, epoch, cfg.train.epochs, plan.lr, size, image_size)
+        seen = sum(len(b) for b in batches)
+        run_logger.log_metrics({"train_loss": loss, "images_per_sec": seen / (time.perf_counter() - t0)}, step=epoch)
+        bar.update(1, loss=loss)
+
+    rep.backbone.eval()
+    pred = predict_masks(head, test, size, image_size)
+    gt = np.asarray(test.masks[test.index]) > 127
+    metrics: dict[str, Any] = {
+        "iou": mask_iou(pred, gt), "train_loss": loss, "epochs": cfg.train.epochs,
+        # Chance levels for the report: all background / all foreground.
+        "iou_all_background": mask_iou(np.zeros_like(gt), gt), "iou_all_foreground": mask_iou(np.ones_like(gt), gt),
+    }
+    run_logger.log_metrics({k: v for k, v in metrics.items() if k != "epochs"}, step=cfg.train.epochs)
+    _log_figure(cfg, pred, gt, run_logger)
+    return metrics
+
+
+def mask_figure(images: np.ndarray, gt: np.ndarray, pred: np.ndarray, min_side: int = 96):
+    """A PIL image with one row per image: input | ground truth | prediction (white = foreground)."""
+    from PIL import Image
+
+    n, h, w = gt.shape
+    scale = max(1, math.ceil(min_side / h))
+    canvas = Image.new("RGB", (3 * w * scale + 4, n * h * scale + 2 * (n - 1)), (128, 128, 128))
+    for i in range(n):
+        tiles = [images[i], np.repeat(gt[i, ..., None] * 255, 3, -1), np.repeat(pred[i, ..., None] * 255, 3, -1)]
+        for j, tile in enumerate(tiles):
+            img = Image.fromarray(np.ascontiguousarray(tile).astype(np.uint8)).resize((w * scale, h * scale),
+                                                                                       Image.NEAREST)
+            canvas.paste(img, (j * (w * scale + 2), i * (h * scale + 2)))
+    return canvas
+
+
+def _log_figure(cfg: SegmentConfig, pred: np.ndarray, gt: np.ndarray, run_logger: RunLogger) -> None:
+    n = min(FIGURE_IMAGES, len(gt))
+    images = load_split(cfg.data.path, "test", cfg.data.image_size, rows=np.arange(n))["image"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "masks.png"
+        mask_figure(images, gt[:n], pred[:n]).save(path)
+        run_logger.log_artifact(path, "segmentation")

@@ -1,0 +1,78 @@
+"""Smoke test of benchmarks/: each runs in --quick mode through its command line and writes its JSON.
+
+The benchmarks are not tests (their numbers depend on the machine); this only checks that each one
+runs end to end, prints its table and writes well-formed results with sane values.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, job_env
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(script: str, tmp_path: Path, *args: str, env: dict | None = None) -> dict:
+    out = tmp_path / f"{Path(script).stem}.json"
+    env = env or job_env(f"sqlite:///{tmp_path}/mlflow.db", LANDMARKS_BENCH_DATA=str(tmp_path / "bench-data"))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stderr[-5000:]}\n{proc.stdout[-3000:]}"
+    assert f"== {Path(script).stem} ==" in proc.stdout  # the table was printed
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == Path(script).stem and doc["rows"] and doc["machine"]["cpus"] >= 1
+    return doc
+
+
+def test_data_quick(tmp_path):
+    doc = run_bench("data.py", tmp_path)
+    rows = doc["rows"]
+    assert {r["pipeline"] for r in rows} == {"dataloader", "ray", "ray-tuned"}
+    assert {r["workload"] for r in rows} == {"decode", "decode+views"}
+    for r in rows:
+        assert r["images"] > 0 and r["startup_s"] > 0 and r["e2e_images_per_s"] > 0
+    tuned = [r for r in rows if r["pipeline"] == "ray-tuned"]
+    assert all(r["ratio_e2e"] > 0 for r in tuned)
+    assert doc["summary"]["ray_startup_s"] > 0
+
+
+def test_train_quick(tmp_path):
+    doc = run_bench("train.py", tmp_path)
+    rows = {(r["mode"], r["workers"]): r for r in doc["rows"]}
+    assert set(rows) == {("plain", 1), ("ray", 1)}
+    for r in rows.values():
+        assert r["images_per_s"] > 0 and r["gflops_per_image"] > 0 and r["tflops"] > 0
+    assert rows[("ray", 1)]["ratio"] > 0
+    # ResNet18 MoCo step at 64 px: query fwd+bwd + key fwd = 4x the forward, about 1.2 GFLOPs an image.
+    assert 0.8 < rows[("plain", 1)]["gflops_per_image"] < 1.6
+
+
+def test_memory_quick_reproduces_table2_and_logs_to_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    doc = run_bench("memory.py", tmp_path, "--mlflow", "bench-test",
+                    env=job_env(uri, LANDMARKS_BENCH_DATA=str(tmp_path / "bench-data")))
+    r18 = next(r for r in doc["rows"] if r["backbone"] == "resnet18")
+    assert r18["params_m"] == pytest.approx(11.24, abs=0.01)
+    assert r18["summary_fwd_bwd_mb"] == pytest.approx(11.54, abs=0.01)  # Table 2, computed as the paper did
+    assert 0 < r18["saved_mb"] < r18["summary_fwd_bwd_mb"] < r18["peak_mb"]
+    assert any(r["backbone"] == "dve_hourglass" for r in doc["rows"])
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("bench-test").experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["resnet18.summary_fwd_bwd_mb"] == pytest.approx(11.54, abs=0.01)
+
+
+def test_sweep_quick(tmp_path):
+    doc = run_bench("sweep.py", tmp_path)
+    rows = {r["mode"]: r for r in doc["rows"]}
+    assert set(rows) == {"cache", "no-cache"}
+    assert all(r["trials"] == 2 and r["trials_per_hour"] > 0 and r["iod_mean"] > 0 for r in rows.values())
+    assert doc["summary"]["speedup_trials_per_hour"] > 0

@@ -1,0 +1,114 @@
+"""End-to-end fine-tuning: the model, the Ray Data view of the annotated rows, jobs/finetune.py on 2 Ray
+Train workers, and its errors. Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import _eval_data
+from landmarks.data import read_split_numpy
+from landmarks.features import assemble, load_split
+from landmarks.models import LandmarkRegressor, build_backbone
+from landmarks.train.backbone_source import load_backbone
+from landmarks.train.checkpoint import load_checkpoint_dir
+from landmarks.train.finetune import train_view
+from landmarks.train.finetune_loop import LandmarkNet, param_groups
+
+PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "finetune_synthetic_cpu.yaml")
+MISSING_RUN = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory, ray_local):
+    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local):
+    return ray_local.get_runtime_context().gcs_address
+
+
+@pytest.mark.parametrize("kind", ["conv4", "hypercolumn"])
+def test_landmark_net_equals_the_regressor_on_the_dense_map(kind):
+    torch.manual_seed(0)
+    net = LandmarkNet(build_backbone("resnet18"), 5, kind, 4, (16, 16)).eval()
+    regressor = LandmarkRegressor(net.regressor.heatmaps.in_channels, 5)
+    regressor.load_state_dict(net.regressor.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = regressor(assemble(net.backbone.stages(x), kind, 4, (16, 16)))
+        torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-4)
+    # Only parameters that reach the output train (DDP rejects unused ones); the head at lr, backbone at backbone_lr.
+    net.train()
+    net(x).sum().backward()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in trainable)
+    assert any(p.requires_grad for p in net.backbone.layer4.parameters()) == (kind == "hypercolumn")
+    assert not any(p.requires_grad for p in net.backbone.fc.parameters())  # the MoCo head
+    head, body = param_groups(net, 1e-3, 1e-4)
+    assert head["lr_scale"] == 1.0 and body["lr_scale"] == pytest.approx(0.1)
+    assert len(head["params"]) + len(body["params"]) == len(trainable)
+
+
+def test_train_view_crops_like_evaluation_and_keeps_the_budget(eval_data):
+    faces = str(eval_data["faces"])
+    raw = read_split_numpy(faces, "train")
+    keep = frozenset(str(i) for i in raw["image_id"][[1, 4, 7]])
+    view = train_view(raw, keep, border=6, image_size=32)
+    expected = load_split(faces, "train", 32, rows=[1, 4, 7])  # the evaluation jobs' geometry
+    assert view["image"].shape == (3, 32, 32, 3) and view["image"].dtype == np.uint8
+    np.testing.assert_array_equal(view["image"], expected["image"])
+    np.testing.assert_allclose(view["keypoints"], expected["keypoints"])
+    assert len(train_view(raw, frozenset(), 6, 32)["image"]) == 0
+
+
+@pytest.mark.slow
+def test_finetune_end_to_end(eval_data, ray_address, tmp_path):
+    args = ["--config", PRESET, f"data.path={eval_data['faces']}", "data.image_size=32", "train.epochs=2",
+            "train.batch_size=8", "ray.num_workers=2", "max_failures=0", "--metrics-out", "m.json"]
+    proc = _eval_data.run_job("finetune", args, tmp_path, ray_address)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert np.isfinite(metrics["iod"]) and metrics["iod"] > 0 and metrics["epochs"] == 2
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(metrics["mlflow_run_id"])
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and run.data.metrics["iod"] == pytest.approx(metrics["iod"])
+    assert {k: tags[k] for k in ("job", "dataset", "backbone", "representation", "init", "finetuned")} == {
+        "job": "finetune", "dataset": "synthetic-faces", "backbone": "resnet18", "representation": "conv4",
+        "init": "random", "finetuned": "1"}
+    assert (run.data.params["resolved.lr"], run.data.params["train.backbone_lr"]) == ("0.001", "0.0001")
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2 * (28 // 8)
+    client.download_artifacts(run.info.run_id, "predictions/predictions.npz", str(tmp_path))
+
+    # The backbone itself was trained: its conv4 weights moved away from the seeded initialisation.
+    state, meta = load_checkpoint_dir(Path(metrics["checkpoint"]))
+    initial, _ = load_backbone("random", "resnet18", seed=0)
+    moved = state["model"]["backbone.layer3.0.conv1.weight"] - initial.layer3[0].conv1.weight
+    assert moved.abs().max() > 0
+    torch.testing.assert_close(state["model"]["backbone.layer4.0.conv1.weight"], initial.layer4[0].conv1.weight)
+    assert meta["iod"] == pytest.approx(metrics["iod"]) and meta["mlflow_run_id"] == metrics["mlflow_run_id"]
+
+
+def test_finetune_bad_input(eval_data, tmp_path):
+    faces = str(eval_data["faces"])
+    base = ["--config", PRESET, f"data.path={faces}", "data.image_size=32"]
+    procs = _eval_data.start_jobs("finetune", [
+        base + [f"backbone.source={MISSING_RUN}"],
+        base + ["annotations=1000"],
+        base + ["representation=projected"],
+        base + ["annotations=2"],  # batches of 1 per worker
+    ], tmp_path)
+    outs = [(p.communicate(timeout=120)[1], p.returncode) for p in procs]
+    _eval_data.assert_one_line_error((outs[0][1], outs[0][0]), MISSING_RUN, "does not exist")
+    _eval_data.assert_one_line_error((outs[1][1], outs[1][0]), "annotations=1000", "rows of the train split")
+    _eval_data.assert_one_line_error((outs[2][1], outs[2][0]), "representation=conv4")
+    _eval_data.assert_one_line_error((outs[3][1], outs[3][0]), "ray.num_workers")

@@ -1,0 +1,99 @@
+"""Landmark matching (jobs/match.py): end to end, per representation, and its errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import _eval_data
+from landmarks.cli import JobArgs
+from landmarks.config import load_config
+from landmarks.models import Projector, build_backbone
+from landmarks.train.backbone_source import load_backbone
+from landmarks.train.configs import MatchConfig
+from landmarks.train.eval_job import Representation
+from landmarks.train.match import describe, run_match
+
+PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "match_synthetic_cpu.yaml")
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory, ray_local):
+    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local):
+    return ray_local.get_runtime_context().gcs_address
+
+
+def test_descriptors_are_normalized_per_stage_block():
+    torch.manual_seed(0)
+    rep = Representation("hypercolumn", build_backbone("resnet18").eval(), {}, None, 4, [0.5] * 3, [0.25] * 3)
+    with torch.no_grad():
+        desc = describe(rep, torch.rand(2, 3, 32, 32), (32, 32))
+    assert desc.shape == (2, 960, 32, 32)
+    for block in desc.split([512, 256, 128, 64], dim=1):
+        torch.testing.assert_close(block.norm(dim=1), torch.ones(2, 32, 32))
+
+
+@pytest.mark.slow
+def test_match_job_end_to_end(eval_data, ray_address, tmp_path):
+    args = ["--config", PRESET, f"data.path={eval_data['faces']}", "data.image_size=32", "ray.cpus_per_worker=1",
+            "--metrics-out", "m.json"]
+    proc = _eval_data.run_job("match", args, tmp_path, ray_address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    for key in ("match_same_px", "match_diff_px"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key]) and 0 <= metrics[key] < 70 * math.sqrt(2)
+    # A warped copy of the same face is easier to match than another face.
+    assert metrics["match_same_px"] < metrics["match_diff_px"]
+    assert run.data.tags["job"] == "match" and run.data.tags["representation"] == "hypercolumn"
+    test_rows = json.loads((eval_data["faces"] / "dataset.json").read_text())["splits"]["test"]["rows"]
+    assert metrics["pairs"] == test_rows // 2  # consecutive pairs (0, 1), (2, 3), ...
+
+
+@pytest.mark.parametrize("representation", ["conv4", "projected"])
+def test_match_other_representations_in_process(eval_data, tmp_path, monkeypatch, representation):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("LANDMARKS_IN_PROCESS", "1")  # what a Ray Tune trial does
+    overrides = [f"data.path={eval_data['faces']}", "data.image_size=32", "descriptor_size=16"]
+    if representation == "projected":
+        fingerprint = load_backbone("random", "resnet18")[1]["fingerprint"]
+        (tmp_path / "proj").mkdir()
+        torch.save(Projector(960, 16).state_dict(), tmp_path / "proj" / "projector.pt")
+        (tmp_path / "proj" / "meta.json").write_text(json.dumps(
+            {"backbone_fingerprint": fingerprint, "backbone": "resnet18", "dim": 16, "in_channels": 960, "layers": 4}))
+        overrides += [f"projector.source={tmp_path / 'proj'}", "projector.dim=16"]
+    cfg = load_config(MatchConfig, PRESET, [f"representation={representation}", *overrides])
+    metrics = run_match(cfg, JobArgs(None, None, False))
+    run = MlflowClient().get_run(metrics["mlflow_run_id"])
+    assert math.isfinite(metrics["match_same_px"]) and math.isfinite(metrics["match_diff_px"])
+    assert run.data.tags["representation"] == representation
+    if representation == "projected":
+        assert run.data.tags["projector_dim"] == "16"
+
+
+def test_bad_inputs_fail_in_one_line(eval_data, tmp_path):
+    faces, common = str(eval_data["faces"]), ["--config", PRESET, "data.image_size=32"]
+    cases = [
+        ([f"data.path={faces}", "backbone.source=0123456789abcdef0123456789abcdef"], ["MLflow run", "does not exist"]),
+        ([f"data.path={faces}", "representation=projected"], ["projector.source"]),
+        ([f"data.path={faces}", "batch_size=3"], ["batch_size=3", "even"]),
+        ([f"data.path={faces}", "split=nosuch"], ["no split 'nosuch'"]),
+        ([f"data.path={eval_data['blank']}", "split=test"], ["no landmarks"]),
+    ]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client.search_experiments()  # create the store now: a fresh one logs its own set-up lines
+    procs = _eval_data.start_jobs("match", [common + args for args, _ in cases], tmp_path)
+    for proc, (_, needles) in zip(procs, cases):
+        _, err = proc.communicate(timeout=300)
+        _eval_data.assert_one_line_error((proc.returncode, err), *needles)
+    assert client.get_experiment_by_name("match-synthetic") is None

@@ -1,0 +1,141 @@
+"""Equivariance projector training: the crop-window correspondence, the loss falling, and
+jobs/train_projector.py end to end on 2 Ray Train workers (artifact loads back through
+load_projector), resumed, and its errors. Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from mlflow.tracking import MlflowClient
+
+import _eval_data
+from landmarks.augment.tps import PAIR, normalized_grid, pair_warp, sample_pair_params
+from landmarks.data import read_split_numpy
+from landmarks.features import assemble
+from landmarks.models import Projector, build_backbone
+from landmarks.train.backbone_source import load_backbone, load_projector
+from landmarks.train.projector_loop import BlockProjector, crop_window_grid, pair_views, train_step
+
+PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "train_projector_synthetic_cpu.yaml")
+MISSING_RUN = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory, ray_local):
+    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local):
+    return ray_local.get_runtime_context().gcs_address
+
+
+def _coordinate_images(batch: int, side: int) -> torch.Tensor:
+    """(B, 4, side, side) images whose pixels hold their own (x, y, x*y) and a 1: a warp is readable from
+    them, and the 1 tells pixels fully inside the source from those mixed with the zero padding."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, side), torch.linspace(0, 1, side), indexing="ij")
+    return torch.stack([xx, yy, xx * yy, torch.ones_like(xx)]).expand(batch, 4, side, side).contiguous()
+
+
+@pytest.mark.parametrize("border", [0, 20])
+def test_crop_window_grid_finds_the_same_pixel(border):
+    """Sampling image a's crop at cell u and image b's crop at grid(u) reads the same source point."""
+    stored, size = 136, (24, 24)
+    params = sample_pair_params(4, PAIR, torch.Generator().manual_seed(1))
+    img_a, img_b, uncropped = pair_warp(_coordinate_images(4, stored), PAIR, size, params=params)
+    grid = crop_window_grid(params[1], stored, border, size)
+    crop = slice(border, stored - border)
+    a, b = img_a[..., crop, crop], img_b[..., crop, crop]
+    va = F.grid_sample(a, normalized_grid(*size).expand(4, *size, 2), align_corners=True)
+    vb = F.grid_sample(b, grid, align_corners=True)
+    ok = (grid.abs() <= 1).all(-1) & (va[:, 3] > 0.9999) & (vb[:, 3] > 0.9999)  # inside both images
+    assert ok.float().mean() > 0.5
+    assert (va - vb)[:, :3].abs().amax(1)[ok].max() * stored < 0.05  # in source pixels
+    if border == 0:
+        torch.testing.assert_close(grid, uncropped)
+    else:  # the uncropped grid would be off by pixels
+        off = (va - F.grid_sample(b, uncropped, align_corners=True))[:, :3].abs().amax(1)
+        assert off[ok].mean() * stored > 1
+
+
+def test_block_projector_equals_projector_on_the_hypercolumn():
+    torch.manual_seed(0)
+    backbone, projector = build_backbone("resnet18").eval(), Projector(960, 16)
+    with torch.no_grad():
+        stages = backbone.stages(torch.randn(2, 3, 32, 32))
+        expected = projector(assemble(stages, "hypercolumn", 4, (16, 16)))
+        got = BlockProjector(projector)(stages[::-1], (16, 16))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_projector_loss_falls(eval_data):
+    """A few Adam steps of the worker's train_step on the tiny faces lower the equivariance loss."""
+    torch.manual_seed(0)
+    split = read_split_numpy(str(eval_data["faces"]), "train")
+    images = torch.from_numpy(split["image"])
+    backbone = build_backbone("resnet18").eval().requires_grad_(False)
+    projector = Projector(960, 32)
+    optimizer = torch.optim.Adam(projector.parameters(), lr=1e-3, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(12):
+        idx = torch.randint(0, len(images), (8,), generator=gen)
+        img_a, img_b, grid = pair_views(images[idx], 6, 32, [0.5] * 3, [0.25] * 3, (16, 16), gen)
+        losses.append(train_step(BlockProjector(projector), backbone, optimizer, img_a, img_b, grid, 4, (16, 16),
+                                 1 / 7, 0.5))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
+
+
+@pytest.mark.slow
+def test_train_projector_end_to_end_and_resume(eval_data, ray_address, tmp_path, monkeypatch):
+    faces = str(eval_data["faces"])
+    args = ["--config", PRESET, f"data.path={faces}", "data.image_size=32", "projector.dim=32", "train.epochs=2",
+            "train.batch_size=8", "ray.num_workers=2", "--metrics-out", "m.json"]
+    proc = _eval_data.run_job("train_projector", args, tmp_path, ray_address)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert np.isfinite(metrics["loss"]) and metrics["epochs"] == 2
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags["job"], tags["dataset"], tags["backbone"], tags["init"], tags["projector_dim"]) == (
+        "train_projector", "synthetic-faces", "resnet18", "random", "32")
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["ray.num_workers"] == "2"
+    steps = 2 * (28 // 8)  # epochs x steps per epoch of the 28-image train split
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == steps
+    assert len(client.get_metric_history(run.info.run_id, "epoch_loss")) == 2
+
+    _, info = load_backbone("random", "resnet18", seed=0)  # the preset's backbone.source
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    projector = load_projector(metrics["mlflow_run_id"], info["fingerprint"], 960)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert (projector.in_channels, projector.dim) == (960, 32)
+    assert projector.meta["backbone_fingerprint"] == info["fingerprint"] and projector.meta["layers"] == 4
+
+    again = _eval_data.run_job("train_projector", args, tmp_path, ray_address)  # complete: nothing to train
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "resuming" in again.stdout
+    second = json.loads((tmp_path / "m.json").read_text())
+    assert second["mlflow_run_id"] == metrics["mlflow_run_id"] and second["loss"] == metrics["loss"]
+
+
+def test_train_projector_bad_input(eval_data, tmp_path):
+    faces = str(eval_data["faces"])
+    base = ["--config", PRESET, f"data.path={faces}", "data.image_size=32"]
+    procs = _eval_data.start_jobs("train_projector", [
+        base + [f"backbone.source={MISSING_RUN}"],
+        base + ["train.batch_size=9"],  # not divisible by the 2 workers
+        base + ["train.batch_size=64"],  # more than the 28 training images
+    ], tmp_path)
+    (_, err0), (_, err1), (_, err2) = [p.communicate(timeout=120) for p in procs]
+    _eval_data.assert_one_line_error((procs[0].returncode, err0), MISSING_RUN, "does not exist")
+    _eval_data.assert_one_line_error((procs[1].returncode, err1), "train.batch_size", "ray.num_workers")
+    assert procs[1].returncode == 2
+    _eval_data.assert_one_line_error((procs[2].returncode, err2), "fewer than one batch")

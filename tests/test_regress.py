@@ -1,0 +1,174 @@
+"""Landmark regression on frozen representations: jobs/regress.py end to end, its rules and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import _eval_data
+from landmarks.cli import JobArgs
+from landmarks.config import load_config
+from landmarks.data.budgets import budget_indices
+from landmarks.errors import UserError
+from landmarks.features import assemble
+from landmarks.metrics import inter_ocular_error
+from landmarks.models import LandmarkRegressor, Projector, build_backbone
+from landmarks.train.backbone_source import load_backbone
+from landmarks.train.configs import RegressConfig
+from landmarks.train.eval_job import Representation, in_ray_worker
+from landmarks.train.pretrain import save_backbone
+from landmarks.train.regress import check_regression, paper_lr_wd, predict, run_regress
+
+PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "regress_synthetic_cpu.yaml")
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory, ray_local):
+    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local):
+    return ray_local.get_runtime_context().gcs_address
+
+
+def _cfg(data: str, *overrides: str) -> RegressConfig:
+    return load_config(RegressConfig, PRESET, [f"data.path={data}", "data.image_size=32", *overrides])
+
+
+@pytest.mark.parametrize("kind", ["hypercolumn", "conv4", "projected"])
+def test_blockwise_prediction_equals_regressor_on_dense_map(kind):
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18").eval()
+    projector = Projector(960, 16) if kind == "projected" else None
+    rep = Representation(kind, backbone, {}, projector, 4, [0.5] * 3, [0.25] * 3)
+    regressor = LandmarkRegressor(rep.channels, 5)
+    with torch.no_grad():
+        stages = backbone.stages(torch.randn(2, 3, 32, 32))
+        dense = assemble(stages, rep.kind, 4, (16, 16))
+        expected = regressor(projector(dense) if projector else dense)
+        torch.testing.assert_close(rep.dense(stages, (16, 16)), projector(dense) if projector else dense)
+        torch.testing.assert_close(predict(regressor, rep, stages, (16, 16)), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_paper_learning_rates():
+    assert paper_lr_wd(False, "all") == (1e-3, 5e-4)
+    assert paper_lr_wd(False, 10) == (1e-2, 5e-2)
+    assert paper_lr_wd(True, 100) == (1e-2, 5e-2)
+    assert paper_lr_wd(True, 250) == (1e-2, 5e-3)
+    assert paper_lr_wd(True, "all") == (1e-2, 5e-3)
+
+
+def test_budget_settings_resolve_before_training(eval_data):
+    faces = str(eval_data["faces"])
+    full = check_regression(_cfg(faces))
+    n = full.manifest.splits["train"].rows
+    assert (full.lr, full.weight_decay, full.tps, full.samples_per_epoch) == (1e-3, 5e-4, False, n)
+    assert list(full.rows) == list(range(n)) and full.metric == "iod" and full.tags["init"] == "random"
+    limited = check_regression(_cfg(faces, "annotations=5", "train.seed=3", "repeat=1"))
+    assert (limited.lr, limited.weight_decay, limited.tps, limited.samples_per_epoch) == (1e-2, 5e-2, True, 1000)
+    assert list(limited.rows) == list(budget_indices(n, 5, seed=4))
+    manual = check_regression(_cfg(faces, "annotations=5", "tps_augment=false", "train.lr=0.5"))
+    assert (manual.lr, manual.tps) == (0.5, False)
+
+
+def test_in_ray_worker_is_detected(ray_local):
+    assert not in_ray_worker()
+    assert ray_local.get(ray_local.remote(in_ray_worker).remote())
+
+
+@pytest.mark.slow
+def test_regression_learns_logs_and_reuses_the_cache(eval_data, ray_address, tmp_path):
+    args = ["--config", PRESET, f"data.path={eval_data['dots']}", "data.image_size=32", "train.epochs=6",
+            "train.batch_size=8", "train.lr=0.003", "ray.cpus_per_worker=1", "--metrics-out", "m.json"]
+    proc = _eval_data.run_job("regress", args, tmp_path, ray_address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["iod"] == pytest.approx(metrics["iod"])
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 6
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("job", "dataset", "backbone", "representation", "budget", "seed", "repeat", "init")} \
+        == {"job": "regress", "dataset": "dots", "backbone": "resnet18", "representation": "hypercolumn",
+            "budget": "all", "seed": "0", "repeat": "0", "init": "random"}
+    assert (tags["features.train"], tags["features.test"]) == ("miss", "miss")
+    assert run.data.params["resolved.lr"] == "0.003"
+
+    # It learned: far better than predicting the mean landmark positions (about 14 %).
+    pred = np.load(client.download_artifacts(run.info.run_id, "predictions/predictions.npz", str(tmp_path)))
+    baseline = inter_ocular_error(np.broadcast_to(pred["gt"].mean(0), pred["gt"].shape), pred["gt"], (0, 1))
+    assert metrics["iod"] < 10.0 and metrics["iod"] < 0.6 * baseline, (metrics["iod"], baseline)
+    assert inter_ocular_error(pred["pred"], pred["gt"], (0, 1)) == pytest.approx(metrics["iod"], rel=1e-5)
+
+    # A second run with the same backbone and data reads the cached features.
+    args = [a for a in args if not a.startswith("train.epochs")] + ["train.epochs=1"]
+    again = _eval_data.run_job("regress", args, tmp_path, ray_address)
+    assert again.returncode == 0, again.stderr[-3000:]
+    tags = client.get_run(json.loads((tmp_path / "m.json").read_text())["mlflow_run_id"]).data.tags
+    assert (tags["features.train"], tags["features.test"]) == ("hit", "hit")
+
+
+@pytest.mark.slow
+def test_limited_budget_trains_on_warped_images(eval_data, ray_address, tmp_path):
+    args = ["--config", PRESET, f"data.path={eval_data['faces']}", "data.image_size=32", "annotations=4",
+            "train.epochs=1", "train.samples_per_epoch=16", "train.batch_size=8", "ray.cpus_per_worker=1",
+            "--metrics-out", "m.json"]
+    proc = _eval_data.run_job("regress", args, tmp_path, ray_address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert np.isfinite(metrics["iod"])
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["features.train"] == "off" and run.data.tags["budget"] == "4"
+    assert run.data.params["resolved.tps_augment"] == "True"
+
+
+def test_bad_inputs_fail_in_one_line(eval_data, tmp_path):
+    faces, common = str(eval_data["faces"]), ["--config", PRESET, "data.image_size=32"]
+    torch.save(build_backbone("resnet50_half").state_dict(), tmp_path / "half.pth")
+    r18_fp = load_backbone("random", "resnet18")[1]["fingerprint"]
+    save_backbone(build_backbone("resnet18"), {"backbone": "resnet50"}, tmp_path / "r50meta")
+    (tmp_path / "proj").mkdir()
+    torch.save({"proj.weight": torch.zeros(8, 960, 1, 1), "proj.bias": torch.zeros(8)}, tmp_path / "proj/projector.pt")
+    (tmp_path / "proj/meta.json").write_text(json.dumps({"backbone_fingerprint": "f" * 24, "backbone": "resnet18"}))
+    cases = [
+        ([f"data.path={faces}", "annotations=100000"], ["annotations=100000", "train split"]),
+        ([f"data.path={faces}", "representation=projected"], ["projector.source"]),
+        ([f"data.path={faces}", "representation=projected", f"projector.source={tmp_path / 'proj'}",
+          "projector.dim=8"], ["another backbone", r18_fp[:12]]),
+        ([f"data.path={faces}", "backbone.source=0123456789abcdef0123456789abcdef"], ["MLflow run", "does not exist"]),
+        ([f"data.path={faces}", f"backbone.source={tmp_path / 'half.pth'}"], ["resnet50_half", "resnet18"]),
+        ([f"data.path={faces}", f"backbone.source={tmp_path / 'r50meta' / 'backbone.pt'}"], ["resnet50", "resnet18"]),
+        ([f"data.path={eval_data['blank']}"], ["no landmarks"]),
+        ([f"data.path={tmp_path / 'nowhere'}"], ["dataset.json"]),
+    ]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client.search_experiments()  # create the store now: a fresh one logs its own set-up lines
+    procs = _eval_data.start_jobs("regress", [common + args for args, _ in cases], tmp_path)
+    for proc, (_, needles) in zip(procs, cases):
+        _, err = proc.communicate(timeout=300)
+        _eval_data.assert_one_line_error((proc.returncode, err), *needles)
+    assert client.get_experiment_by_name("regress-synthetic") is None, "no job got as far as an MLflow run"
+
+
+def test_cub_picks_the_epoch_on_val_in_process(eval_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("LANDMARKS_IN_PROCESS", "1")  # what a Ray Tune trial does
+    cfg = _cfg(str(eval_data["cub"]), "train.epochs=3", "train.batch_size=8")
+    metrics = run_regress(cfg, JobArgs(None, None, False))
+    client = MlflowClient()
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert set(metrics) >= {"pck", "val_pck", "best_epoch", "mlflow_run_id"} and "iod" not in metrics
+    by_epoch = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_pck")}
+    history = [by_epoch[epoch] for epoch in range(3)]
+    assert metrics["val_pck"] == max(history) == history[metrics["best_epoch"]]
+    assert run.data.params["resolved.weight_decay"] == "0.005" and run.data.params["resolved.tps_augment"] == "False"
+    assert run.data.tags["dataset"] == "cub" and 0 <= metrics["pck"] <= 100
+    with pytest.raises(UserError, match="train_10 list"):  # CUB budgets are the official fixed subsets
+        check_regression(_cfg(str(eval_data["cub"]), "annotations=10"))
