@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import _eval_data
-from landmarks.data import read_split_numpy
+from landmarks.data import load_manifest, read_split_numpy
 from landmarks.features import assemble, load_split
 from landmarks.models import LandmarkRegressor, build_backbone
 from landmarks.train.backbone_source import load_backbone
@@ -61,12 +61,13 @@ def test_train_view_crops_like_evaluation_and_keeps_the_budget(eval_data):
     faces = str(eval_data["faces"])
     raw = read_split_numpy(faces, "train")
     keep = frozenset(str(i) for i in raw["image_id"][[1, 4, 7]])
-    view = train_view(raw, keep, border=6, image_size=32)
+    border = load_manifest(faces).border  # 7 px of 46 stored at a 32 px input
+    view = train_view(raw, keep, border=border, image_size=32)
     expected = load_split(faces, "train", 32, rows=[1, 4, 7])  # the evaluation jobs' geometry
     assert view["image"].shape == (3, 32, 32, 3) and view["image"].dtype == np.uint8
     np.testing.assert_array_equal(view["image"], expected["image"])
     np.testing.assert_allclose(view["keypoints"], expected["keypoints"])
-    assert len(train_view(raw, frozenset(), 6, 32)["image"]) == 0
+    assert len(train_view(raw, frozenset(), border, 32)["image"]) == 0
 
 
 @pytest.mark.slow
