@@ -1,17 +1,19 @@
 """Trials per hour of a landmark-regression grid with and without the feature cache.
 
     python benchmarks/sweep.py [--num-images 600] [--lrs 0.001,0.003] [--repeats 2] [--epochs 10]
-        [--runner job|tune] [--out sweep.json] [--mlflow benchmarks] [--quick]
+        [--backbone resnet18] [--threads 1] [--runner job|tune] [--out sweep.json] [--mlflow EXP] [--quick]
     flock /tmp/landmarks-ray.lock python benchmarks/sweep.py --runner tune     # the Ray Tune sweep
 
-The grid is train.lr x repeat over jobs/configs/regress_synthetic_cpu.yaml (ResNet18 hypercolumn,
-random init, full annotations: no TPS augmentation, so the cache applies) on a synthetic-faces
-dataset generated once under runs/bench/. It runs twice:
+The grid is train.lr x repeat over jobs/configs/regress_synthetic_cpu.yaml (ResNet18 by default,
+hypercolumn, random init, full annotations: no TPS augmentation, so the cache applies) on a
+synthetic-faces dataset generated once under runs/bench/. It runs twice:
 
   cache     features.enabled=true with an empty features.dir: the first trial computes the
             backbone's stage outputs of the train and test splits once (landmarks.features);
             every trial then trains its regressor on them
   no-cache  features.enabled=false: every trial runs every image through the backbone every epoch
+  cache-separable (optional) "cache" with the regressor's resize done as two matrix products,
+            the change proposed in benchmarks/README.md (patched into this process, job runner)
 
   --runner job   each trial is `landmarks.train.regress.run_regress(cfg, ...)` called in this
                  process, one after the other: what a Tune trial runs (landmarks.sweep.run_trial),
@@ -34,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from common import DATA_ROOT, ROOT, bench_parser, finish, parse_ints
 
 PRESET = ROOT / "jobs" / "configs" / "regress_synthetic_cpu.yaml"
@@ -54,30 +58,62 @@ def grid_points(lrs: list[float], repeats: int) -> list[dict[str, Any]]:
     return [{"train.lr": lr, "repeat": r} for lr in lrs for r in range(repeats)]
 
 
-def job_overrides(data: Path, cache: bool, cache_dir: str, epochs: int, image_size: int) -> dict[str, Any]:
-    return {"data.path": str(data), "data.image_size": image_size, "train.epochs": epochs,
+def job_overrides(data: Path, cache: bool, cache_dir: str, epochs: int, image_size: int,
+                  backbone: str = "resnet18") -> dict[str, Any]:
+    return {"data.path": str(data), "data.image_size": image_size, "train.epochs": epochs, "model.backbone": backbone,
             "features.enabled": cache, "features.dir": cache_dir if cache else "",
             "mlflow.experiment": "bench-sweep"}
 
 
-def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any]) -> dict[str, Any]:
+def _resize_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in): 1-D linear resize (align_corners=False) as a matrix; bilinear = one per axis."""
+    impulses = torch.eye(n_in, dtype=like.dtype, device=like.device).reshape(n_in, 1, n_in)
+    return F.interpolate(impulses, size=n_out, mode="linear", align_corners=False)[:, 0].T
+
+
+def separable_linear_over_blocks(blocks_bchw, weight, bias, size):
+    """`landmarks.train.eval_job.linear_over_blocks` with the bilinear resize of each block's
+    (B, O, h, w) conv output done as two small matrix products (exact; the proposed change,
+    benchmarks/README.md "Sweep"), instead of F.interpolate, which on CPU dominated a cached trial."""
+    out, start = None, 0
+    for block in blocks_bchw:
+        c = block.shape[1]
+        y = F.conv2d(block, weight[:, start:start + c])
+        if tuple(y.shape[-2:]) != tuple(size):
+            rows, cols = _resize_matrix(y.shape[-2], size[0], y), _resize_matrix(y.shape[-1], size[1], y)
+            y = torch.einsum("yh,bohw,xw->boyx", rows, y, cols)
+        out = y if out is None else out + y
+        start += c
+    if start != weight.shape[1]:
+        raise ValueError(f"blocks have {start} channels, the conv expects {weight.shape[1]}")
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any], separable_resize: bool = False,
+             ) -> dict[str, Any]:
     """Every grid point as `run_regress` in this process; per-trial seconds and metrics."""
     from landmarks.cli import JobArgs
     from landmarks.config import load_config, with_overrides
+    from landmarks.train import regress
     from landmarks.train.configs import RegressConfig
-    from landmarks.train.regress import run_regress
 
     base = with_overrides(load_config(RegressConfig, PRESET), overrides)
+    original = regress.linear_over_blocks
+    if separable_resize:
+        regress.linear_over_blocks = separable_linear_over_blocks
     os.environ["LANDMARKS_IN_PROCESS"] = "1"  # evaluate here, as inside a Tune trial, not as a Ray task
     seconds, iods = [], []
     t0 = time.perf_counter()
-    for point in points:
-        cfg = with_overrides(base, {**point, "mlflow.run_name": f"bench-{point['train.lr']}-{point['repeat']}"})
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):  # the job's progress lines and MLflow links
-            metrics = run_regress(cfg, JobArgs(None, None, False))
-        seconds.append(time.perf_counter() - start)
-        iods.append(metrics["iod"])
+    try:
+        for point in points:
+            cfg = with_overrides(base, {**point, "mlflow.run_name": f"bench-{point['train.lr']}-{point['repeat']}"})
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):  # the job's progress lines and MLflow links
+                metrics = regress.run_regress(cfg, JobArgs(None, None, False))
+            seconds.append(time.perf_counter() - start)
+            iods.append(metrics["iod"])
+    finally:
+        regress.linear_over_blocks = original
     return {"wall_s": time.perf_counter() - t0, "trial_s": seconds, "iod": iods}
 
 
@@ -104,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", default="0.001,0.003")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10, help="regressor epochs per trial (the CPU preset's 10)")
+    parser.add_argument("--backbone", default="resnet18", help="model.backbone (the CPU preset's resnet18)")
     parser.add_argument("--runner", choices=("job", "tune"), default="job")
-    parser.add_argument("--modes", default="cache,no-cache")
+    parser.add_argument("--modes", default="cache,no-cache",
+                        help="of cache, no-cache, cache-separable (cache + the proposed resize, job runner)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of a trial (job runner): 1, as in a Tune trial holding one CPU")
     args = parser.parse_args(argv)
@@ -113,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         args.num_images, args.image_size, args.lrs, args.repeats, args.epochs = 60, 32, "0.001", 2, 1
     lrs = [float(x) for x in args.lrs.split(",") if x]
     modes = [m for m in args.modes.split(",") if m]
-    if bad := [m for m in modes if m not in ("cache", "no-cache")]:
-        parser.error(f"unknown mode(s) {bad}; valid: cache, no-cache")
+    if bad := [m for m in modes if m not in ("cache", "no-cache", "cache-separable")]:
+        parser.error(f"unknown mode(s) {bad}; valid: cache, no-cache, cache-separable")
+    if "cache-separable" in modes and args.runner != "job":
+        parser.error("mode cache-separable patches the regressor in this process: it needs --runner job")
     parse_ints(str(args.repeats))
     points = grid_points(lrs, args.repeats)
     if args.runner == "job":
-        import torch
-
         torch.set_num_threads(args.threads)
     data = ensure_dataset(args.num_images, args.image_size)
 
@@ -133,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
         tracking.get_or_create_experiment("bench-sweep")
         for mode in modes:
-            overrides = job_overrides(data, mode == "cache", f"{tmp}/features-{mode}", args.epochs, args.image_size)
-            out = (run_jobs(points, overrides) if args.runner == "job"
+            overrides = job_overrides(data, mode != "no-cache", f"{tmp}/features-{mode}", args.epochs,
+                                      args.image_size, args.backbone)
+            out = (run_jobs(points, overrides, separable_resize=mode == "cache-separable") if args.runner == "job"
                    else run_tune(points, overrides, lrs, args.repeats, f"{tmp}/tune-{mode}"))
             trials = out["trial_s"]
             row = {"mode": mode, "runner": args.runner, "trials": len(points), "wall_s": round(out["wall_s"], 2),
@@ -148,15 +187,19 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict[str, Any] = {}
     by = {r["mode"]: r for r in rows}
-    if "cache" in by and "no-cache" in by:
-        summary["speedup_trials_per_hour"] = round(by["cache"]["trials_per_hour"] / by["no-cache"]["trials_per_hour"], 2)
-        if by["cache"]["later_trial_mean_s"] and by["no-cache"]["later_trial_mean_s"]:
-            summary["speedup_per_trial_after_first"] = round(
-                by["no-cache"]["later_trial_mean_s"] / by["cache"]["later_trial_mean_s"], 2)
+    for mode in ("cache", "cache-separable"):
+        if mode not in by or "no-cache" not in by:
+            continue
+        suffix = "" if mode == "cache" else ".separable"
+        by[mode]["speedup"] = round(by[mode]["trials_per_hour"] / by["no-cache"]["trials_per_hour"], 2)
+        summary[f"speedup_trials_per_hour{suffix}"] = by[mode]["speedup"]
+        if by[mode]["later_trial_mean_s"] and by["no-cache"]["later_trial_mean_s"]:
+            summary[f"speedup_per_trial_after_first{suffix}"] = round(
+                by["no-cache"]["later_trial_mean_s"] / by[mode]["later_trial_mean_s"], 2)
     params = {"num_images": args.num_images, "image_size": args.image_size, "lrs": lrs, "repeats": args.repeats,
               "epochs": args.epochs, "runner": args.runner,
               "threads": args.threads if args.runner == "job" else None, "preset": str(PRESET.relative_to(ROOT)),
-              "backbone": "resnet18 (random init)", "representation": "hypercolumn", "quick": args.quick}
+              "backbone": f"{args.backbone} (random init)", "representation": "hypercolumn", "quick": args.quick}
     finish(args, "sweep", rows, params=params, summary=summary, label_keys=("mode",),
            notes=["the grid's wall time includes building the cache once (first trial of 'cache')"])
     return 0

@@ -24,6 +24,7 @@ the fraction of the GPU's dense bf16 peak is reported (H100: 989 TFLOP/s; --peak
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -146,7 +147,14 @@ def _ray_loop(config: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(model, move_to_device=False,
                                         parallel_strategy_kwargs={"find_unused_parameters": False})
     seconds = timed_steps(ddp, views, optimizer, images, device, config["steps"], config["warmup"])
-    ray.train.report({"seconds": seconds, "threads": torch.get_num_threads()})
+    # Train V2 keeps only metrics reported with a checkpoint in `Result.metrics`: rank 0 attaches a tiny one.
+    checkpoint = None
+    if ctx.get_world_rank() == 0:
+        directory = tempfile.mkdtemp(prefix="bench-train-ckpt-")
+        with open(os.path.join(directory, "timing.json"), "w") as f:
+            json.dump({"seconds": seconds}, f)
+        checkpoint = ray.train.Checkpoint.from_directory(directory)
+    ray.train.report({"seconds": seconds, "threads": torch.get_num_threads()}, checkpoint=checkpoint)
 
 
 def ray_train(backbone: str, workers: int, args, device: torch.device) -> dict[str, Any]:

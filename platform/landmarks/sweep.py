@@ -55,7 +55,16 @@ from .config import (
 )
 from .errors import ConfigError, UserError
 from .progress import write_metrics
-from .sweep_aggregate import METRIC_MODES, cell_label, finish_sweep, open_parent_run, trial_outcome
+from .sweep_aggregate import (
+    METRIC_MODES,
+    adopt_failed_runs,
+    cell_label,
+    close_stale_runs,
+    finish_sweep,
+    finished_run,
+    open_parent_run,
+    trial_outcome,
+)
 
 SAFE_NAME = re.compile(r"[\w.=+-]+")
 SET_BY_SWEEP = ("mlflow.experiment", "mlflow.run_name")
@@ -252,41 +261,23 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
                          {**point, "mlflow.experiment": spec["experiment"], "mlflow.run_name": run_name})
     tags = {"mlflow.parentRunId": spec["parent_run_id"], "sweep": spec["name"],
             "sweep_cell": cell_label(point, spec["repeat_key"]), "sweep_trial_id": tune.get_context().get_trial_id()}
-    _close_stale_runs(spec["experiment"], run_name, tags)
+    previous = finished_run(spec["experiment"], run_name, spec["parent_start_ms"])
+    if previous is not None:  # the job finished, but an interruption came before Tune recorded it
+        tracking.RunLogger(previous.info.run_id).set_tags(tags)
+        tune.report({**previous.data.metrics, "mlflow_run_id": previous.info.run_id})
+        return
+    close_stale_runs(spec["experiment"], run_name, tags)
     started = int(time.time() * 1000)
     try:
         metrics = spec["run_fn"](cfg, JobArgs(spec["config_path"], None, spec["verbose"]))
     except BaseException as err:
-        _adopt_failed_runs(spec["experiment"], run_name, started, tags, f"{type(err).__name__}: {err}")
+        adopt_failed_runs(spec["experiment"], run_name, started, tags, f"{type(err).__name__}: {err}")
         raise
     run_id = metrics.get("mlflow_run_id")
     if run_id:
         tracking.RunLogger(run_id).set_tags(tags)
     report = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tune.report({**report, "mlflow_run_id": run_id or ""})
-
-
-def _runs_named(experiment: str, run_name: str, extra: str = "") -> list:
-    quoted = run_name.replace("'", "\\'")
-    return tracking.search_runs(experiment, f"attributes.run_name = '{quoted}'{extra}")
-
-
-def _close_stale_runs(experiment: str, run_name: str, tags: dict) -> None:
-    """A trial cut off by an interruption left its run RUNNING: nest it, mark it KILLED, then rerun."""
-    for run in _runs_named(experiment, run_name, " and attributes.status = 'RUNNING'"):
-        logger = tracking.RunLogger(run.info.run_id)
-        logger.set_tags({k: v for k, v in tags.items() if k != "sweep_trial_id"})
-        logger.finish("KILLED")
-
-
-def _adopt_failed_runs(experiment: str, run_name: str, since_ms: int, tags: dict, message: str) -> None:
-    """Nest the run a failing job created (if any) under the sweep, and mark it FAILED."""
-    for run in _runs_named(experiment, run_name):
-        if run.info.start_time >= since_ms:
-            logger = tracking.RunLogger(run.info.run_id)
-            logger.set_tags(tags)
-            if run.info.status == "RUNNING":
-                logger.fail(message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +305,7 @@ def run_sweep(cfg: SweepConfig, args: JobArgs) -> dict[str, Any]:
         "job_cls": plan.job_cls, "run_fn": plan.run_fn, "base": plan.base.model_dump(mode="json"),
         "keys": plan.keys, "run_names": plan.run_names, "name": plan.name, "repeat_key": cfg.repeat_key,
         "experiment": cfg.mlflow.experiment, "parent_run_id": parent.run_id, "tracking_uri": tracking.tracking_uri(),
+        "parent_start_ms": tracking.get_run(parent.run_id).info.start_time,
         "cwd": os.getcwd(), "config_path": cfg.base_config, "verbose": args.verbose,
     }
     res = {"cpu": cfg.resources_per_trial.cpu, "gpu": cfg.resources_per_trial.gpu}

@@ -1,4 +1,9 @@
-"""A sweep's MLflow parent run, and its end: mean +- std over repeats per grid cell, the best cell.
+"""The MLflow side of a sweep: its parent run, the trials' job runs, and the end of the sweep:
+mean +- std over repeats per grid cell and the best cell.
+
+A trial's job run is found by its (deterministic, unique) run name: one left RUNNING by an
+interruption is marked KILLED before the trial reruns; one that FINISHED after the sweep began
+is reused, so a job that completed just as the sweep was interrupted is not run again.
 
 A *cell* is a grid point without its repeat key (`repeat`, by default): the paper reports
 mean and standard deviation over repeats of each annotation budget (Table 7). The std is
@@ -98,6 +103,36 @@ def open_parent_run(experiment: str, run_name: str, restoring: bool, params: dic
     parent = tracking.start_run(experiment, run_name, tags={**tags, "sweep_role": "parent"})
     parent.log_params({"sweep": params})
     return parent
+
+
+def _runs_named(experiment: str, run_name: str, extra: str = "") -> list:
+    quoted = run_name.replace("'", "\\'")
+    return tracking.search_runs(experiment, f"attributes.run_name = '{quoted}'{extra}")
+
+
+def close_stale_runs(experiment: str, run_name: str, tags: dict) -> None:
+    """A trial cut off by an interruption left its run RUNNING: nest it, mark it KILLED, then rerun."""
+    for run in _runs_named(experiment, run_name, " and attributes.status = 'RUNNING'"):
+        logger = tracking.RunLogger(run.info.run_id)
+        logger.set_tags({k: v for k, v in tags.items() if k != "sweep_trial_id"})
+        logger.finish("KILLED")
+
+
+def adopt_failed_runs(experiment: str, run_name: str, since_ms: int, tags: dict, message: str) -> None:
+    """Nest the run a failing job created (if any) under the sweep, and mark it FAILED."""
+    for run in _runs_named(experiment, run_name):
+        if run.info.start_time >= since_ms:
+            logger = tracking.RunLogger(run.info.run_id)
+            logger.set_tags(tags)
+            if run.info.status == "RUNNING":
+                logger.fail(message)
+
+
+def finished_run(experiment: str, run_name: str, since_ms: int) -> Any | None:
+    """The FINISHED run of this trial's name since the sweep began, if an earlier attempt got that far."""
+    runs = [r for r in _runs_named(experiment, run_name, " and attributes.status = 'FINISHED'")
+            if r.info.start_time >= since_ms]
+    return max(runs, key=lambda r: r.info.start_time) if runs else None
 
 
 def cell_of(point: dict[str, Any], repeat_key: str) -> dict[str, Any]:
