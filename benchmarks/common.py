@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -179,6 +180,16 @@ def log_mlflow(experiment: str, run_name: str, doc: dict[str, Any], label_keys: 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def ship_by_value(module_name: str) -> None:
+    """Let Ray workers run functions of the benchmark module `module_name`: they cannot import a
+    script by name, so send its functions by value when it was imported as a module (run as a
+    script, `__main__`, cloudpickle does that already)."""
+    import ray.cloudpickle
+
+    if module_name != "__main__":
+        ray.cloudpickle.register_pickle_by_value(sys.modules[module_name])
 
 
 class Stopwatch:

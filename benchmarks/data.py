@@ -26,7 +26,6 @@ is started once, before everything, and its start-up is reported on its own. rat
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import DATA_ROOT, Stopwatch, bench_parser, finish, parse_ints, powers_of_two
+from common import DATA_ROOT, Stopwatch, bench_parser, finish, parse_ints, powers_of_two, ship_by_value
 
 PIPELINES = ("dataloader", "ray", "ray-tuned")
 WORKLOADS = ("decode", "decode+views")
@@ -88,19 +87,26 @@ def views_module(manifest: Any):
 
 
 class JpegFiles(torch.utils.data.Dataset):
-    """One image per file -> (H, W, 3) uint8 tensor (PIL decode, as shards.decode_image does)."""
+    """One image per file -> (H, W, 3) uint8 tensor.
 
-    def __init__(self, files: list[Path]):
-        self.files = files
+    decoder "pil": `landmarks.data.shards.decode_image`, the reader's own PIL decode;
+    "torchvision": torchvision.io.decode_jpeg (libjpeg-turbo, the same pixels, less overhead).
+    """
+
+    def __init__(self, files: list[Path], decoder: str = "pil"):
+        self.files, self.decoder = files, decoder
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
+        if self.decoder == "torchvision":
+            from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-        with Image.open(io.BytesIO(self.files[i].read_bytes())) as pil:
-            return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.uint8))
+            return decode_jpeg(read_file(str(self.files[i])), mode=ImageReadMode.RGB).permute(1, 2, 0)
+        from landmarks.data.shards import decode_image
+
+        return torch.from_numpy(decode_image(self.files[i].read_bytes()))
 
 
 class Collate:
@@ -117,9 +123,9 @@ class Collate:
         return {"view_q": view_q, "view_k": view_k}
 
 
-def dataloader_batches(files: list[Path], batch_size: int, workers: int,
-                       views: torch.nn.Module | None) -> Iterator[dict[str, torch.Tensor]]:
-    loader = torch.utils.data.DataLoader(JpegFiles(files), batch_size=batch_size, num_workers=workers,
+def dataloader_batches(files: list[Path], batch_size: int, workers: int, views: torch.nn.Module | None,
+                       decoder: str = "pil") -> Iterator[dict[str, torch.Tensor]]:
+    loader = torch.utils.data.DataLoader(JpegFiles(files, decoder), batch_size=batch_size, num_workers=workers,
                                          collate_fn=Collate(views), drop_last=True, shuffle=False)
     yield from loader
 
@@ -144,18 +150,38 @@ def with_views(ds: Any, manifest: Any, batch_size: int) -> Any:
                                          "std": list(manifest.std), "border": manifest.border})
 
 
-def tuned_read_dataset(path: str, split: str, columns: tuple[str, ...] | None = None,
-                       rows_per_block: int | None = 64) -> Any:
-    """`landmarks.data.read_dataset` with the proposed changes (benchmarks/README.md, "Ray Data"):
+def decode_jpeg_column(table: Any) -> dict[str, np.ndarray]:
+    """{"image": (B, H, W, 3) uint8}: the JPEG bytes of an Arrow batch decoded by torchvision.io
+    (libjpeg-turbo, as PIL; the pixels are identical) straight from the Arrow buffer: no Python
+    bytes object per row, no PIL image object, one stack."""
+    import warnings
+
+    import pyarrow as pa
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    column = table.column("image")
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(column)
+    offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset:column.offset + n + 1]
+    with warnings.catch_warnings():  # Arrow buffers are read-only; the decoder only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        data = torch.frombuffer(column.buffers()[2], dtype=torch.uint8)
+    images = decode_jpeg([data[offsets[i]:offsets[i + 1]] for i in range(n)], mode=ImageReadMode.RGB)
+    return {"image": torch.stack(images).permute(0, 2, 3, 1).contiguous().numpy()}
+
+
+def tuned_read_dataset(path: str, split: str, rows_per_block: int | None = None) -> Any:
+    """`landmarks.data.read_dataset(path, split)` for pretraining, with the proposed changes
+    (benchmarks/README.md, "Ray Data"); rows: {"image": (H, W, 3) uint8}.
 
     1. Parquet through Ray Data's file-per-task reader (`DataContext.use_datasource_v2 = False`
        while the read is built). Ray 2.60's default V2 reader bin-packs row groups into 128 MiB
        read tasks by *compressed* size: a whole dataset of JPEG bytes (8.5 KB a row) is one read
        task, so decode runs in one task and nothing streams until it has finished.
-    2. `repartition(target_num_rows_per_block=rows_per_block)` (streaming, no shuffle) before the
-       decode: one decode task per 64 rows, so every CPU decodes whatever the shard count and the
-       first batch comes after 64 rows, not after a whole shard.
-    3. `columns`: decode only what the consumer uses (pretraining: the image; not the PNG masks).
+    2. Only the column pretraining uses (`columns=("image",)`): no PNG masks, ids, keypoints.
+    3. `decode_jpeg_column`: torchvision's decoder on the Arrow buffer, not PIL row by row.
+    4. Optionally `repartition(target_num_rows_per_block=rows_per_block)` (streaming) before the
+       decode, to spread a few large shards over more CPUs.
     """
     import ray
     from ray.data import DataContext
@@ -163,20 +189,19 @@ def tuned_read_dataset(path: str, split: str, columns: tuple[str, ...] | None = 
     from landmarks.data import reader
 
     manifest, fs, paths = reader._prepare(path, split, verify=False)
-    keep = reader._columns(manifest) if columns is None else \
-        [c for c in reader._columns(manifest) if c in set(columns) | {"image_id", "keypoints", "visible", "identity"}]
+    if manifest.image_format != "jpeg":
+        raise ValueError(f"{path}: tuned_read_dataset decodes JPEG; this dataset stores {manifest.image_format}")
     ctx = DataContext.get_current()
     previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=keep, partitioning=None, file_extensions=None)
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=["image"], partitioning=None, file_extensions=None)
     finally:
         ctx.use_datasource_v2 = previous
     if rows_per_block:
         ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-    return ds.map_batches(reader._decode, batch_format="pyarrow", batch_size=reader.DECODE_BATCH_SIZE,
-                          zero_copy_batch=True,
-                          fn_kwargs={"k": manifest.K, "has_masks": "mask" in keep, "size": manifest.image_size,
-                                         "seed": 0, "threshold": None})
+    return ds.map_batches(decode_jpeg_column, batch_format="pyarrow", batch_size=reader.DECODE_BATCH_SIZE,
+                          zero_copy_batch=True)
+
 
 
 def ray_batches(pipeline: str, path: Path, manifest: Any, batch_size: int, workers: int, limit: int | None,
@@ -185,11 +210,12 @@ def ray_batches(pipeline: str, path: Path, manifest: Any, batch_size: int, worke
 
     from landmarks.data import device_batches, read_dataset
 
+    ship_by_value(__name__)
     DataContext.get_current().execution_options.resource_limits = ExecutionResources(cpu=workers)
     if pipeline == "ray":
         ds = read_dataset(str(path), "train", verify=False)
     else:
-        ds = tuned_read_dataset(str(path), "train", columns=("image",), rows_per_block=batch_size)
+        ds = tuned_read_dataset(str(path), "train")
     if limit:
         ds = ds.limit(limit)
     columns = ("image",)

@@ -4,10 +4,10 @@
         [--image-size 96] [--batch-size 32] [--workers 1,2] [--steps 4] [--views on|off]
         [--out train.json] [--mlflow benchmarks] [--quick]
 
-The step is `landmarks.train.pretrain_loop.train_step` as pretraining runs it: two MoCo views
+The step is `landmarks.train.moco_step.train_step` as pretraining runs it: two MoCo views
 made on the device (`--views on`; `off` replaces them with a centre crop, to isolate the
 network), the query/key encoders, InfoNCE, SGD; on CUDA with bf16 autocast and channels_last
-(pretrain_loop's `autocast` / memory format), the MoCo model built by `build_moco` with the
+(moco_step's `autocast` / memory format), the MoCo model built by `build_moco` with the
 paper's queue (4096) and momentum. Inputs are fixed random uint8 images at the stored size
 (input x 136/96, as faces are stored), so the data pipeline (benchmarks/data.py) is not timed.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import bench_parser, finish, parse_ints
+from common import bench_parser, finish, parse_ints, ship_by_value
 
 from landmarks.models import BACKBONES
 
@@ -64,12 +64,12 @@ class CentreViews(torch.nn.Module):
         return x, x.clone()
 
 
-def build_step(backbone: str, image_size: int, batch_size: int, views: bool, device: torch.device,
+def build_step(backbone: str, image_size: int, batch_size: int, views: str, device: torch.device,
                world: int = 1) -> tuple[Any, Any, Any, torch.Tensor]:
     """(model, views, optimizer, images) as pretrain_loop builds them; images (B, S, S, 3) uint8."""
     from landmarks.augment import MoCoViews
     from landmarks.train.configs import PretrainConfig
-    from landmarks.train.pretrain_loop import build_moco
+    from landmarks.train.moco_step import build_moco
 
     cfg = PretrainConfig.model_validate({
         "model": {"backbone": backbone}, "data": {"image_size": image_size},
@@ -81,8 +81,8 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: bool, dev
                                 momentum=cfg.train.sgd_momentum, weight_decay=cfg.train.weight_decay)
     stored = round(image_size * STORED_OVER_INPUT)
     border = (stored - image_size) // 2
-    augment = (MoCoViews(image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border) if views
-               else CentreViews(image_size)).to(device)
+    augment = (CentreViews(image_size) if views == "off" else
+               MoCoViews(image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border)).to(device)
     generator = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randint(0, 256, (batch_size, stored, stored, 3), dtype=torch.uint8, generator=generator)
     return model, augment, optimizer, images.to(device)
@@ -91,7 +91,7 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: bool, dev
 def timed_steps(model, views, optimizer, images: torch.Tensor, device: torch.device, steps: int,
                 warmup: int) -> float:
     """Seconds for `steps` train_step calls after `warmup` (train_step syncs via .item())."""
-    from landmarks.train.pretrain_loop import train_step
+    from landmarks.train.moco_step import train_step
 
     model.train()
     for _ in range(warmup):
@@ -110,9 +110,9 @@ def flops_per_image(backbone: str, image_size: int, batch_size: int, device: tor
     """FLOPs of the network part of one step (query fwd+bwd, key fwd, logits) per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from landmarks.train.pretrain_loop import autocast
+    from landmarks.train.moco_step import autocast
 
-    model, views, _, images = build_step(backbone, image_size, batch_size, False, device)
+    model, views, _, images = build_step(backbone, image_size, batch_size, "off", device)
     im_q, im_k = views(images)
     if device.type == "cuda":
         im_q, im_k = (v.contiguous(memory_format=torch.channels_last) for v in (im_q, im_k))
@@ -127,7 +127,7 @@ def flops_per_image(backbone: str, image_size: int, batch_size: int, device: tor
 def plain(backbone: str, args, device: torch.device) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, args.views == "on", device)
+    model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, args.views, device)
     seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup)
     return {"images_per_s": args.batch_size * args.steps / seconds, "step_ms": 1000 * seconds / args.steps}
 
@@ -161,11 +161,12 @@ def ray_train(backbone: str, workers: int, args, device: torch.device) -> dict[s
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    ship_by_value(__name__)
     use_gpu = device.type == "cuda"
     cpus = (os.cpu_count() or 1) / workers if not use_gpu else max(1.0, (os.cpu_count() or 1) // max(workers, 1) - 1)
     resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     config = {"backbone": backbone, "image_size": args.image_size, "batch_size": args.batch_size,
-              "views": args.views == "on", "steps": args.steps, "warmup": args.warmup,
+              "views": args.views, "steps": args.steps, "warmup": args.warmup,
               "threads": max(1, args.threads // workers)}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as storage:
         t0 = time.perf_counter()

@@ -35,8 +35,8 @@ class Dots(Converter):
         n, cub = self.image_size, self.options.get("name") == "cub"
         border = 0 if cub else n // 8
         self.info = DatasetInfo(name="cub" if cub else "dots", landmark_names=("le", "re", "nose", "lm", "rm"),
-                                eye_indices=None if cub else (0, 1), image_size=n + 2 * border, input_size=n,
-                                border=border, image_format="png")
+                                eye_indices=None if cub else (0, 1), image_size=n + 2 * border,
+                                input_size=n, border=border, image_format="png")
 
     def splits(self):
         num = int(self.options.get("num_images", 80))
@@ -48,7 +48,8 @@ class Dots(Converter):
 
     def load(self, item) -> Record:
         split, i = item
-        rng = np.random.default_rng([int(self.options.get("seed", 0)), ("train", "val", "test").index(split), i])
+        split_code = ("train", "val", "test").index(split)
+        rng = np.random.default_rng([int(self.options.get("seed", 0)), split_code, i])
         n, b = self.image_size, self.info.border
         side = n + 2 * b
         kps = b + (BASE + rng.uniform(-0.08, 0.08, BASE.shape)) * n
@@ -78,20 +79,19 @@ class Blank(Converter):
 
 
 def build_all(base: Path) -> dict[str, Path]:
-    """Ingest the three datasets under `base` once (a marker file says they are complete)."""
-    paths = {"faces": base / "faces32", "dots": base / "dots32", "cub": base / "cub32", "blank": base / "blank"}
+    """Ingest the four datasets under `base` once (a marker file says they are complete)."""
+    paths = {name: base / name for name in ("faces", "dots", "cub", "blank")}
     if not (base / "complete").exists():
         from ray import cloudpickle  # Ray's own copy: the one that pickles task arguments
 
         from landmarks.data import ingest
 
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
-        kw = {"progress": False, "overwrite": True}
-        ingest("synthetic-faces", None, str(paths["faces"]), image_size=32, options={"num_images": 48, "seed": 0}, **kw)
-        ingest(f"{__name__}:Dots", None, str(paths["dots"]), image_size=32, options={"num_images": 80, "seed": 0}, **kw)
-        ingest(f"{__name__}:Dots", None, str(paths["cub"]), image_size=32,
-               options={"num_images": 40, "seed": 1, "name": "cub"}, **kw)
-        ingest(f"{__name__}:Blank", None, str(paths["blank"]), image_size=32, **kw)
+        kw = {"image_size": 32, "progress": False, "overwrite": True}
+        ingest("synthetic-faces", None, str(paths["faces"]), options={"num_images": 48, "seed": 0}, **kw)
+        ingest(f"{__name__}:Dots", None, str(paths["dots"]), options={"num_images": 80, "seed": 0}, **kw)
+        ingest(f"{__name__}:Dots", None, str(paths["cub"]), options={"num_images": 40, "seed": 1, "name": "cub"}, **kw)
+        ingest(f"{__name__}:Blank", None, str(paths["blank"]), **kw)
         (base / "complete").write_text("ok")
     return paths
 
@@ -110,13 +110,6 @@ def run_job(job: str, args: list[str], tmp: Path, ray_address: str | None = None
     """`python jobs/<job>.py ARGS` in `tmp`; returns the finished process (text output)."""
     return subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args], check=False, cwd=tmp,
                           env=job_env(tmp, ray_address), capture_output=True, text=True, timeout=timeout)
-
-
-def start_jobs(job: str, arg_lists: list[list[str]], tmp: Path) -> list[subprocess.Popen]:
-    """Several jobs at once (bad-input checks fail before Ray starts, so they run side by side)."""
-    return [subprocess.Popen([sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args], cwd=tmp,
-                             env=job_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for args in arg_lists]
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess | tuple, *needles: str) -> str:

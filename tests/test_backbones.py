@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torchvision
+
 from landmarks.models import BACKBONES, MoCo, build_backbone, load_backbone_weights
 
 TABLE2_PARAMS_M = {"resnet18": 11.24, "resnet50": 23.77, "resnet50_half": 6.03}

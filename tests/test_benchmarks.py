@@ -53,6 +53,13 @@ def test_train_quick(tmp_path):
     assert 0.8 < rows[("plain", 1)]["gflops_per_image"] < 1.6
 
 
+
+def test_views_quick(tmp_path):
+    doc = run_bench("views.py", tmp_path)
+    stages = {r["stage"] for r in doc["rows"] if r["row"] == "stage"}
+    assert stages == {"jpeg", "crop", "jitter", "lighting"}
+    assert all(r["ms"] > 0 and r["images_per_s"] > 0 for r in doc["rows"])
+
 def test_memory_quick_reproduces_table2_and_logs_to_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     doc = run_bench("memory.py", tmp_path, "--mlflow", "bench-test",

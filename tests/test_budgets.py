@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from landmarks.data.budgets import CUB_BUDGETS, budget_indices, cub_budget_ids
 
 

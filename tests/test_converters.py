@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from PIL import Image
+
 from landmarks.data.converters import BadItem, get_converter
 from landmarks.data.converters.cub import split_list
 from landmarks.errors import ConfigError
-from PIL import Image
 
 S = 136  # stored face size at the default 96 px input
 HEADER5 = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"

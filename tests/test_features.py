@@ -118,8 +118,8 @@ def test_concurrent_requests_compute_once(eval_data, random_r18, tmp_path):
 
 def test_default_cache_dir_is_inside_a_local_dataset(eval_data, random_r18):
     backbone, info = random_r18
-    fs = get_features(backbone, info["fingerprint"], str(eval_data["dots"]), "test", "hypercolumn", 32)
-    assert fs.directory == eval_data["dots"] / "_features" / fs.key
+    fs = get_features(backbone, info["fingerprint"], str(eval_data["faces"]), "val", "hypercolumn", 32)
+    assert fs.directory == eval_data["faces"] / "_features" / fs.key
 
 
 def test_backbone_files_and_mismatches(tmp_path):
@@ -153,3 +153,27 @@ def test_projector_must_match_the_backbone(tmp_path, random_r18):
         load_projector(str(tmp_path), "0" * 24, 960)
     with pytest.raises(UserError, match="maps 960 channels"):
         load_projector(str(tmp_path), info["fingerprint"], 256)
+
+
+def test_ray_checkpoint_dir_and_mlflow_run_sources(tmp_path, monkeypatch):
+    from landmarks import tracking
+    from landmarks.models import MoCo
+    from landmarks.train.checkpoint import save_checkpoint_dir
+
+    moco = MoCo(build_backbone("resnet18"), dim=128, K=64)
+    ckpt = save_checkpoint_dir({"model": moco.state_dict(), "epoch": 0, "step": 1},
+                               {"backbone": "resnet18", "low_dim": 128}, tmp_path / "checkpoint_000000")
+    _, info = load_backbone(str(ckpt), "resnet18")
+    assert info["init"] == "pretrained" and info["fingerprint"] == fingerprint(moco.encoder_q)
+    with pytest.raises(UserError, match="'resnet18' backbone but model.backbone='resnet50'"):
+        load_backbone(str(ckpt), "resnet50")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    run = tracking.start_run("pretrain", "pretrain-test")
+    save_backbone(moco.encoder_q, {"backbone": "resnet18", "low_dim": 128}, tmp_path / "art")
+    run.log_artifact(tmp_path / "art", "backbone")
+    _, from_run = load_backbone(run.run_id, "resnet18")
+    assert from_run["fingerprint"] == info["fingerprint"] and from_run["mlflow_run_id"] == run.run_id
+    with pytest.raises(UserError, match="does not exist"):
+        load_backbone("0" * 32, "resnet18")

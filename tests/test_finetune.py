@@ -13,12 +13,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import _eval_data
+from landmarks.cli import job_main
 from landmarks.data import load_manifest, read_split_numpy
 from landmarks.features import assemble, load_split
 from landmarks.models import LandmarkRegressor, build_backbone
 from landmarks.train.backbone_source import load_backbone
 from landmarks.train.checkpoint import load_checkpoint_dir
-from landmarks.train.finetune import train_view
+from landmarks.train.configs import FinetuneConfig
+from landmarks.train.finetune import run_finetune, train_view
 from landmarks.train.finetune_loop import LandmarkNet, param_groups
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "finetune_synthetic_cpu.yaml")
@@ -99,17 +101,19 @@ def test_finetune_end_to_end(eval_data, ray_address, tmp_path):
     assert meta["iod"] == pytest.approx(metrics["iod"]) and meta["mlflow_run_id"] == metrics["mlflow_run_id"]
 
 
-def test_finetune_bad_input(eval_data, tmp_path):
+def test_finetune_bad_input(eval_data, tmp_path, monkeypatch, capsys):
     faces = str(eval_data["faces"])
     base = ["--config", PRESET, f"data.path={faces}", "data.image_size=32"]
-    procs = _eval_data.start_jobs("finetune", [
-        base + [f"backbone.source={MISSING_RUN}"],
-        base + ["annotations=1000"],
-        base + ["representation=projected"],
-        base + ["annotations=2"],  # batches of 1 per worker
-    ], tmp_path)
-    outs = [(p.communicate(timeout=120)[1], p.returncode) for p in procs]
-    _eval_data.assert_one_line_error((outs[0][1], outs[0][0]), MISSING_RUN, "does not exist")
-    _eval_data.assert_one_line_error((outs[1][1], outs[1][0]), "annotations=1000", "rows of the train split")
-    _eval_data.assert_one_line_error((outs[2][1], outs[2][0]), "representation=conv4")
-    _eval_data.assert_one_line_error((outs[3][1], outs[3][0]), "ray.num_workers")
+    proc = _eval_data.run_job("finetune", base + [f"backbone.source={MISSING_RUN}"], tmp_path, timeout=300)
+    _eval_data.assert_one_line_error(proc, MISSING_RUN, "does not exist")  # through the real script
+
+    monkeypatch.chdir(tmp_path)  # the rest through the same entry point, in this process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    for extra, needles in [
+        (["annotations=1000"], ("annotations=1000", "rows of the train split")),
+        (["representation=projected"], ("representation=conv4",)),
+        (["annotations=2"], ("ray.num_workers",)),  # batches of 1 per worker
+        (["train.batch_size=7"], ("train.batch_size", "ray.num_workers")),
+    ]:
+        code = job_main(FinetuneConfig, run_finetune, None, base + extra)
+        _eval_data.assert_one_line_error((code, capsys.readouterr().err), *needles)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from landmarks.augment.geometry import crop_resize
 
 

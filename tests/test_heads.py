@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from landmarks.losses import masked_smooth_l1
 from landmarks.models import (
     LandmarkRegressor,

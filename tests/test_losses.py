@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from landmarks.losses import equivariance_loss, info_nce, masked_smooth_l1
 
 

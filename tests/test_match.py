@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import _eval_data
-from landmarks.cli import JobArgs
+from landmarks.cli import JobArgs, job_main
 from landmarks.config import load_config
 from landmarks.models import Projector, build_backbone
 from landmarks.train.backbone_source import load_backbone
@@ -74,26 +74,38 @@ def test_match_other_representations_in_process(eval_data, tmp_path, monkeypatch
         overrides += [f"projector.source={tmp_path / 'proj'}", "projector.dim=16"]
     cfg = load_config(MatchConfig, PRESET, [f"representation={representation}", *overrides])
     metrics = run_match(cfg, JobArgs(None, None, False))
-    run = MlflowClient().get_run(metrics["mlflow_run_id"])
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(metrics["mlflow_run_id"])
     assert math.isfinite(metrics["match_same_px"]) and math.isfinite(metrics["match_diff_px"])
     assert run.data.tags["representation"] == representation
     if representation == "projected":
         assert run.data.tags["projector_dim"] == "16"
 
 
-def test_bad_inputs_fail_in_one_line(eval_data, tmp_path):
-    faces, common = str(eval_data["faces"]), ["--config", PRESET, "data.image_size=32"]
-    cases = [
-        ([f"data.path={faces}", "backbone.source=0123456789abcdef0123456789abcdef"], ["MLflow run", "does not exist"]),
-        ([f"data.path={faces}", "representation=projected"], ["projector.source"]),
-        ([f"data.path={faces}", "batch_size=3"], ["batch_size=3", "even"]),
-        ([f"data.path={faces}", "split=nosuch"], ["no split 'nosuch'"]),
-        ([f"data.path={eval_data['blank']}", "split=test"], ["no landmarks"]),
-    ]
+BAD_INPUTS = {
+    "unknown_run_id": (["backbone.source=0123456789abcdef0123456789abcdef"], ["MLflow run", "does not exist"]),
+    "projected_without_projector": (["representation=projected"], ["projector.source"]),
+    "odd_batch": (["batch_size=3"], ["batch_size=3", "even"]),
+    "no_split": (["split=nosuch"], ["no split 'nosuch'"]),
+    "no_landmarks": (["data.path={blank}", "split=test"], ["no landmarks"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_fail_in_one_line(case, eval_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     client.search_experiments()  # create the store now: a fresh one logs its own set-up lines
-    procs = _eval_data.start_jobs("match", [common + args for args, _ in cases], tmp_path)
-    for proc, (_, needles) in zip(procs, cases):
-        _, err = proc.communicate(timeout=300)
-        _eval_data.assert_one_line_error((proc.returncode, err), *needles)
+    overrides, needles = BAD_INPUTS[case]
+    argv = ["--config", PRESET, "data.image_size=32", f"data.path={eval_data['faces']}",
+            *(a.format(blank=eval_data["blank"]) for a in overrides)]
+    code = job_main(MatchConfig, run_match, argv=argv)
+    _eval_data.assert_one_line_error((code, capsys.readouterr().err), *needles)
     assert client.get_experiment_by_name("match-synthetic") is None
+
+
+def test_cli_bad_input_exits_without_traceback(eval_data, tmp_path):
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()
+    proc = _eval_data.run_job("match", ["--config", PRESET, f"data.path={eval_data['faces']}", "batch_size=3"],
+                              tmp_path)
+    _eval_data.assert_one_line_error(proc, "batch_size=3", "even")

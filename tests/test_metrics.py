@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from landmarks.metrics import inter_ocular_error, mask_iou, matching_error, pck
 
 

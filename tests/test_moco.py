@@ -9,10 +9,11 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch import nn
+
 from landmarks import dist
 from landmarks.losses import info_nce
 from landmarks.models import MoCo, positive_probability
-from torch import nn
 
 
 class TinyEncoder(nn.Module):

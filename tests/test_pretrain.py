@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, job_env, run_job
+from landmarks import tracking
 from landmarks.train.checkpoint import latest_checkpoint, load_checkpoint_dir
 
 PRESET = str(ROOT / "jobs" / "configs" / "pretrain_synthetic_cpu.yaml")
@@ -34,7 +35,7 @@ def _queue_sha(state: dict) -> str:
 
 
 @pytest.mark.slow
-def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path):
+def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = job_env(uri)
     common = [f"data.path={tiny_faces}", "mlflow.run_name=tiny", f"checkpoint.storage_path={tmp_path}/ray", *TINY]
@@ -54,11 +55,8 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path):
     assert {"loss", "positive_prob", "lr", "images_per_sec"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"backbone", "checkpoint"} <= artifacts
-    import mlflow
-    import mlflow.pytorch
-
-    mlflow.set_tracking_uri(uri)
-    backbone = mlflow.pytorch.load_model(f"runs:/{run_id}/backbone_model")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    backbone = tracking.load_torch_model(run_id, "backbone_model")
     assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
     ckpt_uri, meta = latest_checkpoint(str(tmp_path / "ray"), "tiny")
     assert meta["epoch"] == 7 and meta["mlflow_run_id"] == run_id
@@ -78,6 +76,11 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path):
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
     assert steps[-1] > steps_before and len(steps) == len(set(steps))
 
+    # The same run name with another backbone: refused before any work, naming the checkpoint's backbone.
+    out = run_job("pretrain.py", "--config", PRESET, *common, *easy, "train.epochs=10", "model.backbone=resnet50_half",
+                  cwd=tmp_path, env=env, check=False)
+    assert out.returncode == 1 and "from backbone 'resnet18'" in out.stderr and "Traceback" not in out.stderr
+
 
 @pytest.mark.slow
 def test_bad_inputs_fail_before_work(tiny_faces, tmp_path):
@@ -93,16 +96,6 @@ def test_bad_inputs_fail_before_work(tiny_faces, tmp_path):
         out = run_job("pretrain.py", *base, *extra, cwd=tmp_path, env=env, check=False, timeout=300)
         assert out.returncode != 0 and text in out.stderr, out.stderr[-3000:]
         assert "Traceback" not in out.stderr
-
-
-@pytest.mark.slow
-def test_checkpoint_from_another_backbone_is_refused(tiny_faces, tmp_path):
-    env = job_env(f"sqlite:///{tmp_path}/mlflow.db")
-    common = ["--config", PRESET, f"data.path={tiny_faces}", f"checkpoint.storage_path={tmp_path}/ray",
-              "mlflow.run_name=mix", *TINY, "train.epochs=1"]
-    run_job("pretrain.py", *common, cwd=tmp_path, env=env)
-    out = run_job("pretrain.py", *common, "model.backbone=resnet50_half", cwd=tmp_path, env=env, check=False)
-    assert out.returncode == 1 and "from backbone 'resnet18'" in out.stderr and "Traceback" not in out.stderr
 
 
 def _train_worker_pids() -> list[int]:

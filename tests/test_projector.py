@@ -15,10 +15,13 @@ from mlflow.tracking import MlflowClient
 
 import _eval_data
 from landmarks.augment.tps import PAIR, normalized_grid, pair_warp, sample_pair_params
-from landmarks.data import read_split_numpy
+from landmarks.cli import job_main
+from landmarks.data import load_manifest, read_split_numpy
 from landmarks.features import assemble
 from landmarks.models import Projector, build_backbone
 from landmarks.train.backbone_source import load_backbone, load_projector
+from landmarks.train.configs import ProjectorConfig
+from landmarks.train.projector import run_projector
 from landmarks.train.projector_loop import BlockProjector, crop_window_grid, pair_views, train_step
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "train_projector_synthetic_cpu.yaml")
@@ -77,6 +80,7 @@ def test_projector_loss_falls(eval_data):
     """A few Adam steps of the worker's train_step on the tiny faces lower the equivariance loss."""
     torch.manual_seed(0)
     split = read_split_numpy(str(eval_data["faces"]), "train")
+    border = load_manifest(str(eval_data["faces"])).border  # 7 px of the 46 px stored faces
     images = torch.from_numpy(split["image"])
     backbone = build_backbone("resnet18").eval().requires_grad_(False)
     projector = Projector(960, 32)
@@ -85,7 +89,7 @@ def test_projector_loss_falls(eval_data):
     losses = []
     for step in range(12):
         idx = torch.randint(0, len(images), (8,), generator=gen)
-        img_a, img_b, grid = pair_views(images[idx], 6, 32, [0.5] * 3, [0.25] * 3, (16, 16), gen)
+        img_a, img_b, grid = pair_views(images[idx], border, 32, [0.5] * 3, [0.25] * 3, (16, 16), gen)
         losses.append(train_step(BlockProjector(projector), backbone, optimizer, img_a, img_b, grid, 4, (16, 16),
                                  1 / 7, 0.5))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
@@ -121,21 +125,22 @@ def test_train_projector_end_to_end_and_resume(eval_data, ray_address, tmp_path,
 
     again = _eval_data.run_job("train_projector", args, tmp_path, ray_address)  # complete: nothing to train
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "resuming" in again.stdout
+    assert "already finished" in again.stdout
     second = json.loads((tmp_path / "m.json").read_text())
     assert second["mlflow_run_id"] == metrics["mlflow_run_id"] and second["loss"] == metrics["loss"]
 
 
-def test_train_projector_bad_input(eval_data, tmp_path):
+def test_train_projector_bad_input(eval_data, tmp_path, monkeypatch, capsys):
     faces = str(eval_data["faces"])
     base = ["--config", PRESET, f"data.path={faces}", "data.image_size=32"]
-    procs = _eval_data.start_jobs("train_projector", [
-        base + [f"backbone.source={MISSING_RUN}"],
-        base + ["train.batch_size=9"],  # not divisible by the 2 workers
-        base + ["train.batch_size=64"],  # more than the 28 training images
-    ], tmp_path)
-    (_, err0), (_, err1), (_, err2) = [p.communicate(timeout=120) for p in procs]
-    _eval_data.assert_one_line_error((procs[0].returncode, err0), MISSING_RUN, "does not exist")
-    _eval_data.assert_one_line_error((procs[1].returncode, err1), "train.batch_size", "ray.num_workers")
-    assert procs[1].returncode == 2
-    _eval_data.assert_one_line_error((procs[2].returncode, err2), "fewer than one batch")
+    proc = _eval_data.run_job("train_projector", base + [f"backbone.source={MISSING_RUN}"], tmp_path, timeout=300)
+    _eval_data.assert_one_line_error(proc, MISSING_RUN, "does not exist")  # through the real script
+
+    monkeypatch.chdir(tmp_path)  # the rest through the same entry point, in this process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    for extra, needles, code in [
+        (["train.batch_size=9"], ("train.batch_size", "ray.num_workers"), 2),  # not divisible by the 2 workers
+        (["train.batch_size=64"], ("fewer than one batch",), 1),  # more than the 28 training images
+    ]:
+        assert job_main(ProjectorConfig, run_projector, None, base + extra) == code
+        _eval_data.assert_one_line_error((code, capsys.readouterr().err), *needles)

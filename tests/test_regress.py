@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
 import _eval_data
-from landmarks.cli import JobArgs
+from landmarks.cli import JobArgs, job_main
 from landmarks.config import load_config
 from landmarks.data.budgets import budget_indices
 from landmarks.errors import UserError
@@ -19,7 +20,7 @@ from landmarks.metrics import inter_ocular_error
 from landmarks.models import LandmarkRegressor, Projector, build_backbone
 from landmarks.train.backbone_source import load_backbone
 from landmarks.train.configs import RegressConfig
-from landmarks.train.eval_job import Representation, in_ray_worker
+from landmarks.train.eval_job import Representation, in_ray_worker, linear_over_blocks
 from landmarks.train.pretrain import save_backbone
 from landmarks.train.regress import check_regression, paper_lr_wd, predict, run_regress
 
@@ -55,6 +56,20 @@ def test_blockwise_prediction_equals_regressor_on_dense_map(kind):
         torch.testing.assert_close(predict(regressor, rep, stages, (16, 16)), expected, atol=1e-5, rtol=1e-4)
 
 
+
+def test_linear_over_blocks_matches_conv_after_interpolate_with_gradients():
+    torch.manual_seed(0)
+    blocks = [torch.randn(2, c, s, s, requires_grad=True) for c, s in ((8, 3), (4, 6), (2, 12))]
+    weight = torch.randn(5, 14, 1, 1, requires_grad=True)
+    got = linear_over_blocks(blocks, weight, None, (12, 12))
+    dense = torch.cat([F.interpolate(b, size=(12, 12), mode="bilinear", align_corners=False) for b in blocks], 1)
+    expected = F.conv2d(dense, weight)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(got.square().sum(), [*blocks, weight])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [*blocks, weight])
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
 def test_paper_learning_rates():
     assert paper_lr_wd(False, "all") == (1e-3, 5e-4)
     assert paper_lr_wd(False, 10) == (1e-2, 5e-2)
@@ -84,7 +99,8 @@ def test_in_ray_worker_is_detected(ray_local):
 @pytest.mark.slow
 def test_regression_learns_logs_and_reuses_the_cache(eval_data, ray_address, tmp_path):
     args = ["--config", PRESET, f"data.path={eval_data['dots']}", "data.image_size=32", "train.epochs=6",
-            "train.batch_size=8", "train.lr=0.003", "ray.cpus_per_worker=1", "--metrics-out", "m.json"]
+            "train.batch_size=8", "train.lr=0.003", "ray.cpus_per_worker=1", f"features.dir={tmp_path}/features",
+            "--metrics-out", "m.json"]  # its own feature cache: other tests fill the dataset's
     proc = _eval_data.run_job("regress", args, tmp_path, ray_address)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -107,62 +123,81 @@ def test_regression_learns_logs_and_reuses_the_cache(eval_data, ray_address, tmp
     assert inter_ocular_error(pred["pred"], pred["gt"], (0, 1)) == pytest.approx(metrics["iod"], rel=1e-5)
 
     # A second run with the same backbone and data reads the cached features.
-    args = [a for a in args if not a.startswith("train.epochs")] + ["train.epochs=1"]
+    args = ["train.epochs=1" if a.startswith("train.epochs") else a for a in args]
     again = _eval_data.run_job("regress", args, tmp_path, ray_address)
     assert again.returncode == 0, again.stderr[-3000:]
     tags = client.get_run(json.loads((tmp_path / "m.json").read_text())["mlflow_run_id"]).data.tags
     assert (tags["features.train"], tags["features.test"]) == ("hit", "hit")
 
 
-@pytest.mark.slow
-def test_limited_budget_trains_on_warped_images(eval_data, ray_address, tmp_path):
-    args = ["--config", PRESET, f"data.path={eval_data['faces']}", "data.image_size=32", "annotations=4",
-            "train.epochs=1", "train.samples_per_epoch=16", "train.batch_size=8", "ray.cpus_per_worker=1",
-            "--metrics-out", "m.json"]
-    proc = _eval_data.run_job("regress", args, tmp_path, ray_address)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "m.json").read_text())
-    assert np.isfinite(metrics["iod"])
-    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(metrics["mlflow_run_id"])
-    assert run.data.tags["features.train"] == "off" and run.data.tags["budget"] == "4"
-    assert run.data.params["resolved.tps_augment"] == "True"
-
-
-def test_bad_inputs_fail_in_one_line(eval_data, tmp_path):
-    faces, common = str(eval_data["faces"]), ["--config", PRESET, "data.image_size=32"]
-    torch.save(build_backbone("resnet50_half").state_dict(), tmp_path / "half.pth")
-    r18_fp = load_backbone("random", "resnet18")[1]["fingerprint"]
-    save_backbone(build_backbone("resnet18"), {"backbone": "resnet50"}, tmp_path / "r50meta")
-    (tmp_path / "proj").mkdir()
-    torch.save({"proj.weight": torch.zeros(8, 960, 1, 1), "proj.bias": torch.zeros(8)}, tmp_path / "proj/projector.pt")
-    (tmp_path / "proj/meta.json").write_text(json.dumps({"backbone_fingerprint": "f" * 24, "backbone": "resnet18"}))
-    cases = [
-        ([f"data.path={faces}", "annotations=100000"], ["annotations=100000", "train split"]),
-        ([f"data.path={faces}", "representation=projected"], ["projector.source"]),
-        ([f"data.path={faces}", "representation=projected", f"projector.source={tmp_path / 'proj'}",
-          "projector.dim=8"], ["another backbone", r18_fp[:12]]),
-        ([f"data.path={faces}", "backbone.source=0123456789abcdef0123456789abcdef"], ["MLflow run", "does not exist"]),
-        ([f"data.path={faces}", f"backbone.source={tmp_path / 'half.pth'}"], ["resnet50_half", "resnet18"]),
-        ([f"data.path={faces}", f"backbone.source={tmp_path / 'r50meta' / 'backbone.pt'}"], ["resnet50", "resnet18"]),
-        ([f"data.path={eval_data['blank']}"], ["no landmarks"]),
-        ([f"data.path={tmp_path / 'nowhere'}"], ["dataset.json"]),
-    ]
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    client.search_experiments()  # create the store now: a fresh one logs its own set-up lines
-    procs = _eval_data.start_jobs("regress", [common + args for args, _ in cases], tmp_path)
-    for proc, (_, needles) in zip(procs, cases):
-        _, err = proc.communicate(timeout=300)
-        _eval_data.assert_one_line_error((proc.returncode, err), *needles)
-    assert client.get_experiment_by_name("regress-synthetic") is None, "no job got as far as an MLflow run"
-
-
-def test_cub_picks_the_epoch_on_val_in_process(eval_data, tmp_path, monkeypatch):
+@pytest.fixture
+def in_trial(tmp_path, monkeypatch):
+    """In-process, as inside a Ray Tune trial, with MLflow in sqlite under tmp_path."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("LANDMARKS_IN_PROCESS", "1")  # what a Ray Tune trial does
-    cfg = _cfg(str(eval_data["cub"]), "train.epochs=3", "train.batch_size=8")
+    monkeypatch.setenv("LANDMARKS_IN_PROCESS", "1")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client.search_experiments()  # create the store now: a fresh one logs its own set-up lines
+    return client
+
+
+def test_limited_budget_trains_on_warped_images(eval_data, in_trial):
+    cfg = _cfg(str(eval_data["faces"]), "annotations=4", "train.epochs=1", "train.samples_per_epoch=16",
+               "train.batch_size=8")
     metrics = run_regress(cfg, JobArgs(None, None, False))
-    client = MlflowClient()
+    assert np.isfinite(metrics["iod"])
+    run = in_trial.get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["features.train"] == "off" and run.data.tags["features.test"] in ("hit", "miss")
+    assert run.data.tags["budget"] == "4" and run.data.params["resolved.tps_augment"] == "True"
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """A resnet50_half weights file, a backbone.pt whose meta.json says resnet50, and a projector of other weights."""
+    tmp = tmp_path_factory.mktemp("bad-files")
+    torch.save(build_backbone("resnet50_half").state_dict(), tmp / "half.pth")
+    save_backbone(build_backbone("resnet18"), {"backbone": "resnet50"}, tmp / "r50meta")
+    (tmp / "proj").mkdir()
+    torch.save({"proj.weight": torch.zeros(8, 960, 1, 1), "proj.bias": torch.zeros(8)}, tmp / "proj/projector.pt")
+    (tmp / "proj/meta.json").write_text(json.dumps({"backbone_fingerprint": "f" * 24, "backbone": "resnet18"}))
+    return tmp
+
+
+BAD_INPUTS = {
+    "budget": (["annotations=100000"], ["annotations=100000", "train split"]),
+    "projected_without_projector": (["representation=projected"], ["projector.source"]),
+    "projector_of_other_backbone": (["representation=projected", "projector.source={files}/proj", "projector.dim=8"],
+                                    ["another backbone", "{fp}"]),
+    "unknown_run_id": (["backbone.source=0123456789abcdef0123456789abcdef"], ["MLflow run", "does not exist"]),
+    "checkpoint_of_other_backbone": (["backbone.source={files}/half.pth"], ["resnet50_half", "resnet18"]),
+    "meta_of_other_backbone": (["backbone.source={files}/r50meta/backbone.pt"], ["'resnet50'", "resnet18"]),
+    "no_landmarks": (["data.path={blank}"], ["no landmarks"]),
+    "no_dataset": (["data.path={files}/nowhere"], ["dataset.json"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_fail_in_one_line(case, eval_data, bad_files, in_trial, capsys):
+    fp = load_backbone("random", "resnet18")[1]["fingerprint"][:12]
+    fill = {"files": bad_files, "blank": eval_data["blank"], "fp": fp}
+    overrides, needles = ([a.format(**fill) for a in part] for part in BAD_INPUTS[case])
+    argv = ["--config", PRESET, "data.image_size=32", f"data.path={eval_data['faces']}", *overrides]
+    code = job_main(RegressConfig, run_regress, argv=argv)
+    _eval_data.assert_one_line_error((code, capsys.readouterr().err), *needles)
+    assert in_trial.get_experiment_by_name("regress-synthetic") is None, "no MLflow run before the checks pass"
+
+
+def test_cli_bad_input_exits_without_traceback(eval_data, tmp_path):
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()
+    proc = _eval_data.run_job("regress", ["--config", PRESET, f"data.path={eval_data['faces']}",
+                                          "backbone.source=0123456789abcdef0123456789abcdef"], tmp_path)
+    _eval_data.assert_one_line_error(proc, "MLflow run", "does not exist")
+
+
+def test_cub_picks_the_epoch_on_val_in_process(eval_data, in_trial):
+    cfg = _cfg(str(eval_data["cub"]), "train.epochs=3", "train.batch_size=8", "features.enabled=false")
+    metrics = run_regress(cfg, JobArgs(None, None, False))
+    client = in_trial
     run = client.get_run(metrics["mlflow_run_id"])
     assert set(metrics) >= {"pck", "val_pck", "best_epoch", "mlflow_run_id"} and "iod" not in metrics
     by_epoch = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_pck")}
@@ -170,5 +205,6 @@ def test_cub_picks_the_epoch_on_val_in_process(eval_data, tmp_path, monkeypatch)
     assert metrics["val_pck"] == max(history) == history[metrics["best_epoch"]]
     assert run.data.params["resolved.weight_decay"] == "0.005" and run.data.params["resolved.tps_augment"] == "False"
     assert run.data.tags["dataset"] == "cub" and 0 <= metrics["pck"] <= 100
+    assert run.data.tags["features.train"] == run.data.tags["features.val"] == "off"
     with pytest.raises(UserError, match="train_10 list"):  # CUB budgets are the official fixed subsets
         check_regression(_cfg(str(eval_data["cub"]), "annotations=10"))

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import _eval_data
+from landmarks.cli import job_main
 from landmarks.config import load_config
 from landmarks.data import load_manifest
 from landmarks.data.budgets import budget_indices
@@ -24,7 +25,7 @@ from landmarks.features import assemble
 from landmarks.models import Projector, SegmentationHead, build_backbone
 from landmarks.train.configs import SegmentConfig
 from landmarks.train.eval_job import Representation
-from landmarks.train.segment import annotated_rows, mask_figure, segment_logits
+from landmarks.train.segment import annotated_rows, mask_figure, run_segment, segment_logits
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "segment_synthetic_cpu.yaml")
 MISSING_RUN = "0123456789abcdef0123456789abcdef"
@@ -122,20 +123,21 @@ def test_segment_finetuned_in_process(eval_data, tmp_path):
                                                                                   "train_loss")) == 2 + 1
 
 
-def test_segment_bad_input(eval_data, tmp_path):
+def test_segment_bad_input(eval_data, tmp_path, monkeypatch, capsys):
     faces = str(eval_data["faces"])
     base = ["--config", PRESET, "data.image_size=32"]
-    procs = _eval_data.start_jobs("segment", [
-        base + [f"data.path={eval_data['dots']}"],  # landmarks but no masks
-        base + [f"data.path={faces}", "annotations=1000"],
-        base + [f"data.path={faces}", f"backbone.source={MISSING_RUN}"],
-        base + [f"data.path={faces}", "finetune=true", "representation=projected"],
-    ], tmp_path)
-    outs = [(p.communicate(timeout=120)[1], p.returncode) for p in procs]
-    _eval_data.assert_one_line_error((outs[0][1], outs[0][0]), "no foreground masks")
-    _eval_data.assert_one_line_error((outs[1][1], outs[1][0]), "annotations=1000", "rows of the train split")
-    _eval_data.assert_one_line_error((outs[2][1], outs[2][0]), MISSING_RUN, "does not exist")
-    _eval_data.assert_one_line_error((outs[3][1], outs[3][0]), "finetune=true", "projected")
-    if (tmp_path / "mlflow.db").exists():  # checked before any MLflow run is created
-        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+    proc = _eval_data.run_job("segment", base + [f"data.path={eval_data['dots']}"], tmp_path, timeout=300)
+    _eval_data.assert_one_line_error(proc, "no foreground masks")  # through the real script
+
+    monkeypatch.chdir(tmp_path)  # the rest through the same entry point, in this process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    for extra, needles in [
+        (["annotations=1000"], ("annotations=1000", "rows of the train split")),
+        ([f"backbone.source={MISSING_RUN}"], (MISSING_RUN, "does not exist")),
+        (["finetune=true", "representation=projected"], ("finetune=true", "projected")),
+        (["representation=projected"], ("projector.source",)),
+    ]:
+        code = job_main(SegmentConfig, run_segment, None, base + [f"data.path={faces}"] + extra)
+        _eval_data.assert_one_line_error((code, capsys.readouterr().err), *needles)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # all refused before an MLflow run was created
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from landmarks.augment import tps
 from landmarks.augment.tps import (
     AUGMENT,

@@ -46,7 +46,7 @@ def test_against_mlflow_server(mlflow_server, monkeypatch, tmp_path):
     run_id = _roundtrip("server-run")
     _check(run_id)
     links = tracking.run_links(run_id)
-    assert any(f"/#/experiments/" in line and line.endswith("/runs") for line in links)
+    assert any("/#/experiments/" in line and line.endswith("/runs") for line in links)
     assert any(run_id in line and line.startswith("MLflow run:") for line in links)
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -83,3 +83,24 @@ def test_missing_run_is_user_error(in_tmp_cwd):
 def test_redact_and_safe_uri():
     assert tracking.redact({"a.secret_key": 1, "Token": 2, "x": 3}) == {"a.secret_key": "***", "Token": "***", "x": 3}
     assert tracking.safe_uri("http://user:pw@host:5000") == "http://host:5000"
+
+
+
+def test_logging_a_model_leaves_the_process_tracking_uri_alone(in_tmp_cwd, monkeypatch):
+    """A job logging its model must not redirect later runs in the same process (Tune trials)."""
+    import mlflow
+    import torch
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # as in a fresh process
+    first = f"sqlite:///{in_tmp_cwd}/first.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first)
+    run = tracking.start_run("models", "m")
+    run.log_torch_model(torch.nn.Linear(2, 1), name="linear")
+    assert mlflow.get_tracking_uri() == first
+    model = tracking.load_torch_model(run.run_id, "linear")
+    assert model.weight.shape == (1, 2) and mlflow.get_tracking_uri() == first
+
+    second = f"sqlite:///{in_tmp_cwd}/second.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", second)  # the next trial's store
+    assert mlflow.get_tracking_uri() == second and tracking.tracking_uri() == second

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from kornia import enhance
+from kornia.geometry.transform import crop_and_resize
+
 from landmarks.augment import (
     IMAGENET_PCA_EIGVAL,
     IMAGENET_PCA_EIGVEC,
@@ -13,7 +16,7 @@ from landmarks.augment import (
     normalize,
     to_float_images,
 )
-from landmarks.augment.views import _jpeg_pil
+from landmarks.augment.views import _jpeg_pil, resample_boxes
 
 MEAN = (0.5084, 0.4224, 0.3769)  # CelebA statistics of the official code
 STD = (0.2599, 0.2371, 0.2323)
@@ -131,6 +134,45 @@ def test_jpeg_backends_agree():
     assert q.shape == (2, 3, 32, 32) and torch.isfinite(q).all()
 
 
+
+def test_jpeg_noise_codes_each_image_as_if_alone():
+    """Coding in shared padded canvases gives each image exactly its own codec result."""
+    torch.manual_seed(0)
+    x = torch.rand(12, 3, 40, 40)  # noise: the hardest case for block edges
+    views = MoCoViews(32, mean=MEAN, std=STD, jpeg_backend="kornia")
+    coded = views._jpeg_noise(x, _gen(3))
+    gen = _gen(3)  # replay the draws of _jpeg_noise
+    scale = (1.0 + 0.5 * torch.randn(12, generator=gen, dtype=torch.float64)).clamp(0.8, 2.0)
+    quality = torch.randint(30, 99, (12,), generator=gen)
+    sizes = ((scale * 40 - 8) / 16).round().clamp(min=0).mul(16).add(8).long().tolist()  # 16k + 8
+    assert len(set(sizes)) > 2  # several sizes, so several groups share canvases
+    for i in range(12):
+        y = F.interpolate(x[i:i + 1], size=(sizes[i], sizes[i]), mode="bilinear", antialias=True).clamp(0, 1)
+        y = enhance.jpeg_codec_differentiable(y, quality[i:i + 1].float())
+        alone = F.interpolate(y, size=(40, 40), mode="bilinear", antialias=True).clamp(0, 1)
+        torch.testing.assert_close(coded[i:i + 1], alone, atol=2e-5, rtol=0)
+
+
+def test_resample_boxes_matches_kornia_crop_and_resize():
+    torch.manual_seed(0)
+    x = torch.rand(5, 3, 30, 40)
+    x0, y0 = torch.tensor([0.0, 3, 10, 0, 7]), torch.tensor([0.0, 2, 5, 9, 1])
+    x1, y1 = torch.tensor([39.0, 20, 35, 12, 30]), torch.tensor([29.0, 25, 20, 29, 11])
+    boxes = torch.stack((torch.stack((x0, y0), -1), torch.stack((x1, y0), -1),
+                         torch.stack((x1, y1), -1), torch.stack((x0, y1), -1)), 1)
+    expected = crop_and_resize(x, boxes, (24, 24), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(resample_boxes(x, x0, y0, x1, y1, 24), expected, atol=1e-5, rtol=0)
+
+
+def test_auto_jpeg_backend_is_pil_on_cpu():
+    images = torch.randint(0, 256, (4, 40, 40, 3), dtype=torch.uint8)
+    auto = MoCoViews(32, mean=MEAN, std=STD, border=4)
+    pil = MoCoViews(32, mean=MEAN, std=STD, border=4, jpeg_backend="pil")
+    kornia = MoCoViews(32, mean=MEAN, std=STD, border=4, jpeg_backend="kornia")
+    assert torch.equal(auto(images, _gen(2))[0], pil(images, _gen(2))[0])
+    assert not torch.equal(auto(images, _gen(2))[0], kornia(images, _gen(2))[0])
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="jpeg_backend"):
         MoCoViews(32, mean=MEAN, std=STD, jpeg_backend="libjpeg")
@@ -148,3 +190,4 @@ def test_views_on_cuda_are_seeded():
     q2, _ = views(images, _gen(0))
     assert q1.is_cuda and q1.shape == (16, 3, 96, 96)
     assert torch.equal(q1, q2)
+

@@ -14,8 +14,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .config import load_config, valid_keys
 from .errors import UserError

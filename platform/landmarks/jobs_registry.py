@@ -6,8 +6,9 @@ Entries are import strings so that looking a job up imports only that job.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 JOBS: dict[str, tuple[str, str]] = {
     "pretrain": ("landmarks.train.configs:PretrainConfig", "landmarks.train.pretrain:run_pretrain"),

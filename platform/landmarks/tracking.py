@@ -16,8 +16,10 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import UserError
 
@@ -149,8 +151,8 @@ class RunLogger:
         import mlflow
         import mlflow.pytorch
 
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+        with _fluent_tracking_uri(self.uri), \
+                mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
             # "pickle": loadable wherever `landmarks` is installed; "pt2" would need an input example
             # and a torch.export trace of every model we log.
             mlflow.pytorch.log_model(model, name=name, serialization_format="pickle")
@@ -164,6 +166,37 @@ class RunLogger:
         if self.enabled:
             self.set_tags({"error": message[:5000]})
             self._client.set_terminated(self.run_id, status="FAILED")
+
+
+def load_torch_model(run_id: str, name: str = "model") -> Any:
+    """The `mlflow.pytorch` model `name` logged in run `run_id` (e.g. a pretraining run's
+    "backbone_model"), from the current tracking URI."""
+    import mlflow.pytorch
+
+    with _fluent_tracking_uri(tracking_uri()):
+        return mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")
+
+
+@contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri`, then put back both its global and MLFLOW_TRACKING_URI.
+
+    `mlflow.set_tracking_uri` also writes the environment variable and wins over it afterwards,
+    so without this one job would redirect every later run in the process (Tune trials, tests).
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved_global, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils._tracking_uri = saved_global
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def start_run(

@@ -11,6 +11,8 @@ No flips: a flip swaps left and right landmarks. Faces are stored at 136 px and 
 official code crops 136 px views to the 96 px input (``image_crop=20``): ``border=20``
 does that. Every random number is drawn from one ``torch.Generator``, on its device, in
 a fixed order, so a seed fixes the views; the pixel work runs on the images' device.
+Numbers drawn on a CPU generator reach the GPU by non_blocking copies: a blocking copy waits
+for every kernel queued before it, and the views would stop overlapping the network's work.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from kornia import enhance
-from kornia.geometry.transform import crop_and_resize
 from PIL import Image
 from torch import nn
+
+# JPEG noise codes rescaled images in canvases whose sides are multiples of this (see _jpeg_noise).
+JPEG_CANVAS_STEP = 128  # on an H200, 128 beat 64 and 320 (benchmarks/views.py)
 
 # AlexNet-style lighting noise (Krizhevsky et al. 2012, Sec. 4.1): ImageNet RGB eigenvalues /
 # eigenvectors (columns) for [0, 1] images, as in fb.resnet.torch and contrast-landmark ``PcaAug``.
@@ -91,6 +95,23 @@ def _jpeg_pil(x_bchw: torch.Tensor, quality_b: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).to(device=x_bchw.device, dtype=x_bchw.dtype) / 255.0
 
 
+def resample_boxes(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor,
+                   side: int) -> torch.Tensor:
+    """Bilinear (B, C, side, side) resamples of axis-aligned boxes of (B, C, H, W) images.
+
+    Boxes are (B,) inclusive pixel corners; the output's corner pixels land on (x0, y0) and
+    (x1, y1), as kornia's crop_and_resize(align_corners=True), in one affine grid_sample.
+    """
+    height, width = x.shape[-2:]
+    zero = torch.zeros_like(x0)
+    theta = torch.stack((
+        torch.stack(((x1 - x0) / (width - 1), zero, (x0 + x1) / (width - 1) - 1), -1),
+        torch.stack((zero, (y1 - y0) / (height - 1), (y0 + y1) / (height - 1) - 1), -1),
+    ), 1).to(device=x.device, dtype=x.dtype, non_blocking=True)  # (B, 2, 3), normalized coordinates
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], side, side], align_corners=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
 class MoCoViews(nn.Module):
     """Two independent augmentations of each image: ``view_q, view_k = views(images, generator)``.
 
@@ -102,11 +123,12 @@ class MoCoViews(nn.Module):
         crop_min_scale: RandomResizedCrop area lower bound (0.2; aspect 3/4..4/3, torchvision).
         color_jitter: brightness = contrast = saturation jitter (0.4; MoCo v1), random order.
         jpeg: apply the official JPEGNoise: rescale by max(0.8, 1 + 0.5 N(0, 1)) (capped at 2,
-            rounded to 8 px so that images of one size share one codec call), JPEG quality
+            sides rounded to 16k + 8 px, see _jpeg_noise), JPEG quality
             uniform in jpeg_quality (30..98), rescale back.
         lighting_std: PCA lighting noise std (0.1).
-        jpeg_backend: "kornia" (differentiable codec on the device), "pil" (CPU round trip),
-            or "auto" (kornia when it has ``enhance.jpeg_codec_differentiable``).
+        jpeg_backend: "kornia" (differentiable codec on the device), "pil" (libjpeg, the
+            official code's codec, through a CPU round trip), or "auto": PIL for images on the
+            CPU (about 7x faster there than kornia's codec of many small ops), kornia on a GPU.
     """
 
     def __init__(self, out_size: int = 96, *, mean: Sequence[float], std: Sequence[float], border: int = 0,
@@ -130,7 +152,7 @@ class MoCoViews(nn.Module):
         has_kornia_jpeg = hasattr(enhance, "jpeg_codec_differentiable")
         if jpeg_backend == "kornia" and not has_kornia_jpeg:
             raise ValueError("jpeg_backend='kornia' needs kornia>=0.7.1 (enhance.jpeg_codec_differentiable)")
-        self.jpeg_backend = "pil" if jpeg_backend == "pil" or not has_kornia_jpeg else "kornia"
+        self.jpeg_backend = "pil" if not has_kornia_jpeg else jpeg_backend
         self.out_size, self.border = out_size, border
         self.crop_scale = (crop_min_scale, 1.0)
         self.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
@@ -151,7 +173,8 @@ class MoCoViews(nn.Module):
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
             generator = torch.Generator().manual_seed(seed)
         x = to_float_images(images).to(torch.float32)
-        return self.view(x, generator), self.view(x, generator)
+        both = self.view(torch.cat((x, x)), generator)  # both views in one pass: half the kernel launches
+        return both[:x.shape[0]], both[x.shape[0]:]
 
     def view(self, x_bchw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One augmentation of float (B, 3, H, W) images in [0, 1]."""
@@ -164,25 +187,68 @@ class MoCoViews(nn.Module):
         return border_crop(x, self.border)
 
     def _jpeg_noise(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Rescale each image by its own factor, JPEG it at its own quality, rescale back.
+
+        Rescaled sides are rounded to 16k + 8 px, so images of one size are resized together,
+        and with the kornia codec every image is replicate-padded into one of a few canvases
+        (sides rounded up to JPEG_CANVAS_STEP), each coded in one call. That is exact: the codec
+        itself replicate-pads a 16k + 8 side to whole 16 x 16 blocks, codes blocks independently,
+        and its chroma filters only reach into that padding, so each image comes out as if coded
+        alone (a side of exactly 16k would not be: alone, the filters reflect at its edge). On a
+        GPU the codec's hundreds of small kernels, not its arithmetic, are what a batch costs, and
+        this makes a handful of codec calls per batch instead of one per size.
+        """
         b, _, height, width = x.shape
         dev = gen.device
         scale = (1.0 + 0.5 * torch.randn(b, generator=gen, device=dev, dtype=torch.float64)).clamp(0.8, 2.0)
         quality = torch.randint(*self.jpeg_quality, (b,), generator=gen, device=dev)
-        sizes = torch.stack(((scale * height / 8).round() * 8, (scale * width / 8).round() * 8), -1).clamp(min=8)
+        sizes = torch.stack((scale * height, scale * width), -1).sub(8).div(16).round().clamp(min=0).mul(16).add(8)
+        unique, group_of = torch.unique(sizes.cpu().long(), dim=0, return_inverse=True)
+        groups = [((group_of == g).nonzero().squeeze(1).to(x.device, non_blocking=True), int(h), int(w))
+                  for g, (h, w) in enumerate(unique.tolist())]
+        quality = quality.to(device=x.device, dtype=x.dtype, non_blocking=True)
+        resized = [F.interpolate(x[idx], size=(h, w), mode="bilinear", antialias=True,
+                                 align_corners=False).clamp(0, 1) for idx, h, w in groups]
+        backend = self.jpeg_backend
+        if backend == "auto":
+            backend = "pil" if x.device.type == "cpu" else "kornia"
+        if backend == "pil":
+            coded = [_jpeg_pil(y, quality[idx]) for y, (idx, _, _) in zip(resized, groups)]
+        else:
+            coded = self._jpeg_in_canvases(resized, groups, quality)
         out = torch.empty_like(x)
-        for size in torch.unique(sizes, dim=0).tolist():
-            idx = (sizes == torch.tensor(size, dtype=sizes.dtype, device=dev)).all(-1).nonzero().squeeze(1)
-            idx_x = idx.to(x.device)
-            y = F.interpolate(x[idx_x], size=(int(size[0]), int(size[1])), mode="bilinear", antialias=True,
-                              align_corners=False).clamp(0, 1)
-            q = quality[idx].to(device=x.device, dtype=x.dtype)
-            y = enhance.jpeg_codec_differentiable(y, q) if self.jpeg_backend == "kornia" else _jpeg_pil(y, q)
-            out[idx_x] = F.interpolate(y, size=(height, width), mode="bilinear", antialias=True,
-                                       align_corners=False)
+        for y, (idx, _, _) in zip(coded, groups):
+            out[idx] = F.interpolate(y, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         return out.clamp(0, 1)
 
+    def _jpeg_in_canvases(self, resized: list[torch.Tensor], groups: list[tuple[torch.Tensor, int, int]],
+                          quality: torch.Tensor) -> list[torch.Tensor]:
+        """kornia's codec over groups of (n_g, 3, h_g, w_g) images -> the coded groups, same shapes."""
+        def canvas_side(side: int) -> int:
+            return -(-side // JPEG_CANVAS_STEP) * JPEG_CANVAS_STEP
+
+        canvases: dict[tuple[int, int], list[int]] = {}
+        for g, (_, h, w) in enumerate(groups):
+            canvases.setdefault((canvas_side(h), canvas_side(w)), []).append(g)
+        coded: list[torch.Tensor | None] = [None] * len(groups)
+        for (ch, cw), members in canvases.items():
+            padded = torch.cat([F.pad(resized[g], (0, cw - groups[g][2], 0, ch - groups[g][1]), mode="replicate")
+                                for g in members])
+            q = torch.cat([quality[groups[g][0]] for g in members])
+            result = enhance.jpeg_codec_differentiable(padded, q)
+            start = 0
+            for g in members:
+                n, h, w = resized[g].shape[0], groups[g][1], groups[g][2]
+                coded[g] = result[start:start + n, :, :h, :w]
+                start += n
+        return coded
+
     def _random_resized_crop(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """torchvision RandomResizedCrop.get_params, vectorized: 10 tries, else a centre crop."""
+        """torchvision RandomResizedCrop.get_params, vectorized: 10 tries, else a centre crop.
+
+        The crops are resampled (bilinear, corner pixels on corner pixels, as kornia's
+        crop_and_resize) by one affine grid_sample over the whole batch.
+        """
         b, _, height, width = x.shape
         dev, tries = gen.device, 10
         area = height * width * _uniform(gen, (b, tries), *self.crop_scale, dev)
@@ -201,18 +267,15 @@ class MoCoViews(nn.Module):
         u = torch.rand(b, 2, generator=gen, device=dev, dtype=torch.float64)
         top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), ((height - h) / 2).round())
         left = torch.where(found, (u[:, 1] * (width - w + 1)).floor(), ((width - w) / 2).round())
-        x0, y0, x1, y1 = left, top, left + w - 1, top + h - 1  # inclusive pixel corners (kornia)
-        boxes = torch.stack((torch.stack((x0, y0), -1), torch.stack((x1, y0), -1),
-                             torch.stack((x1, y1), -1), torch.stack((x0, y1), -1)), 1)
         side = self.out_size + 2 * self.border
-        return crop_and_resize(x, boxes.to(device=x.device, dtype=x.dtype), (side, side),
-                               mode="bilinear", align_corners=True)
+        return resample_boxes(x, left, top, left + w - 1, top + h - 1, side)
 
     def _color_jitter(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """torchvision ColorJitter(j, j, j): factors in [1 - j, 1 + j], a random order per image."""
         b, dev, j = x.shape[0], gen.device, self.color_jitter
-        factors = _uniform(gen, (3, b), max(0.0, 1.0 - j), 1.0 + j, dev).to(device=x.device, dtype=x.dtype)
-        order = torch.rand(b, 3, generator=gen, device=dev).argsort(1).to(x.device)  # (B, 3) op per step
+        factors = _uniform(gen, (3, b), max(0.0, 1.0 - j), 1.0 + j, dev).to(device=x.device, dtype=x.dtype,
+                                                                           non_blocking=True)
+        order = torch.rand(b, 3, generator=gen, device=dev).argsort(1).to(x.device, non_blocking=True)  # (B, 3)
         if j == 0:
             return x
         ops = (enhance.adjust_brightness_accumulative, enhance.adjust_contrast_with_mean_subtraction,
@@ -226,6 +289,6 @@ class MoCoViews(nn.Module):
     def _lighting(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Add eigvec @ (alpha * eigval), alpha ~ N(0, lighting_std), per image; no clamp (official)."""
         alpha = torch.randn(x.shape[0], 3, generator=gen, device=gen.device, dtype=torch.float64)
-        alpha = (alpha * self.lighting_std).to(device=x.device, dtype=x.dtype)
+        alpha = (alpha * self.lighting_std).to(device=x.device, dtype=x.dtype, non_blocking=True)
         rgb = torch.einsum("cj,bj->bc", self.eigvec.to(x), alpha * self.eigval.to(x))  # (B, 3)
         return x + rgb[:, :, None, None]

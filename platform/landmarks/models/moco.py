@@ -69,17 +69,22 @@ class MoCo(nn.Module):
     def momentum_update(self, m: float | None = None) -> None:
         """theta_k <- m * theta_k + (1 - m) * theta_q over parameters (not BN buffers)."""
         m = self.m if m is None else float(m)
-        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters(), strict=True):
-            param_k.mul_(m).add_(param_q.detach(), alpha=1.0 - m)
+        params_k = list(self.encoder_k.parameters())
+        params_q = [p.detach() for p in self.encoder_q.parameters()]
+        if len(params_k) != len(params_q):
+            raise RuntimeError(f"key encoder has {len(params_k)} parameters, query encoder {len(params_q)}")
+        torch._foreach_mul_(params_k, m)  # one fused kernel per op on GPU, not one per parameter
+        torch._foreach_add_(params_k, params_q, alpha=1.0 - m)
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys_nc: torch.Tensor) -> None:
         keys_nc = dist.concat_all_gather(keys_nc)  # (N_global, C)
         n = keys_nc.shape[0]
-        ptr = int(self.queue_ptr)
         assert self.K % n == 0, "checked in forward"  # so a batch never straddles the end
-        self.queue[:, ptr : ptr + n] = keys_nc.T
-        self.queue_ptr[0] = (ptr + n) % self.K
+        # Columns ptr .. ptr+n-1 by index, so the pointer never has to be read back from the GPU.
+        columns = self.queue_ptr + torch.arange(n, device=self.queue_ptr.device)
+        self.queue.index_copy_(1, columns, keys_nc.T.to(self.queue.dtype))
+        self.queue_ptr.add_(n).remainder_(self.K)
 
     @torch.no_grad()
     def _batch_shuffle(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

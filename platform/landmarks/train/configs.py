@@ -221,10 +221,10 @@ class FinetuneConfig(EvalCommon):
 
 __all__ = [
     "Backbone",
+    "FinetuneConfig",
+    "MatchConfig",
     "PretrainConfig",
     "ProjectorConfig",
     "RegressConfig",
-    "MatchConfig",
     "SegmentConfig",
-    "FinetuneConfig",
 ]

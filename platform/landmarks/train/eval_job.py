@@ -9,6 +9,7 @@ evaluate, and how a job runs (one Ray task from the command line, in-process ins
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,13 @@ def split_image_ids(data_path: str, split: str) -> list[str]:
     return ids
 
 
+@functools.lru_cache(maxsize=64)
+def resize_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in): a 1-D linear resize (align_corners=False) as a matrix; bilinear = one per axis."""
+    impulses = torch.eye(n_in, dtype=dtype, device=device).reshape(n_in, 1, n_in)
+    return F.interpolate(impulses, size=n_out, mode="linear", align_corners=False)[:, 0].T.contiguous()
+
+
 def linear_over_blocks(blocks_bchw: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
                        size: tuple[int, int]) -> torch.Tensor:
     """A 1x1 conv (weight (O, C, 1, 1)) over the resized concatenation of `blocks_bchw` -> (B, O, h, w).
@@ -78,14 +86,18 @@ def linear_over_blocks(blocks_bchw: Sequence[torch.Tensor], weight: torch.Tensor
     A 1x1 conv mixes channels and a bilinear resize mixes locations, so they commute:
     conv(cat(resize(s))) = sum_s resize(conv_s(s)). Running each block's slice of the conv at the
     block's own resolution costs 32x fewer MACs for a ResNet50 hypercolumn at 96 px, and the
-    3840-channel 48x48 map is never built.
+    3840-channel 48x48 map is never built. The resize is bilinear (align_corners=False) done as
+    two small matrix products, one per axis: the same numbers as F.interpolate, and on CPU several
+    times faster in backward, which otherwise dominated a regression epoch on cached features.
     """
     out, start = None, 0
     for block in blocks_bchw:
         c = block.shape[1]
         y = F.conv2d(block, weight[:, start:start + c])
         if tuple(y.shape[-2:]) != tuple(size):
-            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            rows = resize_matrix(y.shape[-2], size[0], y.dtype, y.device)  # (h_out, h)
+            cols = resize_matrix(y.shape[-1], size[1], y.dtype, y.device)  # (w_out, w)
+            y = torch.einsum("yh,bohw,xw->boyx", rows, y, cols)
         out = y if out is None else out + y
         start += c
     if start != weight.shape[1]:

@@ -29,11 +29,11 @@ from ..data.manifest import Manifest
 from ..errors import UserError
 from ..features import eval_geometry
 from .backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
-from .checkpoint import absolute_storage, latest_checkpoint
+from .checkpoint import latest_checkpoint
 from .configs import FinetuneConfig
 from .data_source import open_manifest
 from .eval_job import absolute_paths, split_image_ids
-from .ray_setup import check_resources, resolve_use_gpu, scaling_config
+from .ray_setup import check_resources, fit_torch_trainer, resolve_use_gpu
 from .segment import annotated_rows
 
 FULL_LR, FULL_WD = 1e-3, 5e-4  # train.lr / weight_decay = auto: the full-annotation regressor (SPEC)
@@ -109,19 +109,22 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
     previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
     _check_previous(previous, plan.meta)
 
-    resources = connect(verbose=args.verbose)
-    use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
-    check_resources(cfg.ray, use_gpu, resources, "fine-tuning")
+    metric = "iod" if plan.manifest.eye_indices else "pck"
+    done = previous is not None and metric in previous[1]  # the final checkpoint holds the test score
+    use_gpu = False
+    if not done:  # a finished run is only logged again: no cluster needed
+        resources = connect(verbose=args.verbose)
+        use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
+        check_resources(cfg.ray, use_gpu, resources, "fine-tuning")
 
     logger = tracking.start_run(cfg.mlflow.experiment, name, tags=plan.tags,
                                 run_id=previous[1].get("mlflow_run_id") if previous else None)
     logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": plan.info["fingerprint"],
                        "resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay,
                        "resolved.batch_size": plan.batch_size, "resolved.train_rows": len(plan.rows)})
-    metric = "iod" if plan.manifest.eye_indices else "pck"
-    done = previous is not None and metric in previous[1]
     if previous:
-        print(f"[finetune] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)", flush=True)
+        state = "already finished, nothing to train" if done else f"resuming after epoch {previous[1]['epoch'] + 1}"
+        print(f"[finetune] {name}: {state} ({previous[0]})", flush=True)
     try:
         if done:
             checkpoint_path, final = previous[0], previous[1]
@@ -157,8 +160,6 @@ def train_view(batch: dict[str, np.ndarray], keep_ids: frozenset | None, border:
 
 def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_id: str):
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
 
     from ..data import read_dataset
     from .finetune_loop import train_loop_per_worker
@@ -171,29 +172,14 @@ def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_
                                              "image_size": cfg.data.image_size})
     dataset = dataset.randomize_block_order(seed=cfg.train.seed + cfg.repeat)
     state = {k: v.detach().cpu() for k, v in plan.backbone.state_dict().items()}
-    trainer = TorchTrainer(
+    return fit_torch_trainer(
         train_loop_per_worker,
-        train_loop_config={
+        {
             "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
             "backbone_state": ray.put(state), "low_dim": plan.backbone.fc.out_features,
             "num_landmarks": plan.manifest.K, "eye_indices": plan.manifest.eye_indices,
             "mean": plan.mean, "std": plan.std, "lr": plan.lr, "weight_decay": plan.weight_decay,
             "batch_size": plan.batch_size, "train_rows": len(plan.rows), "meta": plan.meta,
         },
-        scaling_config=scaling_config(cfg.ray, use_gpu),
-        run_config=RunConfig(
-            name=name,
-            storage_path=absolute_storage(cfg.checkpoint.storage_path),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-        datasets={"train": dataset},
+        cfg, name, use_gpu, {"train": dataset}, "fine-tuning",
     )
-    try:
-        return trainer.fit()
-    except Exception as err:  # Ray wraps worker errors; surface the cause in one line
-        from ray.train import TrainingFailedError
-
-        if isinstance(err, TrainingFailedError):
-            raise UserError(f"fine-tuning failed: {str(err).strip().splitlines()[-1]}") from err
-        raise

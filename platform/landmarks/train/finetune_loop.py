@@ -37,7 +37,7 @@ from ..tracking import RunLogger
 from .checkpoint import load_checkpoint_dir, save_checkpoint_dir
 from .configs import FinetuneConfig
 from .eval_job import linear_over_blocks
-from .pretrain_loop import autocast
+from .moco_step import autocast
 from .schedules import cosine_lr, set_lr
 
 PCK_THRESHOLD = 0.05

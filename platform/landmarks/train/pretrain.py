@@ -18,10 +18,10 @@ from ..cli import JobArgs, print_summary
 from ..cluster import connect
 from ..config import to_flat_dict
 from ..errors import UserError
-from .checkpoint import absolute_storage, check_compatible, latest_checkpoint, load_checkpoint_dir
+from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint_dir
 from .configs import PretrainConfig
 from .data_source import open_manifest
-from .ray_setup import check_resources, resolve_use_gpu, scaling_config
+from .ray_setup import check_resources, fit_torch_trainer, resolve_use_gpu
 
 
 def run_name(cfg: PretrainConfig, dataset: str) -> str:
@@ -65,45 +65,27 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
 
 
 def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
     from ..data import read_dataset
     from .pretrain_loop import train_loop_per_worker
 
     dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False)
     dataset = dataset.randomize_block_order(seed=cfg.train.seed)
-    trainer = TorchTrainer(
+    return fit_torch_trainer(
         train_loop_per_worker,
-        train_loop_config={
+        {
             "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
             "mean": list(manifest.mean), "std": list(manifest.std), "train_rows": train_rows,
             "dataset": manifest.name,
             # Views keep the manifest's eval border in proportion (20 px of 136 for 96 px faces).
             "border": round(manifest.border * cfg.data.image_size / manifest.input_size),
         },
-        scaling_config=scaling_config(cfg.ray, use_gpu),
-        run_config=RunConfig(
-            name=name,
-            storage_path=absolute_storage(cfg.checkpoint.storage_path),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-        datasets={"train": dataset},
+        cfg, name, use_gpu, {"train": dataset}, "pretraining",
     )
-    try:
-        return trainer.fit()
-    except Exception as err:  # Ray wraps worker errors; surface the cause in one line
-        from ray.train import TrainingFailedError
-
-        if isinstance(err, TrainingFailedError):
-            raise UserError(f"pretraining failed: {str(err).strip().splitlines()[-1]}") from err
-        raise
 
 
 def _finish(cfg: PretrainConfig, result, logger: tracking.RunLogger, dataset: str) -> dict:
     """Log the final backbone (weights + an mlflow.pytorch model) and the last checkpoint."""
-    from .pretrain_loop import build_moco
+    from .moco_step import build_moco
 
     if result.checkpoint is None:
         raise UserError("pretraining ended without a checkpoint")

@@ -8,53 +8,18 @@ logs to MLflow.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..augment import MoCoViews
 from ..data.loader import device_batches
-from ..models import MoCo, build_backbone, positive_probability
 from ..tracking import RunLogger
 from .checkpoint import load_checkpoint_dir, save_checkpoint_dir
 from .configs import PretrainConfig
+from .moco_step import build_moco, queue_sha256, train_step
 from .schedules import cosine_lr, set_lr
-
-
-def build_moco(cfg: PretrainConfig) -> MoCo:
-    encoder = build_backbone(cfg.model.backbone, low_dim=cfg.model.low_dim)
-    return MoCo(encoder, dim=cfg.model.low_dim, K=cfg.moco.queue_size, m=cfg.moco.momentum, T=cfg.moco.temperature)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def train_step(model, views: MoCoViews, optimizer, images_u8, device) -> tuple[float, float]:
-    """One MoCo step on a batch of uint8 images (B, H, W, 3) on `device` -> (loss, positive prob)."""
-    im_q, im_k = views(images_u8)
-    if device.type == "cuda":
-        im_q = im_q.contiguous(memory_format=torch.channels_last)
-        im_k = im_k.contiguous(memory_format=torch.channels_last)
-    with autocast(device):
-        logits, labels = model(im_q, im_k)  # (B, 1+K), (B,)
-        loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item(), positive_probability(logits).item()
-
-
-def queue_sha256(model: MoCo) -> str:
-    """Fingerprint of the MoCo queue + pointer, to show a resume restored them bit-exactly."""
-    h = hashlib.sha256()
-    h.update(model.queue.detach().cpu().numpy().tobytes())
-    h.update(model.queue_ptr.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -99,7 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
-        losses, t0, seen = [], time.perf_counter(), 0
+        loss_sum, t0, seen, n = torch.zeros((), device=device), time.perf_counter(), 0, 0
         for i, batch in enumerate(device_batches(shard, local_batch, device=device, columns=("image",),
                                                     local_shuffle_buffer_size=4 * local_batch,
                                                     local_shuffle_seed=cfg.train.seed * 1000 + epoch)):
@@ -108,13 +73,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             lr = cosine_lr(cfg.train.lr, epoch + i / steps_per_epoch, cfg.train.epochs, cfg.train.warmup_epochs)
             set_lr(optimizer, lr)
             loss, pos = train_step(ddp_model, views, optimizer, batch["image"], device)
-            losses.append(loss)
-            seen += batch["image"].shape[0] * world
-            step += 1
-            if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:
+            loss_sum += loss
+            seen, n, step = seen + batch["image"].shape[0] * world, n + 1, step + 1
+            if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:  # .item() waits for the GPU
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
-                logger.log_metrics({"loss": loss, "positive_prob": pos, "lr": lr, "images_per_sec": rate}, step=step)
-        epoch_loss = sum(losses) / max(len(losses), 1)
+                logger.log_metrics({"loss": loss.item(), "positive_prob": pos.item(), "lr": lr,
+                                    "images_per_sec": rate}, step=step)
+        epoch_loss = loss_sum.item() / max(n, 1)
         metrics = {"epoch": epoch, "loss": epoch_loss, "step": step}
         logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
         last = epoch == cfg.train.epochs - 1

@@ -32,10 +32,10 @@ from ..config import to_flat_dict
 from ..errors import UserError
 from ..features import blocks, feature_size
 from .backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
-from .checkpoint import absolute_storage, latest_checkpoint, load_checkpoint_dir
+from .checkpoint import latest_checkpoint, load_checkpoint_dir
 from .configs import ProjectorConfig
 from .data_source import open_manifest
-from .ray_setup import check_resources, resolve_use_gpu, scaling_config
+from .ray_setup import check_resources, fit_torch_trainer, resolve_use_gpu
 
 PROJECTOR_FILE = "projector.pt"
 META_FILE = "meta.json"
@@ -85,9 +85,12 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
     previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
     _check_previous(previous, meta)
 
-    resources = connect(verbose=args.verbose)
-    use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
-    check_resources(cfg.ray, use_gpu, resources, "projector training")
+    done = previous is not None and previous[1].get("epoch", -1) + 1 >= cfg.train.epochs
+    use_gpu = False
+    if not done:  # a finished run is only logged again: no cluster needed
+        resources = connect(verbose=args.verbose)
+        use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
+        check_resources(cfg.ray, use_gpu, resources, "projector training")
 
     # 2. The MLflow run: new, or the one the checkpoint belongs to.
     tags = {"job": "train_projector", "dataset": manifest.name, "backbone": cfg.model.backbone,
@@ -97,10 +100,9 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
                                 run_id=previous[1].get("mlflow_run_id") if previous else None)
     logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": info["fingerprint"],
                        "resolved.in_channels": in_channels, "resolved.train_rows": train_rows})
-    done = previous is not None and previous[1].get("epoch", -1) + 1 >= cfg.train.epochs
     if previous:
-        print(f"[train_projector] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)",
-              flush=True)
+        state = "already finished, nothing to train" if done else f"resuming after epoch {previous[1]['epoch'] + 1}"
+        print(f"[train_projector] {name}: {state} ({previous[0]})", flush=True)
     try:
         if done:
             from ray.train import Checkpoint
@@ -122,8 +124,6 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
 def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manifest, use_gpu: bool,
          run_id: str, train_rows: int):
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
 
     from ..data import read_dataset
     from .projector_loop import train_loop_per_worker
@@ -131,9 +131,9 @@ def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manif
     dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False)
     dataset = dataset.randomize_block_order(seed=cfg.train.seed)
     state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-    trainer = TorchTrainer(
+    return fit_torch_trainer(
         train_loop_per_worker,
-        train_loop_config={
+        {
             "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
             "backbone": cfg.model.backbone, "low_dim": backbone.fc.out_features,
             "backbone_state": ray.put(state), "in_channels": meta["in_channels"], "meta": meta,
@@ -142,23 +142,8 @@ def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manif
             # The eval border at the stored size (20 px of 136 for 96 px faces; 0 for CUB).
             "border": manifest.border,
         },
-        scaling_config=scaling_config(cfg.ray, use_gpu),
-        run_config=RunConfig(
-            name=name,
-            storage_path=absolute_storage(cfg.checkpoint.storage_path),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-        datasets={"train": dataset},
+        cfg, name, use_gpu, {"train": dataset}, "projector training",
     )
-    try:
-        return trainer.fit()
-    except Exception as err:  # Ray wraps worker errors; surface the cause in one line
-        from ray.train import TrainingFailedError
-
-        if isinstance(err, TrainingFailedError):
-            raise UserError(f"projector training failed: {str(err).strip().splitlines()[-1]}") from err
-        raise
 
 
 def save_projector(state: dict[str, torch.Tensor], meta: dict, directory: Path) -> Path:

@@ -41,7 +41,7 @@ from ..tracking import RunLogger
 from .checkpoint import load_checkpoint_dir, save_checkpoint_dir
 from .configs import ProjectorConfig
 from .eval_job import linear_over_blocks
-from .pretrain_loop import autocast
+from .moco_step import autocast
 
 
 class BlockProjector(nn.Module):

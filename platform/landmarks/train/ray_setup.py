@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
@@ -53,3 +54,33 @@ def task_options(ray_cfg: Any, use_gpu: bool) -> dict[str, float]:
     if use_gpu:
         opts["num_gpus"] = ray_cfg.gpus_per_worker
     return opts
+
+
+def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: Any, name: str, use_gpu: bool,
+                      datasets: dict[str, Any], what: str):
+    """Run `loop` as a Ray Train TorchTrainer with the job's scaling (cfg.ray), checkpoint storage and
+    retention (cfg.checkpoint) and failure policy (cfg.max_failures) -> ray.train.Result.
+
+    A worker's error reaches the user as one line, "<what> failed: <the cause>".
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    from .checkpoint import absolute_storage
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg.ray, use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=absolute_storage(cfg.checkpoint.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets=datasets,
+    )
+    try:
+        return trainer.fit()
+    except TrainingFailedError as err:  # Ray wraps worker errors; surface the cause in one line
+        raise UserError(f"{what} failed: {str(err).strip().splitlines()[-1]}") from err

@@ -46,7 +46,7 @@ from .eval_job import (
     run_logged,
     split_image_ids,
 )
-from .pretrain_loop import autocast
+from .moco_step import autocast
 from .schedules import cosine_lr, set_lr
 
 DEFAULT_LR, DEFAULT_WD = 1e-3, 5e-4  # train.lr / train.weight_decay = auto

@@ -31,4 +31,4 @@ def get_converter(name: str) -> type[Converter]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["BadItem", "Converter", "DatasetInfo", "Record", "DATASETS", "get_converter"]
+__all__ = ["DATASETS", "BadItem", "Converter", "DatasetInfo", "Record", "get_converter"]

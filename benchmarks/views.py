@@ -1,0 +1,85 @@
+"""MoCo view throughput: both augmented views of a batch (landmarks.augment.MoCoViews), per stage.
+
+    python benchmarks/views.py [--batch-size 256] [--image-size 96] [--steps 20]
+        [--canvas-steps 64,128,320] [--out views.json] [--quick]
+
+Input: random uint8 faces at the stored size (input x 136/96); the views are what pretraining
+feeds the network each step (2 x batch images). Rows:
+
+  total       views(images) for each JPEG canvas step (see augment/views.py, _jpeg_noise):
+              ms per call and images/s (batch / time)
+  stage       one view pass over the 2 x batch images split into its stages (jpeg, crop, jitter,
+              lighting), each timed alone, at the default canvas step
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import torch
+from common import bench_parser, finish, parse_ints
+
+STORED_OVER_INPUT = 136 / 96
+
+
+def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 16 on CPU")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--steps", type=int, default=None, help="timed calls (default 20 CUDA, 2 CPU)")
+    parser.add_argument("--canvas-steps", type=parse_ints, default=[64, 128, 320])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    from landmarks.augment import MoCoViews
+    from landmarks.augment import views as views_module
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch_size or (256 if cuda else 16)
+    steps, warmup = args.steps or (20 if cuda else 2), 3 if cuda else 1
+    if args.quick:
+        batch, steps, warmup, args.canvas_steps = 4, 1, 1, args.canvas_steps[:1]
+    stored = round(args.image_size * STORED_OVER_INPUT)
+    border = (stored - args.image_size) // 2
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, stored, stored, 3), dtype=torch.uint8, generator=gen).to(device)
+    default_step = views_module.JPEG_CANVAS_STEP
+    rows: list[dict[str, Any]] = []
+    views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border).to(device)
+    for canvas in args.canvas_steps:
+        views_module.JPEG_CANVAS_STEP = canvas
+        seconds = _timed(lambda: views(images, gen), steps, warmup, device)
+        rows.append({"row": "total", "stage": "views", "canvas_step": canvas,
+                     "ms": seconds * 1e3, "images_per_s": batch / seconds})
+    views_module.JPEG_CANVAS_STEP = default_step
+    x = views_module.to_float_images(torch.cat((images, images))).float()
+    after_jpeg = views._jpeg_noise(x, gen)
+    crops = views._random_resized_crop(after_jpeg, gen)
+    stages = {"jpeg": lambda: views._jpeg_noise(x, gen), "crop": lambda: views._random_resized_crop(after_jpeg, gen),
+              "jitter": lambda: views._color_jitter(crops, gen), "lighting": lambda: views._lighting(crops, gen)}
+    for name, fn in stages.items():
+        seconds = _timed(fn, steps, warmup, device)
+        rows.append({"row": "stage", "stage": name, "canvas_step": default_step,
+                     "ms": seconds * 1e3, "images_per_s": batch / seconds})
+    finish(args, "views", rows, params={"batch_size": batch, "image_size": args.image_size, "stored": stored,
+                                        "device": str(device), "steps": steps})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

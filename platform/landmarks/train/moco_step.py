@@ -1,0 +1,57 @@
+"""One MoCo pretraining step, in plain PyTorch (no Ray): what every rank of pretraining runs,
+and what benchmarks/train.py times on its own.
+
+On CUDA the step runs under bf16 autocast with channels_last inputs and weights; on CPU in fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..augment import MoCoViews
+from ..models import MoCo, build_backbone, positive_probability
+
+if TYPE_CHECKING:
+    from .configs import PretrainConfig
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def build_moco(cfg: PretrainConfig) -> MoCo:
+    encoder = build_backbone(cfg.model.backbone, low_dim=cfg.model.low_dim)
+    return MoCo(encoder, dim=cfg.model.low_dim, K=cfg.moco.queue_size, m=cfg.moco.momentum, T=cfg.moco.temperature)
+
+
+def train_step(model, views: MoCoViews, optimizer, images_u8: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MoCo step on uint8 images (B, H, W, 3) on `device` -> (loss, positive prob), 0-d tensors.
+
+    The results stay on the device: reading them (`.item()`) waits for the GPU, so callers do
+    that only when they log, and the CPU can queue the next step meanwhile.
+    """
+    im_q, im_k = views(images_u8)  # (B, 3, S, S) each
+    if device.type == "cuda":
+        im_q = im_q.contiguous(memory_format=torch.channels_last)
+        im_k = im_k.contiguous(memory_format=torch.channels_last)
+    with autocast(device):
+        logits, labels = model(im_q, im_k)  # (B, 1+K), (B,)
+        loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), positive_probability(logits.detach())
+
+
+def queue_sha256(model: MoCo) -> str:
+    """Fingerprint of the MoCo queue + pointer, to show a resume restored them bit-exactly."""
+    h = hashlib.sha256()
+    h.update(model.queue.detach().cpu().numpy().tobytes())
+    h.update(model.queue_ptr.detach().cpu().numpy().tobytes())
+    return h.hexdigest()

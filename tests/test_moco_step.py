@@ -1,0 +1,75 @@
+"""One MoCo pretraining step (landmarks.train.moco_step) on CPU in fp32 and on CUDA in bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from landmarks.augment import MoCoViews
+from landmarks.train.configs import PretrainConfig
+from landmarks.train.moco_step import autocast, build_moco, queue_sha256, train_step
+
+
+def _setup(device: torch.device, batch: int = 8, size: int = 32):
+    torch.manual_seed(0)
+    cfg = PretrainConfig.model_validate({"model": {"backbone": "resnet18"}, "data": {"image_size": size},
+                                         "moco": {"queue_size": 64}, "train": {"batch_size": batch}})
+    model = build_moco(cfg).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    views = MoCoViews(size, mean=[0.5] * 3, std=[0.25] * 3, border=4).to(device)
+    images = torch.randint(0, 256, (batch, size + 8, size + 8, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1)).to(device)
+    return model, views, optimizer, images
+
+
+def _run(device: torch.device, steps: int = 3):
+    model, views, optimizer, images = _setup(device)
+    queue0, weight0 = queue_sha256(model), model.encoder_q.conv1.weight.detach().clone()
+    out = [train_step(model, views, optimizer, images, device) for _ in range(steps)]
+    return model, queue0, weight0, out
+
+
+def test_step_updates_encoder_and_queue_and_keeps_results_on_device():
+    device = torch.device("cpu")
+    model, queue0, weight0, out = _run(device)
+    loss, pos = out[-1]
+    assert loss.shape == () and pos.shape == () and not loss.requires_grad
+    # InfoNCE over 1 + 64 candidates starts near log(65) and stays finite.
+    assert all(torch.isfinite(lo) and 0 < lo.item() < 10 for lo, _ in out)
+    assert 0.0 <= pos.item() <= 1.0
+    assert int(model.queue_ptr) == (3 * 8) % 64 and queue_sha256(model) != queue0
+    assert not torch.equal(model.encoder_q.conv1.weight, weight0)
+    # Only the query encoder gets gradients; the key encoder follows by momentum.
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+
+
+def test_autocast_is_off_on_cpu():
+    with autocast(torch.device("cpu")):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_step_runs_in_bf16_channels_last_and_agrees_with_fp32():
+    device = torch.device("cuda")
+    model, _, _, out = _run(device)
+    assert model.encoder_q.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.isfinite(lo).item() for lo, _ in out)
+    with autocast(device):
+        y = torch.ones(4, 4, device=device) @ torch.ones(4, 4, device=device)
+    assert y.dtype == torch.bfloat16
+    # The first step's loss, before any update, in bf16 vs fp32 on identical weights and views.
+    model, views, _, images = _setup(device)
+    model.train()
+    torch.manual_seed(5)
+    im_q, im_k = views(images)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad(), autocast(device):
+        bf16_logits, _ = model(im_q.contiguous(memory_format=torch.channels_last),
+                               im_k.contiguous(memory_format=torch.channels_last))
+    model.load_state_dict(state)
+    with torch.no_grad():
+        fp32_logits, _ = model(im_q, im_k)
+    torch.testing.assert_close(bf16_logits.float(), fp32_logits, atol=0.35, rtol=0.05)
