@@ -12,8 +12,8 @@ synthetic-faces dataset generated once under runs/bench/. It runs twice:
             backbone's stage outputs of the train and test splits once (landmarks.features);
             every trial then trains its regressor on them
   no-cache  features.enabled=false: every trial runs every image through the backbone every epoch
-  cache-separable (optional) "cache" with the regressor's resize done as two matrix products,
-            the change proposed in benchmarks/README.md (patched into this process, job runner)
+  cache-interpolate (optional) "cache" with the regressor's resize done by F.interpolate, as
+            before linear_over_blocks used two matrix products (patched in this process, job runner)
 
   --runner job   each trial is `landmarks.train.regress.run_regress(cfg, ...)` called in this
                  process, one after the other: what a Tune trial runs (landmarks.sweep.run_trial),
@@ -65,31 +65,21 @@ def job_overrides(data: Path, cache: bool, cache_dir: str, epochs: int, image_si
             "mlflow.experiment": "bench-sweep"}
 
 
-def _resize_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
-    """(n_out, n_in): 1-D linear resize (align_corners=False) as a matrix; bilinear = one per axis."""
-    impulses = torch.eye(n_in, dtype=like.dtype, device=like.device).reshape(n_in, 1, n_in)
-    return F.interpolate(impulses, size=n_out, mode="linear", align_corners=False)[:, 0].T
-
-
-def separable_linear_over_blocks(blocks_bchw, weight, bias, size):
-    """`landmarks.train.eval_job.linear_over_blocks` with the bilinear resize of each block's
-    (B, O, h, w) conv output done as two small matrix products (exact; the proposed change,
-    benchmarks/README.md "Sweep"), instead of F.interpolate, which on CPU dominated a cached trial."""
+def interpolate_linear_over_blocks(blocks_bchw, weight, bias, size):
+    """`landmarks.train.eval_job.linear_over_blocks` as it was before: each block's (B, O, h, w)
+    conv output resized by F.interpolate rather than two matrix products (the same numbers)."""
     out, start = None, 0
     for block in blocks_bchw:
         c = block.shape[1]
         y = F.conv2d(block, weight[:, start:start + c])
         if tuple(y.shape[-2:]) != tuple(size):
-            rows, cols = _resize_matrix(y.shape[-2], size[0], y), _resize_matrix(y.shape[-1], size[1], y)
-            y = torch.einsum("yh,bohw,xw->boyx", rows, y, cols)
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         out = y if out is None else out + y
         start += c
-    if start != weight.shape[1]:
-        raise ValueError(f"blocks have {start} channels, the conv expects {weight.shape[1]}")
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
-def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any], separable_resize: bool = False,
+def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any], interpolate_resize: bool = False,
              ) -> dict[str, Any]:
     """Every grid point as `run_regress` in this process; per-trial seconds and metrics."""
     from landmarks.cli import JobArgs
@@ -99,8 +89,8 @@ def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any], separable_
 
     base = with_overrides(load_config(RegressConfig, PRESET), overrides)
     original = regress.linear_over_blocks
-    if separable_resize:
-        regress.linear_over_blocks = separable_linear_over_blocks
+    if interpolate_resize:
+        regress.linear_over_blocks = interpolate_linear_over_blocks
     os.environ["LANDMARKS_IN_PROCESS"] = "1"  # evaluate here, as inside a Tune trial, not as a Ray task
     seconds, iods = [], []
     t0 = time.perf_counter()
@@ -143,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="resnet18", help="model.backbone (the CPU preset's resnet18)")
     parser.add_argument("--runner", choices=("job", "tune"), default="job")
     parser.add_argument("--modes", default="cache,no-cache",
-                        help="of cache, no-cache, cache-separable (cache + the proposed resize, job runner)")
+                        help="of cache, no-cache, cache-interpolate (cache + the former F.interpolate resize, job runner)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of a trial (job runner): 1, as in a Tune trial holding one CPU")
     args = parser.parse_args(argv)
@@ -151,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         args.num_images, args.image_size, args.lrs, args.repeats, args.epochs = 60, 32, "0.001", 2, 1
     lrs = [float(x) for x in args.lrs.split(",") if x]
     modes = [m for m in args.modes.split(",") if m]
-    if bad := [m for m in modes if m not in ("cache", "no-cache", "cache-separable")]:
-        parser.error(f"unknown mode(s) {bad}; valid: cache, no-cache, cache-separable")
-    if "cache-separable" in modes and args.runner != "job":
-        parser.error("mode cache-separable patches the regressor in this process: it needs --runner job")
+    if bad := [m for m in modes if m not in ("cache", "no-cache", "cache-interpolate")]:
+        parser.error(f"unknown mode(s) {bad}; valid: cache, no-cache, cache-interpolate")
+    if "cache-interpolate" in modes and args.runner != "job":
+        parser.error("mode cache-interpolate patches the regressor in this process: it needs --runner job")
     parse_ints(str(args.repeats))
     points = grid_points(lrs, args.repeats)
     if args.runner == "job":
@@ -173,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             overrides = job_overrides(data, mode != "no-cache", f"{tmp}/features-{mode}", args.epochs,
                                       args.image_size, args.backbone)
-            out = (run_jobs(points, overrides, separable_resize=mode == "cache-separable") if args.runner == "job"
+            out = (run_jobs(points, overrides, interpolate_resize=mode == "cache-interpolate") if args.runner == "job"
                    else run_tune(points, overrides, lrs, args.repeats, f"{tmp}/tune-{mode}"))
             trials = out["trial_s"]
             row = {"mode": mode, "runner": args.runner, "trials": len(points), "wall_s": round(out["wall_s"], 2),
@@ -187,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict[str, Any] = {}
     by = {r["mode"]: r for r in rows}
-    for mode in ("cache", "cache-separable"):
+    for mode in ("cache", "cache-interpolate"):
         if mode not in by or "no-cache" not in by:
             continue
-        suffix = "" if mode == "cache" else ".separable"
+        suffix = "" if mode == "cache" else ".interpolate"
         by[mode]["speedup"] = round(by[mode]["trials_per_hour"] / by["no-cache"]["trials_per_hour"], 2)
         summary[f"speedup_trials_per_hour{suffix}"] = by[mode]["speedup"]
         if by[mode]["later_trial_mean_s"] and by["no-cache"]["later_trial_mean_s"]:

@@ -87,8 +87,8 @@ def linear_over_blocks(blocks_bchw: Sequence[torch.Tensor], weight: torch.Tensor
     conv(cat(resize(s))) = sum_s resize(conv_s(s)). Running each block's slice of the conv at the
     block's own resolution costs 32x fewer MACs for a ResNet50 hypercolumn at 96 px, and the
     3840-channel 48x48 map is never built. The resize is bilinear (align_corners=False) done as
-    two small matrix products, one per axis: the same numbers as F.interpolate, and on CPU several
-    times faster in backward, which otherwise dominated a regression epoch on cached features.
+    two small matrix products, one per axis: the same numbers as F.interpolate, with a backward
+    pass about half as long on CPU (benchmarks/sweep.py, mode cache-separable).
     """
     out, start = None, 0
     for block in blocks_bchw:
