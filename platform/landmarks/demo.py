@@ -107,7 +107,7 @@ def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: b
 
     t = step("4/6 Ray Tune sweep: regression over budgets x repeats, pretrained vs random init")
     sweep = run_sweep_grid(preset, common, backbone, experiment, out, verbose)
-    print(f"sweep done ({time.monotonic() - t:.0f}s): {sweep['finished']} of {sweep['trials']} trials finished", flush=True)
+    print(f"sweep done ({time.monotonic() - t:.0f}s): {sweep.get('finished')} of {sweep.get('trials')} trials finished", flush=True)
 
     t = step("5/6 landmark matching and segmentation")
     match = {src: run_job("match", "match_synthetic_cpu.yaml", [*common, f"backbone.source={src}"], verbose)
