@@ -40,7 +40,6 @@ from landmarks.models import BACKBONES
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts), TFLOP/s.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 QUEUE = 4096  # MoCo K, paper Sec. 4
-STORED_OVER_INPUT = 136 / 96  # faces are stored at 136 px for a 96 px input (SPEC "Raw dataset formats")
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -68,6 +67,7 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: str, devi
                world: int = 1) -> tuple[Any, Any, Any, torch.Tensor]:
     """(model, views, optimizer, images) as pretrain_loop builds them; images (B, S, S, 3) uint8."""
     from landmarks.augment import MoCoViews
+    from landmarks.data.converters.base import face_border, face_store_size
     from landmarks.train.configs import PretrainConfig
     from landmarks.train.moco_step import build_moco
 
@@ -79,8 +79,7 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: str, devi
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                 momentum=cfg.train.sgd_momentum, weight_decay=cfg.train.weight_decay)
-    stored = round(image_size * STORED_OVER_INPUT)
-    border = (stored - image_size) // 2
+    stored, border = face_store_size(image_size), face_border(image_size)  # 136 and 20 at 96 px
     augment = (CentreViews(image_size) if views == "off" else
                MoCoViews(image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border)).to(device)
     generator = torch.Generator(device="cpu").manual_seed(0)

@@ -21,8 +21,6 @@ from typing import Any
 import torch
 from common import bench_parser, finish, parse_ints
 
-STORED_OVER_INPUT = 136 / 96
-
 
 def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
@@ -47,6 +45,7 @@ def main() -> int:
     args = parser.parse_args()
     from landmarks.augment import MoCoViews
     from landmarks.augment import views as views_module
+    from landmarks.data.converters.base import face_border, face_store_size
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -54,8 +53,7 @@ def main() -> int:
     steps, warmup = args.steps or (20 if cuda else 2), 3 if cuda else 1
     if args.quick:
         batch, steps, warmup, args.canvas_steps = 4, 1, 1, args.canvas_steps[:1]
-    stored = round(args.image_size * STORED_OVER_INPUT)
-    border = (stored - args.image_size) // 2
+    stored, border = face_store_size(args.image_size), face_border(args.image_size)  # 136 and 20 at 96 px
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, stored, stored, 3), dtype=torch.uint8, generator=gen).to(device)
     default_step = views_module.JPEG_CANVAS_STEP

@@ -42,7 +42,6 @@ class DemoPreset:
     budgets: tuple[Any, ...]
     repeats: int
     segment_epochs: int
-    momentum: float = 0.999
     samples_per_epoch: int | str = "auto"  # regression samples per epoch, every budget alike
     extra_pretrain: tuple[str, ...] = field(default=())
 
@@ -52,8 +51,8 @@ PRESETS = {
     # the query's own image would sit among its negatives) and a short run needs a faster key
     # encoder than the paper's m = 0.999, whose keys would barely move from their random init.
     "default": DemoPreset(num_images=2000, image_size=48, pretrain_epochs=8, pretrain_batch=64, queue_size=512,
-                          pretrain_lr=0.06, momentum=0.99, projector_epochs=1, regress_epochs=6,
-                          samples_per_epoch=600, budgets=(10, 100, "all"), repeats=2, segment_epochs=5),
+                          pretrain_lr=0.06, projector_epochs=1, regress_epochs=6, samples_per_epoch=600,
+                          budgets=(10, 100, "all"), repeats=2, segment_epochs=5, extra_pretrain=("moco.momentum=0.99",)),
     "tiny": DemoPreset(num_images=240, image_size=32, pretrain_epochs=2, pretrain_batch=32, queue_size=128,
                        pretrain_lr=0.05, projector_epochs=1, regress_epochs=3, budgets=(5, "all"), repeats=1,
                        segment_epochs=2, extra_pretrain=("moco.jpeg=false",)),
@@ -93,7 +92,7 @@ def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: b
     t = step("2/6 MoCo pretraining, 2 Ray Train workers")
     pre = run_job("pretrain", "pretrain_synthetic_cpu.yaml", [
         *common, f"train.epochs={preset.pretrain_epochs}", f"train.batch_size={preset.pretrain_batch}",
-        f"moco.queue_size={preset.queue_size}", f"train.lr={preset.pretrain_lr}", f"moco.momentum={preset.momentum}",
+        f"moco.queue_size={preset.queue_size}", f"train.lr={preset.pretrain_lr}",
         f"checkpoint.storage_path={out / 'ray'}", f"mlflow.run_name=demo-pretrain-{preset.num_images}",
         *preset.extra_pretrain], verbose)
     backbone = pre["mlflow_run_id"]

@@ -88,7 +88,7 @@ def linear_over_blocks(blocks_bchw: Sequence[torch.Tensor], weight: torch.Tensor
     block's own resolution costs 32x fewer MACs for a ResNet50 hypercolumn at 96 px, and the
     3840-channel 48x48 map is never built. The resize is bilinear (align_corners=False) done as
     two small matrix products, one per axis: the same numbers as F.interpolate, with a backward
-    pass about half as long on CPU (benchmarks/sweep.py, mode cache-separable).
+    pass about half as long on CPU (benchmarks/sweep.py, mode cache-interpolate).
     """
     out, start = None, 0
     for block in blocks_bchw:
@@ -200,12 +200,9 @@ def _remote_call(evaluate: Callable, cfg_dict: dict, cfg_cls: type, run_id: str,
 def _as_task(evaluate: Callable, cfg: Any, logger: tracking.RunLogger, verbose: bool, what: str) -> dict:
     import ray
 
-    from ..cluster import connect
-    from .ray_setup import check_resources, resolve_use_gpu, task_options
+    from .ray_setup import join_cluster, task_options
 
-    resources = connect(verbose=verbose)
-    use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
-    check_resources(cfg.ray, use_gpu, resources, what)
+    use_gpu = join_cluster(cfg.ray, what, verbose)
     remote = ray.remote(max_retries=0, **task_options(cfg.ray, use_gpu))(_remote_call)
     ref = remote.remote(evaluate, cfg.model_dump(mode="json"), type(cfg), logger.run_id, logger.uri)
     try:

@@ -23,7 +23,6 @@ import numpy as np
 
 from .. import tracking
 from ..cli import JobArgs, print_summary
-from ..cluster import connect
 from ..config import to_flat_dict
 from ..data.manifest import Manifest
 from ..errors import UserError
@@ -33,7 +32,7 @@ from .checkpoint import latest_checkpoint
 from .configs import FinetuneConfig
 from .data_source import open_manifest
 from .eval_job import absolute_paths, split_image_ids
-from .ray_setup import check_resources, fit_torch_trainer, resolve_use_gpu
+from .ray_setup import fit_torch_trainer, join_cluster
 from .segment import annotated_rows
 
 FULL_LR, FULL_WD = 1e-3, 5e-4  # train.lr / weight_decay = auto: the full-annotation regressor (SPEC)
@@ -111,11 +110,8 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
 
     metric = "iod" if plan.manifest.eye_indices else "pck"
     done = previous is not None and metric in previous[1]  # the final checkpoint holds the test score
-    use_gpu = False
-    if not done:  # a finished run is only logged again: no cluster needed
-        resources = connect(verbose=args.verbose)
-        use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
-        check_resources(cfg.ray, use_gpu, resources, "fine-tuning")
+    # A finished run is only logged again: no cluster needed.
+    use_gpu = False if done else join_cluster(cfg.ray, "fine-tuning", args.verbose)
 
     logger = tracking.start_run(cfg.mlflow.experiment, name, tags=plan.tags,
                                 run_id=previous[1].get("mlflow_run_id") if previous else None)

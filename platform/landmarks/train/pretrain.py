@@ -15,13 +15,12 @@ import torch
 
 from .. import tracking
 from ..cli import JobArgs, print_summary
-from ..cluster import connect
 from ..config import to_flat_dict
 from ..errors import UserError
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint_dir
 from .configs import PretrainConfig
 from .data_source import open_manifest
-from .ray_setup import check_resources, fit_torch_trainer, resolve_use_gpu
+from .ray_setup import fit_torch_trainer, join_cluster
 
 
 def run_name(cfg: PretrainConfig, dataset: str) -> str:
@@ -43,9 +42,7 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
     if previous:
         check_compatible(previous[1], cfg.model.backbone, previous[0])
 
-    resources = connect(verbose=args.verbose)
-    use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
-    check_resources(cfg.ray, use_gpu, resources, "pretraining")
+    use_gpu = join_cluster(cfg.ray, "pretraining", args.verbose)
 
     # 2. The MLflow run: new, or the one the checkpoint belongs to.
     run_id = previous[1].get("mlflow_run_id") if previous else None

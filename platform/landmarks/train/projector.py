@@ -27,7 +27,6 @@ import torch
 
 from .. import storage, tracking
 from ..cli import JobArgs, print_summary
-from ..cluster import connect
 from ..config import to_flat_dict
 from ..errors import UserError
 from ..features import blocks, feature_size
@@ -35,7 +34,7 @@ from .backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
 from .checkpoint import latest_checkpoint, load_checkpoint_dir
 from .configs import ProjectorConfig
 from .data_source import open_manifest
-from .ray_setup import check_resources, fit_torch_trainer, resolve_use_gpu
+from .ray_setup import fit_torch_trainer, join_cluster
 
 PROJECTOR_FILE = "projector.pt"
 META_FILE = "meta.json"
@@ -86,11 +85,8 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
     _check_previous(previous, meta)
 
     done = previous is not None and previous[1].get("epoch", -1) + 1 >= cfg.train.epochs
-    use_gpu = False
-    if not done:  # a finished run is only logged again: no cluster needed
-        resources = connect(verbose=args.verbose)
-        use_gpu = resolve_use_gpu(cfg.ray.use_gpu, resources)
-        check_resources(cfg.ray, use_gpu, resources, "projector training")
+    # A finished run is only logged again: no cluster needed.
+    use_gpu = False if done else join_cluster(cfg.ray, "projector training", args.verbose)
 
     # 2. The MLflow run: new, or the one the checkpoint belongs to.
     tags = {"job": "train_projector", "dataset": manifest.name, "backbone": cfg.model.backbone,

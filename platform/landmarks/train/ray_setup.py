@@ -39,6 +39,16 @@ def check_resources(ray_cfg: Any, use_gpu: bool, resources: dict[str, float], wh
             )
 
 
+def join_cluster(ray_cfg: Any, what: str, verbose: bool = False) -> bool:
+    """Connect to Ray (landmarks.cluster.connect), check it can hold the job's workers -> use_gpu."""
+    from ..cluster import connect
+
+    resources = connect(verbose=verbose)
+    use_gpu = resolve_use_gpu(ray_cfg.use_gpu, resources)
+    check_resources(ray_cfg, use_gpu, resources, what)
+    return use_gpu
+
+
 def scaling_config(ray_cfg: Any, use_gpu: bool):
     from ray.train import ScalingConfig
 
