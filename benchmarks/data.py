@@ -14,10 +14,9 @@ run one after the other, each with N CPU workers:
                            computed in the N workers, as a CPU-only training run needs them
 
   dataloader   torch DataLoader(num_workers=N): PIL decode per file; views in a collate_fn
-  ray          landmarks.data.read_dataset + device_batches (the library as it is); views as a
-               map_batches stage; Ray Data limited to N CPUs (ExecutionResources(cpu=N))
-  ray-tuned    the same with the reader changes proposed in benchmarks/README.md (a local copy
-               of read_dataset: `tuned_read_dataset` below)
+  ray          landmarks.data.read_dataset(images_only=True) + device_batches, what pretraining
+               reads; views as a map_batches stage; Ray Data limited to N CPUs (ExecutionResources)
+  ray-rows     the same reading whole rows (ids, keypoints, masks; PIL decode), as fine-tuning does
 
 Start-up (iterator created -> first batch: DataLoader worker start-up, Ray Data planning and task
 start-up) is reported apart from the steady state (images/s after --warmup batches). Ray itself
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from common import DATA_ROOT, Stopwatch, bench_parser, finish, parse_ints, powers_of_two, ship_by_value
 
-PIPELINES = ("dataloader", "ray", "ray-tuned")
+PIPELINES = ("dataloader", "ray", "ray-rows")
 WORKLOADS = ("decode", "decode+views")
 
 
@@ -150,60 +149,6 @@ def with_views(ds: Any, manifest: Any, batch_size: int) -> Any:
                                          "std": list(manifest.std), "border": manifest.border})
 
 
-def decode_jpeg_column(table: Any) -> dict[str, np.ndarray]:
-    """{"image": (B, H, W, 3) uint8}: the JPEG bytes of an Arrow batch decoded by torchvision.io
-    (libjpeg-turbo, as PIL; the pixels are identical) straight from the Arrow buffer: no Python
-    bytes object per row, no PIL image object, one stack."""
-    import warnings
-
-    import pyarrow as pa
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    column = table.column("image")
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(column)
-    offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset:column.offset + n + 1]
-    with warnings.catch_warnings():  # Arrow buffers are read-only; the decoder only reads them
-        warnings.simplefilter("ignore", UserWarning)
-        data = torch.frombuffer(column.buffers()[2], dtype=torch.uint8)
-    images = decode_jpeg([data[offsets[i]:offsets[i + 1]] for i in range(n)], mode=ImageReadMode.RGB)
-    return {"image": torch.stack(images).permute(0, 2, 3, 1).contiguous().numpy()}
-
-
-def tuned_read_dataset(path: str, split: str, rows_per_block: int | None = None) -> Any:
-    """`landmarks.data.read_dataset(path, split)` for pretraining, with the proposed changes
-    (benchmarks/README.md, "Ray Data"); rows: {"image": (H, W, 3) uint8}.
-
-    1. Parquet through Ray Data's file-per-task reader (`DataContext.use_datasource_v2 = False`
-       while the read is built). Ray 2.60's default V2 reader bin-packs row groups into 128 MiB
-       read tasks by *compressed* size: a whole dataset of JPEG bytes (8.5 KB a row) is one read
-       task, so decode runs in one task and nothing streams until it has finished.
-    2. Only the column pretraining uses (`columns=("image",)`): no PNG masks, ids, keypoints.
-    3. `decode_jpeg_column`: torchvision's decoder on the Arrow buffer, not PIL row by row.
-    4. Optionally `repartition(target_num_rows_per_block=rows_per_block)` (streaming) before the
-       decode, to spread a few large shards over more CPUs.
-    """
-    import ray
-    from ray.data import DataContext
-
-    from landmarks.data import reader
-
-    manifest, fs, paths = reader._prepare(path, split, verify=False)
-    if manifest.image_format != "jpeg":
-        raise ValueError(f"{path}: tuned_read_dataset decodes JPEG; this dataset stores {manifest.image_format}")
-    ctx = DataContext.get_current()
-    previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    try:
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=["image"], partitioning=None, file_extensions=None)
-    finally:
-        ctx.use_datasource_v2 = previous
-    if rows_per_block:
-        ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-    return ds.map_batches(decode_jpeg_column, batch_format="pyarrow", batch_size=reader.DECODE_BATCH_SIZE,
-                          zero_copy_batch=True)
-
-
-
 def ray_batches(pipeline: str, path: Path, manifest: Any, batch_size: int, workers: int, limit: int | None,
                 views: bool) -> Iterator[dict[str, torch.Tensor]]:
     from ray.data import DataContext, ExecutionResources
@@ -212,10 +157,7 @@ def ray_batches(pipeline: str, path: Path, manifest: Any, batch_size: int, worke
 
     ship_by_value(__name__)
     DataContext.get_current().execution_options.resource_limits = ExecutionResources(cpu=workers)
-    if pipeline == "ray":
-        ds = read_dataset(str(path), "train", verify=False)
-    else:
-        ds = tuned_read_dataset(str(path), "train")
+    ds = read_dataset(str(path), "train", verify=False, images_only=pipeline == "ray")
     if limit:
         ds = ds.limit(limit)
     columns = ("image",)

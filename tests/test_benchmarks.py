@@ -33,12 +33,11 @@ def run_bench(script: str, tmp_path: Path, *args: str, env: dict | None = None) 
 def test_data_quick(tmp_path):
     doc = run_bench("data.py", tmp_path)
     rows = doc["rows"]
-    assert {r["pipeline"] for r in rows} == {"dataloader", "ray", "ray-tuned"}
+    assert {r["pipeline"] for r in rows} == {"dataloader", "ray", "ray-rows"}
     assert {r["workload"] for r in rows} == {"decode", "decode+views"}
     for r in rows:
         assert r["images"] > 0 and r["startup_s"] > 0 and r["e2e_images_per_s"] > 0
-    tuned = [r for r in rows if r["pipeline"] == "ray-tuned"]
-    assert all(r["ratio_e2e"] > 0 for r in tuned)
+    assert all(r["ratio_e2e"] > 0 for r in rows if r["pipeline"] != "dataloader")
     assert doc["summary"]["ray_startup_s"] > 0
 
 

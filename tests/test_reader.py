@@ -125,6 +125,32 @@ def test_fraction_is_seeded_exact_and_nested(toy):
         read_dataset(str(ds_path), "train", fraction=0.0)
 
 
+def _by_content(images) -> list[bytes]:
+    return sorted(np.ascontiguousarray(im).tobytes() for im in images)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_images_only_reads_the_same_pixels_per_shard_file(ray_local, tmp_path, fmt):  # noqa: F811
+    """What pretraining reads: only the image column (torchvision decodes JPEG; the pixels equal
+    PIL's), the same `fraction` rows, and one read task per shard file (the V2 reader packs a
+    small split into one task)."""
+    from landmarks.data.reader import _prepare, _read_parquet_per_file
+
+    ds_path = tmp_path / "ds"
+    ingest(TOY, str(make_raw(tmp_path / "raw")), str(ds_path), rows_per_shard=5, options={"format": fmt},
+           progress=False)
+    full = read_split_numpy(str(ds_path), "train")
+    rows = read_dataset(str(ds_path), "train", images_only=True).take_all()
+    assert all(set(r) == {"image"} and r["image"].dtype == np.uint8 for r in rows)
+    assert _by_content(r["image"] for r in rows) == _by_content(full["image"])
+    half = read_split_numpy(str(ds_path), "train", fraction=0.5, seed=7)
+    rows = read_dataset(str(ds_path), "train", fraction=0.5, seed=7, images_only=True).take_all()
+    assert len(rows) == 6 and _by_content(r["image"] for r in rows) == _by_content(half["image"])
+    _, fs, paths = _prepare(str(ds_path), "train", verify=False)
+    assert len(paths) == 3
+    assert _read_parquet_per_file(paths, fs, ["image"]).materialize().num_blocks() >= 3
+
+
 def test_device_batches_on_cpu(toy):
     _, ds_path = toy
     batches = list(device_batches(read_dataset(str(ds_path), "train"), batch_size=5))

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import storage
 from .manifest import Manifest, ManifestError, dataset_dir
-from .shards import decode_batch
+from .shards import decode_batch, decode_images
 
 _READ_COLUMNS = ["image_id", "image", "keypoints", "visible", "identity"]
 DECODE_BATCH_SIZE = 64  # rows per decode task call: small enough to spread over CPU workers
@@ -36,8 +36,12 @@ def load_manifest(path: str) -> Manifest:
 
 
 def read_dataset(path: str, split: str, fraction: float | None = None, seed: int = 0,
-                 verify: bool = True) -> Any:
+                 verify: bool = True, images_only: bool = False) -> Any:
     """A `ray.data.Dataset` over one split of an ingested dataset (rows as in the module doc).
+
+    images_only: rows hold only "image", what pretraining and the projector read: ids,
+    keypoints and masks are neither read nor decoded, and JPEG is decoded by torchvision
+    straight from the Arrow buffer (`shards.decode_jpeg_images`).
 
     Raises ManifestError (naming the shard) before any work if the split's shards do not
     match dataset.json; with `verify=False` only their presence is checked by Ray.
@@ -50,13 +54,35 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
     threshold = fraction_threshold(_image_ids(fs, paths), fraction, seed) if _partial(fraction) else None
     if not ray.is_initialized():
         connect()
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=_columns(manifest), partitioning=None,
-                               file_extensions=None)
-    return ds.map_batches(
+    columns = _columns(manifest)
+    if images_only:
+        columns = ["image_id", "image"] if threshold is not None else ["image"]
+    return _read_parquet_per_file(paths, fs, columns).map_batches(
         _decode, batch_format="pyarrow", batch_size=DECODE_BATCH_SIZE, zero_copy_batch=True,
         fn_kwargs={"k": manifest.K, "has_masks": manifest.has_masks, "size": manifest.image_size,
-                   "seed": seed, "threshold": threshold},
+                   "seed": seed, "threshold": threshold,
+                   "images": manifest.image_format if images_only else None},
     )
+
+
+def _read_parquet_per_file(paths: list[str], fs: Any, columns: list[str]) -> Any:
+    """`ray.data.read_parquet` with one read task per shard file.
+
+    Ray 2.60's default (V2) Parquet datasource packs row groups into ~128 MiB read tasks by
+    their compressed size: a split of JPEG bytes is then a single read task, so decoding runs
+    in one task and nothing streams until it ends (5-14 s before the first batch of a
+    2,000-image split; benchmarks/README.md). The V1 datasource reads file by file.
+    """
+    import ray
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(paths, filesystem=fs, columns=columns, partitioning=None,
+                                     file_extensions=None)
+    finally:
+        ctx.use_datasource_v2 = previous
 
 
 def read_split_numpy(path: str, split: str, fraction: float | None = None, seed: int = 0,
@@ -130,13 +156,19 @@ def _image_ids(fs, paths: list[str]) -> list[str]:
     return pq.read_table(paths, filesystem=fs, columns=["image_id"]).column("image_id").to_pylist()
 
 
-def _decode(table, k: int, has_masks: bool, size: int, seed: int, threshold: int | None):
-    """Parquet rows -> decoded arrays, dropping rows outside the `fraction` before decoding."""
+def _decode(table, k: int, has_masks: bool, size: int, seed: int, threshold: int | None,
+            images: str | None = None):
+    """Parquet rows -> decoded arrays, dropping rows outside the `fraction` before decoding.
+    images: the image format when only the image column is wanted ({"image"} rows)."""
     if threshold is not None:
         import pyarrow as pa
 
         keep = row_keys(table.column("image_id").to_pylist(), seed) < np.uint64(threshold)
         table = table.filter(pa.array(keep, pa.bool_()))
+    if images is not None:
+        if table.num_rows == 0:
+            return {"image": np.zeros((0, size, size, 3), np.uint8)}
+        return {"image": decode_images(table.column("image"), images)}
     if table.num_rows == 0:
         return _decode_empty(k, has_masks, size)
     return decode_batch(table, k, has_masks)

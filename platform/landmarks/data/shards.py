@@ -144,6 +144,39 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def decode_jpeg_images(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A binary column of JPEGs -> (B, H, W, 3) uint8 (an object array when sizes differ).
+
+    torchvision's decoder (libjpeg-turbo, as PIL's, same pixels) reads straight from the Arrow
+    buffer: no Python bytes object or PIL image per row. About 5x PIL's rate on small images.
+    """
+    import warnings
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    if column.null_count:
+        raise ValueError("image column has null rows")
+    width = 8 if pa.types.is_large_binary(column.type) else 4
+    offsets = np.frombuffer(column.buffers()[1], np.int32 if width == 4 else np.int64)[column.offset:column.offset + n + 1]
+    with warnings.catch_warnings():  # Arrow buffers are read-only; the decoder only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        data = torch.frombuffer(column.buffers()[2], dtype=torch.uint8)
+    images = decode_jpeg([data[int(offsets[i]):int(offsets[i + 1])] for i in range(n)], mode=ImageReadMode.RGB)
+    return _stack([img.permute(1, 2, 0).numpy() for img in images])
+
+
+def decode_images(column: pa.Array | pa.ChunkedArray, image_format: str) -> np.ndarray:
+    """An image column -> (B, H, W, 3) uint8: torchvision for JPEG, PIL for PNG."""
+    if image_format == "jpeg":
+        return decode_jpeg_images(column)
+    return _stack([decode_image(b) for b in column.to_pylist()])
+
+
 def decode_batch(table: pa.Table, k: int, has_masks: bool) -> dict[str, np.ndarray]:
     """Rows of the Parquet schema -> the reader's arrays (SPEC "Public functions").
 

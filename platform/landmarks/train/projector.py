@@ -124,7 +124,8 @@ def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manif
     from ..data import read_dataset
     from .projector_loop import train_loop_per_worker
 
-    dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False)
+    dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
+                           images_only=True)
     dataset = dataset.randomize_block_order(seed=cfg.train.seed)
     state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
     return fit_torch_trainer(
