@@ -129,12 +129,17 @@ def _by_content(images) -> list[bytes]:
     return sorted(np.ascontiguousarray(im).tobytes() for im in images)
 
 
-@pytest.mark.parametrize("fmt", ["png", "jpeg"])
-def test_images_only_reads_the_same_pixels_per_shard_file(ray_local, tmp_path, fmt):  # noqa: F811
-    """What pretraining reads: only the image column (torchvision decodes JPEG; the pixels equal
-    PIL's), the same `fraction` rows, and one read task per shard file (the V2 reader packs a
-    small split into one task)."""
+@pytest.mark.parametrize("fmt,torchvision_from", [("png", None), ("jpeg", None), ("jpeg", 0)])
+def test_images_only_reads_the_same_pixels_per_shard_file(ray_local, tmp_path, monkeypatch, fmt,  # noqa: F811
+                                                          torchvision_from):
+    """What pretraining reads: only the image column (decoded by PIL, or by torchvision for big
+    JPEG splits: the same pixels), the same `fraction` rows, and at least one read task per shard
+    file (the V2 reader packs a small split into one task)."""
+    from landmarks.data import reader
     from landmarks.data.reader import _prepare, _read_parquet_per_file
+
+    if torchvision_from is not None:
+        monkeypatch.setattr(reader, "TORCHVISION_DECODE_MIN_ROWS", torchvision_from)
 
     ds_path = tmp_path / "ds"
     ingest(TOY, str(make_raw(tmp_path / "raw")), str(ds_path), rows_per_shard=5, options={"format": fmt},

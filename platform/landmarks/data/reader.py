@@ -28,6 +28,9 @@ from .shards import decode_batch, decode_images
 
 _READ_COLUMNS = ["image_id", "image", "keypoints", "visible", "identity"]
 DECODE_BATCH_SIZE = 64  # rows per decode task call: small enough to spread over CPU workers
+# From this many rows an images_only read decodes JPEG with torchvision (~2x PIL's rate): a decode
+# worker's ~5 s of torch + torchvision imports costs as much as ~10k PIL decodes.
+TORCHVISION_DECODE_MIN_ROWS = 20_000
 
 
 def load_manifest(path: str) -> Manifest:
@@ -40,8 +43,9 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
     """A `ray.data.Dataset` over one split of an ingested dataset (rows as in the module doc).
 
     images_only: rows hold only "image", what pretraining and the projector read: ids,
-    keypoints and masks are neither read nor decoded, and JPEG is decoded by torchvision
-    straight from the Arrow buffer (`shards.decode_jpeg_images`).
+    keypoints and masks are neither read nor decoded; JPEG splits of at least
+    `TORCHVISION_DECODE_MIN_ROWS` rows are decoded by torchvision straight from the Arrow
+    buffer (`shards.decode_jpeg_images`), smaller ones by PIL.
 
     Raises ManifestError (naming the shard) before any work if the split's shards do not
     match dataset.json; with `verify=False` only their presence is checked by Ray.
@@ -54,14 +58,16 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
     threshold = fraction_threshold(_image_ids(fs, paths), fraction, seed) if _partial(fraction) else None
     if not ray.is_initialized():
         connect()
-    columns = _columns(manifest)
+    columns, decoder = _columns(manifest), None
     if images_only:
         columns = ["image_id", "image"] if threshold is not None else ["image"]
+        big = manifest.split(split).rows >= TORCHVISION_DECODE_MIN_ROWS
+        decoder = "torchvision" if manifest.image_format == "jpeg" and big else "pil"
     return _read_parquet_per_file(paths, fs, columns).map_batches(
         _decode, batch_format="pyarrow", batch_size=DECODE_BATCH_SIZE, zero_copy_batch=True,
         fn_kwargs={"k": manifest.K, "has_masks": manifest.has_masks, "size": manifest.image_size,
                    "seed": seed, "threshold": threshold,
-                   "images": manifest.image_format if images_only else None},
+                   "images": decoder},
     )
 
 
@@ -159,7 +165,7 @@ def _image_ids(fs, paths: list[str]) -> list[str]:
 def _decode(table, k: int, has_masks: bool, size: int, seed: int, threshold: int | None,
             images: str | None = None):
     """Parquet rows -> decoded arrays, dropping rows outside the `fraction` before decoding.
-    images: the image format when only the image column is wanted ({"image"} rows)."""
+    images: the decoder ("pil" | "torchvision") when only the image column is wanted."""
     if threshold is not None:
         import pyarrow as pa
 
