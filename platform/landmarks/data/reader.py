@@ -7,7 +7,8 @@
 Both check the split against dataset.json first (missing, extra or altered shard ->
 ManifestError naming it), then read the Parquet shards through the same pyarrow
 filesystem ingest wrote with, and decode images with PIL (Ray Data `map_batches` on
-CPU workers for `read_dataset`).
+CPU workers for `read_dataset`; `images_only=True` reads just the image column, decoded by
+torchvision for JPEG splits of 20k rows and more).
 
 `fraction` keeps exactly round(fraction * rows) rows (at least one): those whose
 seeded 64-bit hash of image_id is smallest. The subset depends only on (seed,

@@ -148,7 +148,7 @@ def decode_jpeg_images(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A binary column of JPEGs -> (B, H, W, 3) uint8 (an object array when sizes differ).
 
     torchvision's decoder (libjpeg-turbo, as PIL's, same pixels) reads straight from the Arrow
-    buffer: no Python bytes object or PIL image per row. About 5x PIL's rate on small images.
+    buffer: no Python bytes object or PIL image per row. About twice PIL's rate on 136 px faces.
     """
     import warnings
 
@@ -161,8 +161,8 @@ def decode_jpeg_images(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return np.zeros((0, 0, 0, 3), np.uint8)
     if column.null_count:
         raise ValueError("image column has null rows")
-    width = 8 if pa.types.is_large_binary(column.type) else 4
-    offsets = np.frombuffer(column.buffers()[1], np.int32 if width == 4 else np.int64)[column.offset:column.offset + n + 1]
+    offset_type = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], offset_type)[column.offset:column.offset + n + 1]
     with warnings.catch_warnings():  # Arrow buffers are read-only; the decoder only reads them
         warnings.simplefilter("ignore", UserWarning)
         data = torch.frombuffer(column.buffers()[2], dtype=torch.uint8)
