@@ -188,7 +188,7 @@ def decode_batch(table: pa.Table, k: int, has_masks: bool) -> dict[str, np.ndarr
     n = table.num_rows
     ids = table.column("image_id").to_pylist()
     out: dict[str, np.ndarray] = {"image_id": np.array(ids, dtype=object)}
-    out["image"] = _stack([decode_image(b) for b in table.column("image").to_pylist()])
+    out["image"] = decode_images(table.column("image"))
     kps = table.column("keypoints").combine_chunks()
     vis = table.column("visible").combine_chunks()
     if len(kps.flatten()) != 2 * k * n or len(vis.flatten()) != k * n:
