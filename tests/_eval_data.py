@@ -13,6 +13,7 @@ session's base temp dir, and shared by the three test modules:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -112,10 +113,20 @@ def run_job(job: str, args: list[str], tmp: Path, ray_address: str | None = None
                           env=job_env(tmp, ray_address), capture_output=True, text=True, timeout=timeout)
 
 
+# A line Ray's log monitor forwards from its own processes to the driver's stderr, e.g.
+# "\x1b[33m(raylet)\x1b[0m ... is over 95% full": printed by the cluster at any moment, not by the job.
+RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|autoscaler|[\w.-]* ?pid=\d+[^)]*)\)")
+
+
+def job_stderr_lines(err: str) -> list[str]:
+    """The non-blank lines of a job's stderr that the job itself printed (Ray's forwarded lines dropped)."""
+    return [ln for ln in err.strip().splitlines() if ln.strip() and not RAY_FORWARDED_LINE.match(ln)]
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess | tuple, *needles: str) -> str:
     """Non-zero exit, a single `error: ...` line on stderr naming `needles`, no traceback."""
     code, err = (proc.returncode, proc.stderr) if hasattr(proc, "returncode") else proc
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    lines = job_stderr_lines(err)
     assert code != 0, err
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err

@@ -104,6 +104,20 @@ def test_bad_inputs_fail_in_one_line(case, eval_data, tmp_path, monkeypatch, cap
     assert client.get_experiment_by_name("match-synthetic") is None
 
 
+def test_one_line_error_check_drops_only_lines_ray_forwards():
+    # Seen in CI on a nearly full disk: the raylet's warning reaches the driver's stderr mid-test.
+    raylet = ("\x1b[33m(raylet)\x1b[0m [2026-11-26 08:17:22,018 E 1373 1384] (raylet) file_system_monitor.cc:116: "
+              "/tmp/ray/session_x is over 95% full, available space: 8.27762 GB; capacity: 251.972 GB.")
+    worker = "\x1b[36m(RayTrainWorker pid=4242, ip=127.0.0.1)\x1b[0m a worker's print"
+    err = f"{raylet}\n{worker}\n(pid=77) spilled\nerror: batch_size=3 must be even\n"
+    assert _eval_data.job_stderr_lines(err) == ["error: batch_size=3 must be even"]
+    assert _eval_data.assert_one_line_error((2, err), "batch_size=3") == "error: batch_size=3 must be even"
+    with pytest.raises(AssertionError):  # a second line of the job's own still fails the check
+        _eval_data.assert_one_line_error((2, err + "warning: something else\n"), "batch_size=3")
+    with pytest.raises(AssertionError):  # a line that merely mentions a pid in parentheses is the job's
+        _eval_data.assert_one_line_error((2, "error: (pid=1) x\nerror: y\n"))
+
+
 def test_cli_bad_input_exits_without_traceback(eval_data, tmp_path):
     MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").search_experiments()
     proc = _eval_data.run_job("match", ["--config", PRESET, f"data.path={eval_data['faces']}", "batch_size=3"],
