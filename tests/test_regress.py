@@ -57,16 +57,22 @@ def test_blockwise_prediction_equals_regressor_on_dense_map(kind):
 
 
 
-def test_linear_over_blocks_matches_conv_after_interpolate_with_gradients():
+@pytest.mark.parametrize("size, with_bias", [((12, 12), False), ((10, 14), True), ((5, 5), True)])
+def test_linear_over_blocks_matches_conv_after_interpolate_with_gradients(size, with_bias):
+    # (12, 12): one block already at the output size; (10, 14): every block resized, non-square;
+    # (5, 5): blocks both up- and down-sized.
     torch.manual_seed(0)
     blocks = [torch.randn(2, c, s, s, requires_grad=True) for c, s in ((8, 3), (4, 6), (2, 12))]
     weight = torch.randn(5, 14, 1, 1, requires_grad=True)
-    got = linear_over_blocks(blocks, weight, None, (12, 12))
-    dense = torch.cat([F.interpolate(b, size=(12, 12), mode="bilinear", align_corners=False) for b in blocks], 1)
-    expected = F.conv2d(dense, weight)
+    bias = torch.randn(5, requires_grad=True) if with_bias else None
+    got = linear_over_blocks(blocks, weight, bias, size)
+    dense = torch.cat([F.interpolate(b, size=size, mode="bilinear", align_corners=False) for b in blocks], 1)
+    expected = F.conv2d(dense, weight, bias)
+    assert got.shape == (2, 5, *size)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    grads = torch.autograd.grad(got.square().sum(), [*blocks, weight])
-    expected_grads = torch.autograd.grad(expected.square().sum(), [*blocks, weight])
+    params = [*blocks, weight] + ([bias] if with_bias else [])
+    grads = torch.autograd.grad(got.square().sum(), params)
+    expected_grads = torch.autograd.grad(expected.square().sum(), params)
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 

@@ -62,11 +62,10 @@ def cell_centers(h: int, w: int, device=None, dtype=None) -> tuple[torch.Tensor,
 def soft_argmax(logits_bnhw: torch.Tensor) -> torch.Tensor:
     """Expected normalized (x, y) under a spatial softmax of each map: (B, N, h, w) -> (B, N, 2)."""
     b, n, h, w = logits_bnhw.shape
-    prob = torch.softmax(logits_bnhw.reshape(b, n, h * w), dim=-1).reshape(b, n, h, w)
+    prob = torch.softmax(logits_bnhw.reshape(b, n, h * w), dim=-1)  # (B, N, h*w)
     xs, ys = cell_centers(h, w, device=logits_bnhw.device, dtype=prob.dtype)
-    x = torch.einsum("bnhw,w->bn", prob, xs)
-    y = torch.einsum("bnhw,h->bn", prob, ys)
-    return torch.stack([x, y], dim=-1)
+    grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=-1)  # (h*w, 2): (x, y) of each cell
+    return prob @ grid  # one product for both coordinates
 
 
 class Projector(nn.Module):

@@ -30,13 +30,12 @@ from ..models import (
     build_backbone,
     normalized_to_pixels,
     pixels_to_normalized,
-    soft_argmax,
 )
 from ..progress import Progress
 from ..tracking import RunLogger
 from .checkpoint import load_checkpoint_dir, save_checkpoint_dir
 from .configs import FinetuneConfig
-from .eval_job import linear_over_blocks
+from .eval_job import landmarks_from_blocks
 from .moco_step import autocast
 from .schedules import cosine_lr, set_lr
 
@@ -69,10 +68,7 @@ class LandmarkNet(nn.Module):
         stages = self.backbone.stages(x_b3hw, num_stages=3 if self.kind == "conv4" else 4)
         blocks = [stages[2]] if self.kind == "conv4" else stages[::-1][:self.layers]
         with torch.autocast(device_type=x_b3hw.device.type, enabled=False):
-            logits = linear_over_blocks([b.float() for b in blocks], self.regressor.heatmaps.weight, None, self.size)
-            pts = soft_argmax(logits * self.regressor.softmax_scale)  # (B, K*P, 2)
-            pts = pts.reshape(pts.shape[0], self.regressor.num_landmarks, -1)  # (B, K, 2P)
-            return torch.einsum("bki,koi->bko", pts, self.regressor.weight)  # (B, K, 2)
+            return landmarks_from_blocks(self.regressor, [b.float() for b in blocks], self.size)  # (B, K, 2)
 
 
 def build_model(cfg: FinetuneConfig, num_landmarks: int, low_dim: int) -> LandmarkNet:

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..features import FeatureSet, feature_size, load_split
 from ..losses import masked_smooth_l1
 from ..metrics import inter_ocular_error, pck
-from ..models import LandmarkRegressor, normalized_to_pixels, pixels_to_normalized, soft_argmax
+from ..models import LandmarkRegressor, normalized_to_pixels, pixels_to_normalized
 from ..progress import Progress
 from ..tracking import RunLogger
 from .configs import RegressConfig
@@ -40,7 +40,7 @@ from .data_source import open_manifest
 from .eval_job import (
     Representation,
     absolute_paths,
-    linear_over_blocks,
+    landmarks_from_blocks,
     load_representation,
     pick_device,
     run_logged,
@@ -197,10 +197,7 @@ def predict(regressor: LandmarkRegressor, rep: Representation, stages: list[torc
     the heatmap conv runs at each stage's resolution (`linear_over_blocks`)."""
     if rep.projector is not None:
         return regressor(rep.dense(stages, size))
-    logits = linear_over_blocks(rep.stage_blocks(stages), regressor.heatmaps.weight, None, size)
-    pts = soft_argmax(logits * regressor.softmax_scale)  # (B, K*P, 2)
-    pts = pts.reshape(pts.shape[0], regressor.num_landmarks, -1)  # (B, K, 2P)
-    return torch.einsum("bki,koi->bko", pts, regressor.weight)
+    return landmarks_from_blocks(regressor, rep.stage_blocks(stages), size)
 
 
 @torch.no_grad()
