@@ -84,13 +84,13 @@ def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any], interpolat
     """Every grid point as `run_regress` in this process; per-trial seconds and metrics."""
     from landmarks.cli import JobArgs
     from landmarks.config import load_config, with_overrides
-    from landmarks.train import regress
+    from landmarks.train import eval_job, regress
     from landmarks.train.configs import RegressConfig
 
     base = with_overrides(load_config(RegressConfig, PRESET), overrides)
-    original = regress.linear_over_blocks
+    original = eval_job.linear_over_blocks  # what regress's head (eval_job.landmarks_from_blocks) calls
     if interpolate_resize:
-        regress.linear_over_blocks = interpolate_linear_over_blocks
+        eval_job.linear_over_blocks = interpolate_linear_over_blocks
     os.environ["LANDMARKS_IN_PROCESS"] = "1"  # evaluate here, as inside a Tune trial, not as a Ray task
     seconds, iods = [], []
     t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any], interpolat
             seconds.append(time.perf_counter() - start)
             iods.append(metrics["iod"])
     finally:
-        regress.linear_over_blocks = original
+        eval_job.linear_over_blocks = original
     return {"wall_s": time.perf_counter() - t0, "trial_s": seconds, "iod": iods}
 
 
