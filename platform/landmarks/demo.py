@@ -70,11 +70,14 @@ def run_job(job: str, preset_file: str, overrides: list[str], verbose: bool) -> 
 
 
 def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: bool = False) -> dict:
+    import ray
+
     from .cluster import connect
     from .data import ingest
     from .data.manifest import Manifest
 
     started = time.monotonic()
+    ray_was_up = ray.is_initialized()  # ingest below starts Ray if nobody has
     out = out.resolve()
     data = out / "data" / "synthetic-faces"
     common = [f"data.path={data}", f"data.image_size={preset.image_size}", f"mlflow.experiment={experiment}"]
@@ -121,6 +124,10 @@ def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: b
     report = run_report([experiment], out / "report", pca_backbone=backbone, data=str(data),
                         mlflow_experiment=experiment)
     table = budget_table(experiment, backbone)
+    if not ray_was_up:
+        # Ray holds back repeated worker lines (log deduplication) and prints them when it disconnects:
+        # disconnect now, so that the summary stays the last thing printed.
+        ray.shutdown()
     summary = {
         "pretrain_run_id": backbone, "pretrain_loss": pre["loss"], "projector_loss": proj["loss"],
         "match_same_px": {"pretrained": match[backbone]["match_same_px"], "random": match["random"]["match_same_px"]},
