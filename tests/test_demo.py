@@ -12,8 +12,7 @@ from conftest import ROOT, job_env
 def test_tiny_demo_end_to_end(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / "demo.py"), "--preset", "tiny", "--out",
                           str(tmp_path / "demo_output")], check=False, cwd=tmp_path, env=job_env(),
-                         capture_output=True,
-                         text=True, timeout=1800)
+                         capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-6000:] + out.stdout[-3000:]
     text = out.stdout
     for stage in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6", "=== summary ==="):

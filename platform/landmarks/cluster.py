@@ -100,6 +100,13 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def connected() -> bool:
+    """Whether this process is connected to Ray (by `connect` or anything else)."""
+    import ray
+
+    return ray.is_initialized()
+
+
 def shutdown() -> None:
     import ray
 

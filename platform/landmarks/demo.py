@@ -70,14 +70,12 @@ def run_job(job: str, preset_file: str, overrides: list[str], verbose: bool) -> 
 
 
 def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: bool = False) -> dict:
-    import ray
-
-    from .cluster import connect
+    from .cluster import connect, connected, shutdown
     from .data import ingest
     from .data.manifest import Manifest
 
     started = time.monotonic()
-    ray_was_up = ray.is_initialized()  # ingest below starts Ray if nobody has
+    ray_was_up = connected()  # ingest below starts Ray if nobody has
     out = out.resolve()
     data = out / "data" / "synthetic-faces"
     common = [f"data.path={data}", f"data.image_size={preset.image_size}", f"mlflow.experiment={experiment}"]
@@ -127,7 +125,7 @@ def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: b
     if not ray_was_up:
         # Ray holds back repeated worker lines (log deduplication) and prints them when it disconnects:
         # disconnect now, so that the summary stays the last thing printed.
-        ray.shutdown()
+        shutdown()
     summary = {
         "pretrain_run_id": backbone, "pretrain_loss": pre["loss"], "projector_loss": proj["loss"],
         "match_same_px": {"pretrained": match[backbone]["match_same_px"], "random": match["random"]["match_same_px"]},

@@ -122,9 +122,13 @@ class LandmarkRegressor(nn.Module):
         pts = soft_argmax(logits)  # (B, K*P, 2)
         return pts.reshape(b, self.num_landmarks, self.points_per_landmark, 2)
 
-    def forward(self, feats_bchw: torch.Tensor) -> torch.Tensor:
-        pts = self.intermediate_points(feats_bchw).flatten(2)  # (B, K, 2P)
+    def combine(self, points_bn2: torch.Tensor) -> torch.Tensor:
+        """The K x P soft-argmax points, (B, K*P, 2) or (B, K, P, 2) -> landmarks (B, K, 2)."""
+        pts = points_bn2.reshape(points_bn2.shape[0], self.num_landmarks, -1)  # (B, K, 2P)
         return torch.einsum("bki,koi->bko", pts, self.weight)  # (B, K, 2)
+
+    def forward(self, feats_bchw: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.intermediate_points(feats_bchw))
 
 
 class SegmentationHead(nn.Module):

@@ -119,9 +119,7 @@ def landmarks_from_blocks(regressor, blocks_bchw: Sequence[torch.Tensor], size: 
     landmarks (B, K, 2), normalized. The x100 soft-argmax scale is applied to the (K*P, C) weight
     rather than to the (B, K*P, h, w) logits: the same map, less work."""
     logits = linear_over_blocks(blocks_bchw, regressor.heatmaps.weight * regressor.softmax_scale, None, size)
-    pts = soft_argmax(logits)  # (B, K*P, 2)
-    pts = pts.reshape(pts.shape[0], regressor.num_landmarks, -1)  # (B, K, 2P)
-    return torch.einsum("bki,koi->bko", pts, regressor.weight)  # (B, K, 2)
+    return regressor.combine(soft_argmax(logits))  # (B, K*P, 2) points -> (B, K, 2)
 
 
 @dataclass
