@@ -153,7 +153,8 @@ def _ray_loop(config: dict[str, Any]) -> None:
         with open(os.path.join(directory, "timing.json"), "w") as f:
             json.dump({"seconds": seconds}, f)
         checkpoint = ray.train.Checkpoint.from_directory(directory)
-    ray.train.report({"seconds": seconds, "threads": torch.get_num_threads()}, checkpoint=checkpoint)
+    ray.train.report({"seconds": seconds, "threads": torch.get_num_threads()}, checkpoint=checkpoint,
+                     delete_local_checkpoint_after_upload=True)
 
 
 def ray_train(backbone: str, workers: int, args, device: torch.device) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,8 +43,11 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monk
     common = [f"data.path={tiny_faces}", "mlflow.run_name=tiny", f"checkpoint.storage_path={tmp_path}/ray", *TINY]
     # Milder views and a higher lr than the paper so that 40 CPU steps show learning.
     easy = ["train.lr=0.2", "moco.crop_min_scale=0.5", "moco.color_jitter=0.2"]
+    local_copies = set(Path(tempfile.gettempdir()).glob("landmarks-ckpt-*"))
     run_job("pretrain.py", "--config", PRESET, *common, *easy, "train.epochs=8",
             "--metrics-out", str(tmp_path / "m1.json"), cwd=tmp_path, env=env)
+    # Each epoch's checkpoint is written to a temp dir that Ray deletes once it is in storage.
+    assert set(Path(tempfile.gettempdir()).glob("landmarks-ckpt-*")) <= local_copies
     m1 = json.loads((tmp_path / "m1.json").read_text())
     run_id = m1["mlflow_run_id"]
     client = _client(uri)
@@ -157,3 +162,4 @@ def test_ray_job_submit_on_two_node_cluster(tiny_faces, tmp_path):
         assert metrics["epochs"] == 1 and metrics["mlflow_run_id"]
     finally:
         subprocess.run(["bash", str(ROOT / "cluster" / "local_down.sh")], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)  # the nodes' logs and sessions, ~200 MB

@@ -110,7 +110,7 @@ def _row(rows: list[dict], **want) -> dict:
     return hits[0]
 
 
-def test_report_tables_figures_and_run(logged):
+def test_report_tables_figures_and_run(logged, tmp_path):
     experiment, root = logged
     out = root / "report"
     result = run_job("report.py", "--experiment", experiment, "--out", str(out), cwd=root,
@@ -158,9 +158,9 @@ def test_report_tables_figures_and_run(logged):
 
     report = tracking.search_runs("reports", "tags.job = 'report'")
     assert len(report) == 1 and report[0].info.status == "FINISHED"
-    assert tracking.download_artifact(report[0].info.run_id, "tables/table7_aflw_m_budget.csv").is_file()
-    assert tracking.download_artifact(report[0].info.run_id, "figures/landmarks_mafl.png").is_file()
-    assert "17.61" in tracking.download_artifact(report[0].info.run_id, "summary.md").read_text()
+    assert tracking.download_artifact(report[0].info.run_id, "tables/table7_aflw_m_budget.csv", tmp_path).is_file()
+    assert tracking.download_artifact(report[0].info.run_id, "figures/landmarks_mafl.png", tmp_path).is_file()
+    assert "17.61" in tracking.download_artifact(report[0].info.run_id, "summary.md", tmp_path).read_text()
 
 
 def test_empty_or_missing_experiment_is_a_clear_error(in_tmp_cwd):
@@ -212,7 +212,8 @@ def test_pca_from_a_backbone_file_and_dataset(tiny_faces, in_tmp_cwd):
         pixels = np.asarray(img.convert("RGB"))
     assert pixels.std() > 10  # the maps are not blank
     assert "blank canvas" not in (out / "summary.md").read_text()
-    logged_pca = tracking.download_artifact(tracking.search_runs("reports")[0].info.run_id, PCA_ARTIFACT)
+    logged_pca = tracking.download_artifact(tracking.search_runs("reports")[0].info.run_id, PCA_ARTIFACT,
+                                            in_tmp_cwd / "downloaded")
     with np.load(logged_pca) as arrays:
         assert arrays["pretrained"].shape == (3, 16, 16, 3) and arrays["images"].shape == (3, 32, 32, 3)
         assert not np.allclose(arrays["pretrained"], arrays["random"])

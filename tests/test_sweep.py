@@ -164,7 +164,7 @@ def test_2x2x2_nested_runs_and_mean_std(toy_job, in_tmp_cwd, ray_local):
     assert metrics["iod"] == pytest.approx(statistics.fmean(cells[best])) == pytest.approx(11.25)
     assert parent.data.tags["best.train.lr"] == "0.1" and parent.data.tags["best.annotations"] == "10"
     assert metrics["best_cell"] == {"train.lr": 0.1, "annotations": 10} and metrics["failed"] == 0
-    table = tracking.download_artifact(parent.info.run_id, "sweep/cells.csv").read_text()
+    table = tracking.download_artifact(parent.info.run_id, "sweep/cells.csv", in_tmp_cwd / "downloaded").read_text()
     assert "iod_mean" in table and len(table.strip().splitlines()) == 5
 
     # The same command again restores the finished experiment: nothing reruns, same parent run.

@@ -1,6 +1,7 @@
 """The tracking module against a real `mlflow server` (sqlite backend) and the default local store."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,7 @@ def _roundtrip(run_name: str):
     return run.run_id
 
 
-def _check(run_id: str):
+def _check(run_id: str, downloads: Path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking.tracking_uri())
@@ -36,7 +37,7 @@ def _check(run_id: str):
     assert "budget" not in got.data.tags and got.data.tags["git_commit"]
     history = client.get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(0, 1.5), (1, 0.5)]
-    path = tracking.download_artifact(run_id, "info/a.json")
+    path = tracking.download_artifact(run_id, "info/a.json", downloads)
     assert json.loads(path.read_text()) == {"a": 1}
 
 
@@ -44,7 +45,7 @@ def test_against_mlflow_server(mlflow_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.chdir(tmp_path)
     run_id = _roundtrip("server-run")
-    _check(run_id)
+    _check(run_id, tmp_path / "downloads")
     links = tracking.run_links(run_id)
     assert any("/#/experiments/" in line and line.endswith("/runs") for line in links)
     assert any(run_id in line and line.startswith("MLflow run:") for line in links)
@@ -54,7 +55,7 @@ def test_against_mlflow_server(mlflow_server, monkeypatch, tmp_path):
 def test_default_local_store(in_tmp_cwd):
     assert tracking.tracking_uri() == f"sqlite:///{in_tmp_cwd}/mlflow.db"
     run_id = _roundtrip("local-run")
-    _check(run_id)
+    _check(run_id, in_tmp_cwd / "downloads")
     assert (in_tmp_cwd / "mlflow.db").is_file() and (in_tmp_cwd / "mlartifacts").is_dir()
     assert "mlflow ui" in "\n".join(tracking.run_links(run_id))
 

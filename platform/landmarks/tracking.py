@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -236,12 +235,15 @@ def get_run(run_id: str):
         raise UserError(f"MLflow run {run_id!r} does not exist at {safe_uri(tracking_uri())}") from None
 
 
-def download_artifact(run_id: str, artifact_path: str, dst: str | Path | None = None) -> Path:
-    """Download one artifact of a run to a local path (a temp dir by default)."""
+def download_artifact(run_id: str, artifact_path: str, dst: str | Path) -> Path:
+    """Download one artifact (file or directory) of a run into the local directory `dst`; returns its path.
+
+    The caller owns `dst` (usually a `tempfile.TemporaryDirectory`), so downloads do not pile up in /tmp.
+    """
     from mlflow.exceptions import MlflowException
 
     get_run(run_id)
-    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="landmarks-artifact-"))
+    Path(dst).mkdir(parents=True, exist_ok=True)
     try:
         path = _client().download_artifacts(run_id, artifact_path, str(dst))
     except (MlflowException, OSError) as err:

@@ -119,12 +119,13 @@ def _best_runs(records: list[RunRecord], job: str, metric_of: dict[str, str]) ->
 
 
 def _artifact(run_id: str, name: str) -> dict[str, np.ndarray] | None:
-    try:
-        path = tracking.download_artifact(run_id, name)
-    except UserError:
-        return None
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracking.download_artifact(run_id, name, tmp)
+        except UserError:
+            return None
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
 
 
 def _images(record: RunRecord, data: str | None, ids: np.ndarray, size: int, notes: list[str]) -> np.ndarray | None:
@@ -172,12 +173,13 @@ def _prediction_figures(records: list[RunRecord], out: Path, data: str | None, f
         for r in runs[:3]:
             arrays = _artifact(r.run_id, MASKS_ARTIFACT)
             if arrays is None:  # the segment job's own figure (image | true | predicted rows)
-                try:
-                    png = tracking.download_artifact(r.run_id, MASKS_FIGURE)
-                except UserError:
-                    continue
-                (out / "figures").mkdir(parents=True, exist_ok=True)
-                figures[f"segmentation masks, {dataset}"] = Path(shutil.copy(png, out / "figures" / f"masks_{dataset}.png"))
+                with tempfile.TemporaryDirectory() as tmp:
+                    try:
+                        png = tracking.download_artifact(r.run_id, MASKS_FIGURE, tmp)
+                    except UserError:
+                        continue
+                    (out / "figures").mkdir(parents=True, exist_ok=True)
+                    figures[f"segmentation masks, {dataset}"] = Path(shutil.copy(png, out / "figures" / f"masks_{dataset}.png"))
                 break
             pred = arrays["pred"][:4].astype(np.float32)
             pred = pred / 255.0 if pred.max() > 1 else pred

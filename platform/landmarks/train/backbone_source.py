@@ -73,11 +73,10 @@ def _load_weights(backbone: ResNetBackbone, weights: Any, where: str) -> None:
         raise UserError(f"backbone.source {where}: {err}") from None
 
 
-def _local_copy(uri: str) -> Path:
-    """An s3:// checkpoint directory or file, copied to a temp dir (local paths are returned as is)."""
+def _local_copy(uri: str, tmp: Path) -> Path:
+    """An s3:// checkpoint directory or file, copied into `tmp` (local paths are returned as is)."""
     if not storage.is_s3(uri):
         return Path(uri)
-    tmp = Path(tempfile.mkdtemp(prefix="landmarks-backbone-"))
     files = storage.list_files(uri)
     if not files:  # a single object
         (tmp / Path(uri).name).write_bytes(storage.read_bytes(uri))
@@ -108,12 +107,12 @@ def _is_imagenet(state: Any) -> bool:
     return isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] == 1000
 
 
-def _from_path(source: str, name: str) -> tuple[ResNetBackbone, dict]:
+def _from_path(source: str, name: str, tmp: Path) -> tuple[ResNetBackbone, dict]:
     exists = storage.exists(source) if storage.is_s3(source) else os.path.exists(source)
     if not exists:
         raise UserError(f"backbone.source: no such checkpoint file or directory: {storage.redact(source)} "
                         "(expected 'random', an MLflow run id, a Ray checkpoint dir, or a .pt/.pth file)")
-    path = _local_copy(source)
+    path = _local_copy(source, tmp)
     if path.is_dir():
         if not (path / STATE).is_file():
             raise UserError(f"backbone.source {source}: directory has no {STATE} (not a Ray Train checkpoint)")
@@ -132,10 +131,10 @@ def _from_path(source: str, name: str) -> tuple[ResNetBackbone, dict]:
     return backbone, {"init": init, "type": "imagenet_file" if init == "imagenet" else "file", "meta": meta}
 
 
-def _from_run(run_id: str, name: str) -> tuple[ResNetBackbone, dict]:
+def _from_run(run_id: str, name: str, tmp: Path) -> tuple[ResNetBackbone, dict]:
     tracking.get_run(run_id)  # UserError: MLflow run ... does not exist
     try:
-        directory = tracking.download_artifact(run_id, "backbone")
+        directory = tracking.download_artifact(run_id, "backbone", tmp)
     except UserError:
         raise UserError(f"backbone.source: MLflow run {run_id} has no 'backbone' artifact; is it a "
                         "pretraining run (jobs/pretrain.py) that finished?") from None
@@ -157,14 +156,16 @@ def load_backbone(source: str, backbone_name: str, seed: int = 0) -> tuple[ResNe
         UserError: unknown run id, missing path, unreadable file, or weights of another backbone.
     """
     source = (source or "").strip()
+    if not source:
+        raise UserError("backbone.source is empty: pass 'random', an MLflow run id, or a checkpoint path")
     if source == "random":
         backbone, info = _random(backbone_name, seed), {"init": "random", "type": "random", "meta": {}, "seed": seed}
-    elif _looks_like_path(source) or os.path.exists(source):
-        backbone, info = _from_path(source, backbone_name)
-    elif source:  # anything else names an MLflow run (ids are 32 hex digits)
-        backbone, info = _from_run(source, backbone_name)
     else:
-        raise UserError("backbone.source is empty: pass 'random', an MLflow run id, or a checkpoint path")
+        with tempfile.TemporaryDirectory(prefix="landmarks-backbone-") as tmp:  # downloads, gone once loaded
+            if _looks_like_path(source) or os.path.exists(source):
+                backbone, info = _from_path(source, backbone_name, Path(tmp))
+            else:  # anything else names an MLflow run (ids are 32 hex digits)
+                backbone, info = _from_run(source, backbone_name, Path(tmp))
     info.update(source=source, backbone=backbone_name, fingerprint=fingerprint(backbone),
                 normalization="imagenet" if info["init"] == "imagenet" else "dataset")
     return backbone.eval(), info
@@ -190,17 +191,17 @@ def _projector_state(raw: Any, where: str) -> dict[str, torch.Tensor]:
     return {"proj.weight": weights[key], **({"proj.bias": bias} if bias is not None else {})}
 
 
-def _projector_files(source: str) -> tuple[Path, dict, str]:
-    """(weights file, meta, description) for a run id, a directory or a file."""
+def _projector_files(source: str, tmp: Path) -> tuple[Path, dict, str]:
+    """(weights file, meta, description) for a run id, a directory or a file; downloads go into `tmp`."""
     if source and not _looks_like_path(source) and not os.path.exists(source):
         tracking.get_run(source)
         try:
-            directory = tracking.download_artifact(source, "projector")
+            directory = tracking.download_artifact(source, "projector", tmp)
         except UserError:
             raise UserError(f"projector.source: MLflow run {source} has no 'projector' artifact; is it a "
                             "jobs/train_projector.py run that finished?") from None
         return directory / "projector.pt", _read_meta(directory / META), f"(MLflow run {source})"
-    path = _local_copy(source)
+    path = _local_copy(source, tmp)
     if not path.exists():
         raise UserError(f"projector.source: no such file or directory: {source}")
     if path.is_dir():
@@ -221,7 +222,9 @@ def load_projector(source: str, backbone_fingerprint: str, in_channels: int,
     if not source:
         raise UserError("representation=projected needs projector.source (an MLflow run id of "
                         "jobs/train_projector.py, or a projector.pt file)")
-    path, meta, where = _projector_files(source)
+    with tempfile.TemporaryDirectory(prefix="landmarks-projector-") as tmp:
+        path, meta, where = _projector_files(source, Path(tmp))
+        raw = _torch_load(path, where)
     trained_on = meta.get("backbone_fingerprint")
     if trained_on and trained_on != backbone_fingerprint:
         named = f" ({meta['backbone']})" if meta.get("backbone") else ""
@@ -229,7 +232,7 @@ def load_projector(source: str, backbone_fingerprint: str, in_channels: int,
                         f"{trained_on[:12]}, but backbone.source gives weights {backbone_fingerprint[:12]}"
                         f"{f' ({backbone_name})' if backbone_name else ''}; use the projector trained on this "
                         "backbone, or the backbone.source it was trained on")
-    state = _projector_state(_torch_load(path, where), where)
+    state = _projector_state(raw, where)
     dim, got_in = state["proj.weight"].shape[:2]
     if got_in != in_channels or tuple(state["proj.weight"].shape[2:]) != (1, 1):
         raise UserError(f"projector.source {where} maps {got_in} channels (layers={meta.get('layers', '?')}) but "

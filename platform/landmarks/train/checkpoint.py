@@ -34,6 +34,22 @@ def save_checkpoint_dir(state: dict[str, Any], meta: dict[str, Any], directory: 
     return directory
 
 
+def report_epoch(metrics: dict[str, Any], epoch: int, state: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+    """`ray.train.report` at the end of a checkpointed epoch, from inside a Ray Train worker.
+
+    The worker holding the weights (rank 0) passes `state` and `meta`; the others pass neither.
+    The checkpoint is written to a temp dir that Ray deletes once it is copied to the run's storage,
+    so a long run does not fill the node's disk with one copy per epoch.
+    """
+    import ray.train
+
+    checkpoint = None if state is None else ray.train.Checkpoint.from_directory(
+        str(save_checkpoint_dir(state, meta or {})))
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}",
+                     delete_local_checkpoint_after_upload=True)
+
+
 def load_checkpoint_dir(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
     directory = Path(directory)
     state = torch.load(directory / STATE, map_location=map_location, weights_only=True)

@@ -33,7 +33,7 @@ from ..models import (
 )
 from ..progress import Progress
 from ..tracking import RunLogger
-from .checkpoint import load_checkpoint_dir, save_checkpoint_dir
+from .checkpoint import load_checkpoint_dir, report_epoch
 from .configs import FinetuneConfig
 from .eval_job import landmarks_from_blocks
 from .moco_step import autocast
@@ -188,13 +188,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.log_metrics({name: value}, step=step)
             _log_predictions(logger, out, size)
         if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or last:
-            ckpt = None
+            state = meta = None
             if rank == 0:
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "step": step}
                 meta = {**config["meta"], **metrics, "mlflow_run_id": config["mlflow_run_id"]}
-                ckpt = ray.train.Checkpoint.from_directory(str(save_checkpoint_dir(state, meta)))
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}")
+            report_epoch(metrics, epoch, state, meta)
         else:
             ray.train.report(metrics)
         if rank == 0:

@@ -16,7 +16,7 @@ import torch
 from ..augment import MoCoViews
 from ..data.loader import device_batches
 from ..tracking import RunLogger
-from .checkpoint import load_checkpoint_dir, save_checkpoint_dir
+from .checkpoint import load_checkpoint_dir, report_epoch
 from .configs import PretrainConfig
 from .moco_step import build_moco, queue_sha256, train_step
 from .schedules import cosine_lr, set_lr
@@ -84,14 +84,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
         last = epoch == cfg.train.epochs - 1
         if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or last:
-            ckpt = None
+            state = meta = None
             if rank == 0:
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
                 meta = {"epoch": epoch, "step": step, "loss": epoch_loss, "backbone": cfg.model.backbone,
                         "low_dim": cfg.model.low_dim, "mlflow_run_id": config["mlflow_run_id"],
                         "dataset": config["dataset"], "image_size": cfg.data.image_size}
-                ckpt = ray.train.Checkpoint.from_directory(str(save_checkpoint_dir(state, meta)))
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}")
+            report_epoch(metrics, epoch, state, meta)
         else:
             ray.train.report(metrics)
         if rank == 0:

@@ -38,7 +38,7 @@ from ..losses import equivariance_loss
 from ..models import Projector, build_backbone
 from ..progress import Progress
 from ..tracking import RunLogger
-from .checkpoint import load_checkpoint_dir, save_checkpoint_dir
+from .checkpoint import load_checkpoint_dir, report_epoch
 from .configs import ProjectorConfig
 from .eval_job import linear_over_blocks
 from .moco_step import autocast
@@ -177,14 +177,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
         last = epoch == cfg.train.epochs - 1
         if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or last:
-            ckpt = None
+            state = meta = None
             if rank == 0:
                 state = {"projector": {k: v.detach().cpu() for k, v in projector.state_dict().items()},
                          "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
                 meta = {**config["meta"], "epoch": epoch, "step": step, "loss": epoch_loss,
                         "mlflow_run_id": config["mlflow_run_id"]}
-                ckpt = ray.train.Checkpoint.from_directory(str(save_checkpoint_dir(state, meta)))
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}")
+            report_epoch(metrics, epoch, state, meta)
         else:
             ray.train.report(metrics)
         if rank == 0:
