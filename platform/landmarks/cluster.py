@@ -59,11 +59,11 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
 
     if not ray.is_initialized():
         target = resolve_address(address)
-        kwargs: dict = dict(
-            logging_level=logging.INFO if verbose else logging.WARNING,
-            log_to_driver=True,
-            ignore_reinit_error=True,
-        )
+        kwargs: dict = {
+            "logging_level": logging.INFO if verbose else logging.WARNING,
+            "log_to_driver": True,
+            "ignore_reinit_error": True,
+        }
         if target == "local":
             # A local instance is started for this process; size it to the machine.
             os.environ.pop("RAY_ADDRESS", None)
@@ -90,7 +90,7 @@ def _quiet_data(verbose: bool) -> None:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = verbose
         ctx.print_on_execution_start = verbose
-    except Exception as err:  # an older Ray without these knobs: keep its defaults
+    except (ImportError, AttributeError) as err:  # an older Ray without these knobs: keep its defaults
         log.debug("could not configure Ray Data progress: %s", err)
 
 

@@ -82,7 +82,7 @@ class ProjectorSource(Section):
     dim: int = Field(128, ge=1, le=4096)
 
 
-Annotations = Union[int, Literal["all"]]
+Annotations = Union[int, Literal["all"]]  # noqa: UP007 (pydantic error locations read "annotations.int")
 
 
 def _check_annotations(value: Any) -> Any:

@@ -26,7 +26,7 @@ FACE_BORDER_RATIO = 20 / 96
 
 def face_border(input_size: int) -> int:
     """Eval-time border crop for faces: 20 px at 96 px input, scaled alike (27 at 128)."""
-    return int(round(input_size * FACE_BORDER_RATIO))
+    return round(input_size * FACE_BORDER_RATIO)
 
 
 def face_store_size(input_size: int) -> int:
