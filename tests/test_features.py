@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import _eval_data
 from landmarks import features
 from landmarks.errors import UserError
 from landmarks.features import assemble, eval_geometry, get_features, load_split
@@ -17,11 +16,6 @@ from landmarks.models import build_backbone, hypercolumn
 from landmarks.models.hypercolumn import conv4
 from landmarks.train.backbone_source import fingerprint, load_backbone, load_projector
 from landmarks.train.pretrain import save_backbone
-
-
-@pytest.fixture(scope="session")
-def eval_data(tmp_path_factory, ray_local):
-    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
 
 
 @pytest.fixture

@@ -27,16 +27,6 @@ PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "finetune_synthetic_cpu.yaml
 MISSING_RUN = "0123456789abcdef0123456789abcdef"
 
 
-@pytest.fixture(scope="session")
-def eval_data(tmp_path_factory, ray_local):
-    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
-
-
-@pytest.fixture(scope="session")
-def ray_address(ray_local):
-    return ray_local.get_runtime_context().gcs_address
-
-
 @pytest.mark.parametrize("kind", ["conv4", "hypercolumn"])
 def test_landmark_net_equals_the_regressor_on_the_dense_map(kind):
     torch.manual_seed(0)

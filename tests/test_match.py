@@ -21,16 +21,6 @@ from landmarks.train.match import describe, run_match
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "match_synthetic_cpu.yaml")
 
 
-@pytest.fixture(scope="session")
-def eval_data(tmp_path_factory, ray_local):
-    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
-
-
-@pytest.fixture(scope="session")
-def ray_address(ray_local):
-    return ray_local.get_runtime_context().gcs_address
-
-
 def test_descriptors_are_normalized_per_stage_block():
     torch.manual_seed(0)
     rep = Representation("hypercolumn", build_backbone("resnet18").eval(), {}, None, 4, [0.5] * 3, [0.25] * 3)

@@ -37,9 +37,9 @@ def _queue_sha(state: dict) -> str:
 
 
 @pytest.mark.slow
-def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monkeypatch):
+def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monkeypatch, ray_address):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = job_env(uri)
+    env = job_env(uri, RAY_ADDRESS=ray_address)
     common = [f"data.path={tiny_faces}", "mlflow.run_name=tiny", f"checkpoint.storage_path={tmp_path}/ray", *TINY]
     # Milder views and a higher lr than the paper so that 40 CPU steps show learning.
     easy = ["train.lr=0.2", "moco.crop_min_scale=0.5", "moco.color_jitter=0.2"]
@@ -88,8 +88,8 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_bad_inputs_fail_before_work(tiny_faces, tmp_path):
-    env = job_env(f"sqlite:///{tmp_path}/mlflow.db")
+def test_bad_inputs_fail_before_work(tiny_faces, tmp_path, ray_address):
+    env = job_env(f"sqlite:///{tmp_path}/mlflow.db", RAY_ADDRESS=ray_address)
     base = ["--config", PRESET, f"checkpoint.storage_path={tmp_path}/ray", *TINY]
     cases = [
         ([f"data.path={tmp_path}/nope"], "no dataset.json"),

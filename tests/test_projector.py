@@ -28,16 +28,6 @@ PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "train_projector_synthetic_c
 MISSING_RUN = "0123456789abcdef0123456789abcdef"
 
 
-@pytest.fixture(scope="session")
-def eval_data(tmp_path_factory, ray_local):
-    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
-
-
-@pytest.fixture(scope="session")
-def ray_address(ray_local):
-    return ray_local.get_runtime_context().gcs_address
-
-
 def _coordinate_images(batch: int, side: int) -> torch.Tensor:
     """(B, 4, side, side) images whose pixels hold their own (x, y, x*y) and a 1: a warp is readable from
     them, and the 1 tells pixels fully inside the source from those mixed with the zero padding."""

@@ -27,16 +27,6 @@ from landmarks.train.regress import check_regression, paper_lr_wd, predict, run_
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "regress_synthetic_cpu.yaml")
 
 
-@pytest.fixture(scope="session")
-def eval_data(tmp_path_factory, ray_local):
-    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
-
-
-@pytest.fixture(scope="session")
-def ray_address(ray_local):
-    return ray_local.get_runtime_context().gcs_address
-
-
 def _cfg(data: str, *overrides: str) -> RegressConfig:
     return load_config(RegressConfig, PRESET, [f"data.path={data}", "data.image_size=32", *overrides])
 

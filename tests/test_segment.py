@@ -32,16 +32,6 @@ MISSING_RUN = "0123456789abcdef0123456789abcdef"
 FAST = ["data.image_size=32", "train.lr=0.01", "train.batch_size=16", "train.samples_per_epoch=112"]
 
 
-@pytest.fixture(scope="session")
-def eval_data(tmp_path_factory, ray_local):
-    return _eval_data.build_all(tmp_path_factory.getbasetemp() / "eval-data")
-
-
-@pytest.fixture(scope="session")
-def ray_address(ray_local):
-    return ray_local.get_runtime_context().gcs_address
-
-
 @pytest.mark.parametrize("kind", ["hypercolumn", "conv4", "projected"])
 def test_blockwise_logits_equal_the_head_on_the_dense_map(kind):
     torch.manual_seed(0)
