@@ -1,6 +1,7 @@
 """The tracking module against a real `mlflow server` (sqlite backend) and the default local store."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,12 @@ def test_logging_a_model_leaves_the_process_tracking_uri_alone(in_tmp_cwd, monke
     run = tracking.start_run("models", "m")
     run.log_torch_model(torch.nn.Linear(2, 1), name="linear")
     assert mlflow.get_tracking_uri() == first
+    scratch = in_tmp_cwd / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where MLflow's downloads would stay
     model = tracking.load_torch_model(run.run_id, "linear")
     assert model.weight.shape == (1, 2) and mlflow.get_tracking_uri() == first
+    assert list(scratch.iterdir()) == []  # the downloaded model files are gone; the model is in memory
 
     second = f"sqlite:///{in_tmp_cwd}/second.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", second)  # the next trial's store

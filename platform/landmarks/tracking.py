@@ -171,10 +171,13 @@ class RunLogger:
 def load_torch_model(run_id: str, name: str = "model") -> Any:
     """The `mlflow.pytorch` model `name` logged in run `run_id` (e.g. a pretraining run's
     "backbone_model"), from the current tracking URI."""
+    import tempfile
+
     import mlflow.pytorch
 
-    with _fluent_tracking_uri(tracking_uri()):
-        return mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")
+    # MLflow downloads into a fresh temp dir of its own and leaves it; the model is in memory after.
+    with _fluent_tracking_uri(tracking_uri()), tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp:
+        return mlflow.pytorch.load_model(f"runs:/{run_id}/{name}", dst_path=tmp)
 
 
 @contextmanager
