@@ -110,7 +110,8 @@ def ray_address(ray_local) -> str:
 
 
 def job_env(tracking_uri: str | None = None, **extra: str) -> dict[str, str]:
-    """Environment for a job subprocess: its own local Ray, the given MLflow URI."""
+    """Environment for a job subprocess: the given MLflow URI, and its own local Ray unless `extra`
+    names a RAY_ADDRESS to join."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -171,8 +172,6 @@ class RunLogger:
 def load_torch_model(run_id: str, name: str = "model") -> Any:
     """The `mlflow.pytorch` model `name` logged in run `run_id` (e.g. a pretraining run's
     "backbone_model"), from the current tracking URI."""
-    import tempfile
-
     import mlflow.pytorch
 
     # MLflow downloads into a fresh temp dir of its own and leaves it; the model is in memory after.

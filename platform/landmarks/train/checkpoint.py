@@ -36,9 +36,10 @@ def save_checkpoint_dir(state: dict[str, Any], meta: dict[str, Any], directory: 
 
 def report_epoch(metrics: dict[str, Any], epoch: int, state: dict[str, Any] | None = None,
                  meta: dict[str, Any] | None = None) -> None:
-    """`ray.train.report` at the end of a checkpointed epoch, from inside a Ray Train worker.
+    """`ray.train.report` at the end of an epoch, from inside a Ray Train worker.
 
-    The worker holding the weights (rank 0) passes `state` and `meta`; the others pass neither.
+    On the epochs that checkpoint, the worker holding the weights (rank 0) passes `state` and
+    `meta`; otherwise, and on the other workers, neither is passed and only `metrics` are reported.
     The checkpoint is written to a temp dir that Ray deletes once it is copied to the run's storage,
     so a long run does not fill the node's disk with one copy per epoch.
     """

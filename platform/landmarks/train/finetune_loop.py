@@ -187,15 +187,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics[name] = value
             logger.log_metrics({name: value}, step=step)
             _log_predictions(logger, out, size)
-        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or last:
-            state = meta = None
-            if rank == 0:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "step": step}
-                meta = {**config["meta"], **metrics, "mlflow_run_id": config["mlflow_run_id"]}
-            report_epoch(metrics, epoch, state, meta)
-        else:
-            ray.train.report(metrics)
+        state = meta = None  # a checkpoint every checkpoint.every_epochs and at the end, from rank 0
+        if rank == 0 and ((epoch + 1) % cfg.checkpoint.every_epochs == 0 or last):
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "step": step}
+            meta = {**config["meta"], **metrics, "mlflow_run_id": config["mlflow_run_id"]}
+        report_epoch(metrics, epoch, state, meta)
         if rank == 0:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("iod", "pck"))
             # stderr, like the progress lines: Ray Train echoes a worker's stdout twice.

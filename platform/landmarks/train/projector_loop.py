@@ -176,16 +176,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "loss": epoch_loss, "step": step}
         logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
         last = epoch == cfg.train.epochs - 1
-        if (epoch + 1) % cfg.checkpoint.every_epochs == 0 or last:
-            state = meta = None
-            if rank == 0:
-                state = {"projector": {k: v.detach().cpu() for k, v in projector.state_dict().items()},
-                         "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
-                meta = {**config["meta"], "epoch": epoch, "step": step, "loss": epoch_loss,
-                        "mlflow_run_id": config["mlflow_run_id"]}
-            report_epoch(metrics, epoch, state, meta)
-        else:
-            ray.train.report(metrics)
+        state = meta = None  # a checkpoint every checkpoint.every_epochs and at the end, from rank 0
+        if rank == 0 and ((epoch + 1) % cfg.checkpoint.every_epochs == 0 or last):
+            state = {"projector": {k: v.detach().cpu() for k, v in projector.state_dict().items()},
+                     "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
+            meta = {**config["meta"], "epoch": epoch, "step": step, "loss": epoch_loss,
+                    "mlflow_run_id": config["mlflow_run_id"]}
+        report_epoch(metrics, epoch, state, meta)
         if rank == 0:
             # stderr, like the progress lines: Ray Train echoes a worker's stdout twice.
             print(f"[train_projector] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  step {step}",
