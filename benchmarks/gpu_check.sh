@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
-# The GPU checks in one go: the CUDA tests of the pure-torch core, then the views, training-step
-# and memory benchmarks. Needs torch, torchvision, kornia, pydantic, pyyaml, pytest (no Ray, no MLflow).
+# The GPU checks in one go, most informative first, each under its own time limit so that a
+# device session that runs out still returns what finished: the CUDA tests of the pure-torch
+# core, then training-step throughput (batch, views, torch.compile), views, memory.
+# Needs torch, torchvision, kornia, pydantic, pyyaml, pytest (no Ray, no MLflow).
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 set -uo pipefail
 out=$(realpath -m "${1:-gpu-check}")
 mkdir -p "$out"
 export PYTHONPATH=$PWD/platform${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, torchvision, kornia; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'kornia', kornia.__version__, 'cuda', torch.version.cuda)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, torchvision, kornia; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'kornia', kornia.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 status=0
-python3 -m pytest -q -p no:cacheprovider tests/test_moco_step.py tests/test_views.py tests/test_tps.py \
+step() {  # step NAME SECONDS CMD...: run CMD with a time limit, log to OUT/NAME.log
+    local name=$1 limit=$2; shift 2
+    echo "== $name: $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1 || { echo "!! $name failed or passed ${limit}s"; status=1; }
+    tail -n 6 "$out/$name.log"; echo "   ($((SECONDS - t0)) s)"
+}
+step tests 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_moco_step.py tests/test_views.py tests/test_tps.py \
     tests/test_losses.py tests/test_moco.py tests/test_hypercolumn.py tests/test_backbones.py tests/test_heads.py \
-    tests/test_metrics.py tests/test_geometry.py 2>&1 | tee "$out/tests.log" || status=1
+    tests/test_metrics.py tests/test_geometry.py
 cd benchmarks
-python3 views.py --out "$out/views.json" || status=1
-python3 train.py --modes plain --out "$out/train.json" || status=1
-python3 train.py --modes plain --views off --backbones resnet50 --out "$out/train-off.json" || status=1
-python3 memory.py --device cuda --out "$out/memory.json" || status=1
+r50="--modes plain --backbones resnet50 --batch-size 1024"
+step r50-b1024 90 python3 train.py $r50 --out "$out/r50-b1024.json"
+step r50-b1024-off 90 python3 train.py $r50 --views off --out "$out/r50-b1024-off.json"
+step r50-b1024-off-compile 200 python3 train.py $r50 --views off --compile default --out "$out/r50-b1024-off-compile.json"
+step r50-b1024-compile 120 python3 train.py $r50 --compile default --out "$out/r50-b1024-compile.json"
+step all-b256 120 python3 train.py --modes plain --out "$out/all-b256.json"
+step views-b1024 60 python3 views.py --batch-size 1024 --canvas-steps 128 --out "$out/views-b1024.json"
+step r50-b1024-off-graphs 180 python3 train.py $r50 --views off --compile reduce-overhead --out "$out/r50-b1024-off-graphs.json"
+step memory 60 python3 memory.py --device cuda --out "$out/memory.json"
 exit $status

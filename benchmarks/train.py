@@ -64,12 +64,12 @@ class CentreViews(torch.nn.Module):
 
 
 def build_step(backbone: str, image_size: int, batch_size: int, views: str, device: torch.device,
-               world: int = 1) -> tuple[Any, Any, Any, torch.Tensor]:
+               world: int = 1, compile_mode: str = "off") -> tuple[Any, Any, Any, torch.Tensor]:
     """(model, views, optimizer, images) as pretrain_loop builds them; images (B, S, S, 3) uint8."""
     from landmarks.augment import MoCoViews
     from landmarks.data.converters.base import face_border, face_store_size
     from landmarks.train.configs import PretrainConfig
-    from landmarks.train.moco_step import build_moco
+    from landmarks.train.moco_step import build_moco, compile_encoders
 
     cfg = PretrainConfig.model_validate({
         "model": {"backbone": backbone}, "data": {"image_size": image_size},
@@ -77,6 +77,8 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: str, devi
     model = build_moco(cfg).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if compile_mode != "off":
+        compile_encoders(model, None if compile_mode == "default" else compile_mode)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                 momentum=cfg.train.sgd_momentum, weight_decay=cfg.train.weight_decay)
     stored, border = face_store_size(image_size), face_border(image_size)  # 136 and 20 at 96 px
@@ -126,9 +128,23 @@ def flops_per_image(backbone: str, image_size: int, batch_size: int, device: tor
 def plain(backbone: str, args, device: torch.device) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, args.views, device)
+    model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, args.views, device,
+                                                 compile_mode=args.compile)
+    t0 = time.perf_counter()
+    train_step_once(model, views, optimizer, images, device)
+    first_step_s = time.perf_counter() - t0  # includes torch.compile's compilation when on
     seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup)
-    return {"images_per_s": args.batch_size * args.steps / seconds, "step_ms": 1000 * seconds / args.steps}
+    return {"images_per_s": args.batch_size * args.steps / seconds, "step_ms": 1000 * seconds / args.steps,
+            "first_step_s": round(first_step_s, 1)}
+
+
+def train_step_once(model, views, optimizer, images: torch.Tensor, device: torch.device) -> None:
+    from landmarks.train.moco_step import train_step
+
+    model.train()
+    train_step(model, views, optimizer, images, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _ray_loop(config: dict[str, Any]) -> None:
@@ -192,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 CUDA, 1 CPU)")
     parser.add_argument("--views", choices=("on", "off"), default="on")
     parser.add_argument("--modes", default="plain,ray")
+    parser.add_argument("--compile", default="off", choices=("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                        help="plain mode: torch.compile both encoders with this mode (moco_step.compile_encoders)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="CPU: torch threads of the plain loop, split over Ray workers (default: all CPUs; "
@@ -237,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"backbone": name, "mode": mode, "workers": workers, "batch": args.batch_size,
                    "images_per_s": round(result["images_per_s"], 1), "step_ms": round(result["step_ms"], 1),
                    "gflops_per_image": round(gflops, 3), "tflops": round(tflops, 4),
+                   "first_step_s": result.get("first_step_s"),
                    "peak_frac": round(tflops / peak, 4) if peak else None, "fit_wall_s": result.get("fit_wall_s")}
             print(row, flush=True)
             rows.append(row)
@@ -247,14 +266,14 @@ def main(argv: list[str] | None = None) -> int:
             row["ratio"] = round(row["images_per_s"] / (base["images_per_s"] * row["workers"]), 3)
             summary[f"{row['backbone']}.ray{row['workers']}_over_plain"] = round(row["images_per_s"] / base["images_per_s"], 3)
     params = {"image_size": args.image_size, "batch_per_worker": args.batch_size, "steps": args.steps,
-              "warmup": args.warmup, "views": args.views, "threads": None if cuda else args.threads, "device": str(device), "amp": "bf16" if cuda else "fp32",
+              "warmup": args.warmup, "views": args.views, "compile": args.compile, "threads": None if cuda else args.threads, "device": str(device), "amp": "bf16" if cuda else "fp32",
               "channels_last": cuda, "queue": QUEUE, "peak_tflops": peak, "quick": args.quick}
     notes = ["ratio = ray images/s / (plain images/s x workers): 1.0 = perfect (weak) scaling from the plain loop"]
     if not cuda:
         notes.append("CPU: fp32, no autocast; peak_frac needs a GPU (or --peak-tflops)")
     finish(args, "train", rows, params=params, summary=summary, label_keys=("backbone", "mode", "workers"),
            columns=["backbone", "mode", "workers", "batch", "images_per_s", "step_ms", "ratio", "gflops_per_image",
-                    "tflops", "peak_frac", "fit_wall_s"], notes=notes)
+                    "tflops", "peak_frac", "first_step_s", "fit_wall_s"], notes=notes)
     return 0
 
 

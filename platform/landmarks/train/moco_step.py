@@ -29,6 +29,18 @@ def build_moco(cfg: PretrainConfig) -> MoCo:
     return MoCo(encoder, dim=cfg.model.low_dim, K=cfg.moco.queue_size, m=cfg.moco.momentum, T=cfg.moco.temperature)
 
 
+def compile_encoders(model: MoCo, mode: str | None = None) -> MoCo:
+    """`torch.compile` the query and key encoders in place (`nn.Module.compile`: state_dict keys,
+    checkpoints and DDP are unchanged); the queue, shuffle BN and momentum update stay eager.
+
+    At 96 px a ResNet step is bound by kernel launches more than by FLOPs (benchmarks/README.md),
+    which fusing the BN/ReLU chains attacks. `mode` is torch.compile's (None = its default).
+    """
+    model.encoder_q.compile(mode=mode)
+    model.encoder_k.compile(mode=mode)
+    return model
+
+
 def train_step(model, views: MoCoViews, optimizer, images_u8: torch.Tensor,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One MoCo step on uint8 images (B, H, W, 3) on `device` -> (loss, positive prob), 0-d tensors.
