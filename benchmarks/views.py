@@ -1,13 +1,13 @@
 """MoCo view throughput: both augmented views of a batch (landmarks.augment.MoCoViews), per stage.
 
     python benchmarks/views.py [--batch-size 256] [--image-size 96] [--steps 20]
-        [--canvas-steps 64,128,320] [--out views.json] [--quick]
+        [--canvas-steps 64,128,320] [--jpeg-backends torch,kornia] [--out views.json] [--quick]
 
 Input: random uint8 faces at the stored size (input x 136/96); the views are what pretraining
 feeds the network each step (2 x batch images). Rows:
 
-  total       views(images) for each JPEG canvas step (see augment/views.py, _jpeg_noise):
-              ms per call and images/s (batch / time)
+  total       views(images) for each JPEG backend (--jpeg-backends) and canvas step (see
+              augment/views.py, _jpeg_noise): ms per call and images/s (batch / time)
   stage       one view pass over the 2 x batch images split into its stages (jpeg, crop, jitter,
               lighting), each timed alone, at the default canvas step
 """
@@ -41,6 +41,8 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=None, help="timed calls (default 20 CUDA, 2 CPU)")
     parser.add_argument("--canvas-steps", type=parse_ints, default=[64, 128, 320])
+    parser.add_argument("--jpeg-backends", default=None,
+                        help="MoCoViews jpeg_backend values to time (default: torch,kornia on CUDA; pil,torch on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     from landmarks.augment import MoCoViews
@@ -58,13 +60,17 @@ def main() -> int:
     images = torch.randint(0, 256, (batch, stored, stored, 3), dtype=torch.uint8, generator=gen).to(device)
     default_step = views_module.JPEG_CANVAS_STEP
     rows: list[dict[str, Any]] = []
-    views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border).to(device)
-    for canvas in args.canvas_steps:
-        views_module.JPEG_CANVAS_STEP = canvas
-        seconds = _timed(lambda: views(images, gen), steps, warmup, device)
-        rows.append({"row": "total", "stage": "views", "canvas_step": canvas,
-                     "ms": seconds * 1e3, "images_per_s": batch / seconds})
-    views_module.JPEG_CANVAS_STEP = default_step
+    backends = [b for b in (args.jpeg_backends or ("torch,kornia" if cuda else "pil,torch")).split(",") if b]
+    for backend in backends:
+        views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border,
+                          jpeg_backend=backend).to(device)
+        for canvas in args.canvas_steps if backend not in ("pil", "auto") or cuda else args.canvas_steps[:1]:
+            views_module.JPEG_CANVAS_STEP = canvas
+            seconds = _timed(lambda: views(images, gen), steps, warmup, device)
+            rows.append({"row": "total", "stage": f"views ({backend})", "canvas_step": canvas,
+                         "ms": seconds * 1e3, "images_per_s": batch / seconds})
+        views_module.JPEG_CANVAS_STEP = default_step
+    views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border).to(device)  # auto
     x = views_module.to_float_images(torch.cat((images, images))).float()
     after_jpeg = views._jpeg_noise(x, gen)
     crops = views._random_resized_crop(after_jpeg, gen)
@@ -72,7 +78,7 @@ def main() -> int:
               "jitter": lambda: views._color_jitter(crops, gen), "lighting": lambda: views._lighting(crops, gen)}
     for name, fn in stages.items():
         seconds = _timed(fn, steps, warmup, device)
-        rows.append({"row": "stage", "stage": name, "canvas_step": default_step,
+        rows.append({"row": "stage", "stage": f"{name} (auto)" if name == "jpeg" else name, "canvas_step": default_step,
                      "ms": seconds * 1e3, "images_per_s": batch / seconds})
     finish(args, "views", rows, params={"batch_size": batch, "image_size": args.image_size, "stored": stored,
                                         "device": str(device), "steps": steps})

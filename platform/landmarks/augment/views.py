@@ -2,7 +2,7 @@
 
 The augmentation of the official code (contrast-landmark ``data_loaders_face.py``, the
 paper's Sec. 4 "MoCo ... JPEG noise, random resized crop, color jitter, PCA lighting"),
-in its order, batched and with kornia's kernels:
+in its order, batched on the images' device (JPEG: augment/jpeg.py on a GPU, PIL on the CPU):
 
     JPEGNoise (random rescale + JPEG quality 30..98) -> RandomResizedCrop(scale 0.2..1)
     -> ColorJitter(0.4, 0.4, 0.4) -> PCA lighting (std 0.1) -> Normalize [-> border crop]
@@ -28,8 +28,11 @@ from kornia import enhance
 from PIL import Image
 from torch import nn
 
+from .jpeg import jpeg_round_trip
+
 # JPEG noise codes rescaled images in canvases whose sides are multiples of this (see _jpeg_noise).
 JPEG_CANVAS_STEP = 128  # on an H200, 128 beat 64 and 320 (benchmarks/views.py)
+JPEG_BACKENDS = ("auto", "torch", "pil", "kornia")
 
 # AlexNet-style lighting noise (Krizhevsky et al. 2012, Sec. 4.1): ImageNet RGB eigenvalues /
 # eigenvectors (columns) for [0, 1] images, as in fb.resnet.torch and contrast-landmark ``PcaAug``.
@@ -95,6 +98,28 @@ def _jpeg_pil(x_bchw: torch.Tensor, quality_b: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).to(device=x_bchw.device, dtype=x_bchw.dtype) / 255.0
 
 
+def _jpeg_in_canvases(codec, resized: list[torch.Tensor], groups: list[tuple[torch.Tensor, int, int]],
+                      quality: torch.Tensor) -> list[torch.Tensor]:
+    """`codec(images, quality)` over groups of (n_g, 3, h_g, w_g) images -> the coded groups, same shapes."""
+    def canvas_side(side: int) -> int:
+        return -(-side // JPEG_CANVAS_STEP) * JPEG_CANVAS_STEP
+
+    canvases: dict[tuple[int, int], list[int]] = {}
+    for g, (_, h, w) in enumerate(groups):
+        canvases.setdefault((canvas_side(h), canvas_side(w)), []).append(g)
+    coded: list[torch.Tensor | None] = [None] * len(groups)
+    for (ch, cw), members in canvases.items():
+        padded = torch.cat([F.pad(resized[g], (0, cw - groups[g][2], 0, ch - groups[g][1]), mode="replicate")
+                            for g in members])
+        result = codec(padded, torch.cat([quality[groups[g][0]] for g in members]))
+        start = 0
+        for g in members:
+            n, h, w = resized[g].shape[0], groups[g][1], groups[g][2]
+            coded[g] = result[start:start + n, :, :h, :w]
+            start += n
+    return coded
+
+
 def resample_boxes(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor,
                    side: int) -> torch.Tensor:
     """Bilinear (B, C, side, side) resamples of axis-aligned boxes of (B, C, H, W) images.
@@ -126,9 +151,10 @@ class MoCoViews(nn.Module):
             sides rounded to 16k + 8 px, see _jpeg_noise), JPEG quality
             uniform in jpeg_quality (30..98), rescale back.
         lighting_std: PCA lighting noise std (0.1).
-        jpeg_backend: "kornia" (differentiable codec on the device), "pil" (libjpeg, the
-            official code's codec, through a CPU round trip), or "auto": PIL for images on the
-            CPU (about 7x faster there than kornia's codec of many small ops), kornia on a GPU.
+        jpeg_backend: "torch" (augment/jpeg.py: libjpeg's steps as batched tensor ops on the
+            device), "pil" (libjpeg itself, the official code's codec, through a CPU round trip),
+            "kornia" (kornia's differentiable codec, an approximation of many small kernels), or
+            "auto": PIL for images on the CPU (faster there), torch on a GPU.
     """
 
     def __init__(self, out_size: int = 96, *, mean: Sequence[float], std: Sequence[float], border: int = 0,
@@ -145,14 +171,13 @@ class MoCoViews(nn.Module):
                              f"{lighting_std}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 entries with std > 0, got {mean} and {std}")
-        if jpeg_backend not in ("auto", "kornia", "pil"):
-            raise ValueError(f"jpeg_backend must be 'auto', 'kornia' or 'pil', got {jpeg_backend!r}")
+        if jpeg_backend not in JPEG_BACKENDS:
+            raise ValueError(f"jpeg_backend must be one of {', '.join(JPEG_BACKENDS)}, got {jpeg_backend!r}")
         if not 0 <= jpeg_quality[0] < jpeg_quality[1] <= 101:
             raise ValueError(f"jpeg_quality must be (low, high) with 0 <= low < high <= 101, got {jpeg_quality}")
-        has_kornia_jpeg = hasattr(enhance, "jpeg_codec_differentiable")
-        if jpeg_backend == "kornia" and not has_kornia_jpeg:
+        if jpeg_backend == "kornia" and not hasattr(enhance, "jpeg_codec_differentiable"):
             raise ValueError("jpeg_backend='kornia' needs kornia>=0.7.1 (enhance.jpeg_codec_differentiable)")
-        self.jpeg_backend = "pil" if not has_kornia_jpeg else jpeg_backend
+        self.jpeg_backend = jpeg_backend
         self.out_size, self.border = out_size, border
         self.crop_scale = (crop_min_scale, 1.0)
         self.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
@@ -190,13 +215,13 @@ class MoCoViews(nn.Module):
         """Rescale each image by its own factor, JPEG it at its own quality, rescale back.
 
         Rescaled sides are rounded to 16k + 8 px, so images of one size are resized together,
-        and with the kornia codec every image is replicate-padded into one of a few canvases
+        and with the torch or kornia codec every image is replicate-padded into one of a few canvases
         (sides rounded up to JPEG_CANVAS_STEP), each coded in one call. That is exact: the codec
         itself replicate-pads a 16k + 8 side to whole 16 x 16 blocks, codes blocks independently,
         and its chroma filters only reach into that padding, so each image comes out as if coded
-        alone (a side of exactly 16k would not be: alone, the filters reflect at its edge). On a
-        GPU the codec's hundreds of small kernels, not its arithmetic, are what a batch costs, and
-        this makes a handful of codec calls per batch instead of one per size.
+        alone (a side of exactly 16k would not be with kornia: alone, its filters reflect at the
+        edge). On a GPU a codec call's kernel launches, not its arithmetic, are what a small
+        group costs, and this makes a handful of codec calls per batch instead of one per size.
         """
         b, _, height, width = x.shape
         dev = gen.device
@@ -211,37 +236,17 @@ class MoCoViews(nn.Module):
                                  align_corners=False).clamp(0, 1) for idx, h, w in groups]
         backend = self.jpeg_backend
         if backend == "auto":
-            backend = "pil" if x.device.type == "cpu" else "kornia"
+            backend = "pil" if x.device.type == "cpu" else "torch"
         if backend == "pil":
             coded = [_jpeg_pil(y, quality[idx]) for y, (idx, _, _) in zip(resized, groups)]
         else:
-            coded = self._jpeg_in_canvases(resized, groups, quality)
+            codec = jpeg_round_trip if backend == "torch" else enhance.jpeg_codec_differentiable
+            coded = _jpeg_in_canvases(codec, resized, groups, quality)
         out = torch.empty_like(x)
         for y, (idx, _, _) in zip(coded, groups):
             out[idx] = F.interpolate(y, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         return out.clamp(0, 1)
 
-    def _jpeg_in_canvases(self, resized: list[torch.Tensor], groups: list[tuple[torch.Tensor, int, int]],
-                          quality: torch.Tensor) -> list[torch.Tensor]:
-        """kornia's codec over groups of (n_g, 3, h_g, w_g) images -> the coded groups, same shapes."""
-        def canvas_side(side: int) -> int:
-            return -(-side // JPEG_CANVAS_STEP) * JPEG_CANVAS_STEP
-
-        canvases: dict[tuple[int, int], list[int]] = {}
-        for g, (_, h, w) in enumerate(groups):
-            canvases.setdefault((canvas_side(h), canvas_side(w)), []).append(g)
-        coded: list[torch.Tensor | None] = [None] * len(groups)
-        for (ch, cw), members in canvases.items():
-            padded = torch.cat([F.pad(resized[g], (0, cw - groups[g][2], 0, ch - groups[g][1]), mode="replicate")
-                                for g in members])
-            q = torch.cat([quality[groups[g][0]] for g in members])
-            result = enhance.jpeg_codec_differentiable(padded, q)
-            start = 0
-            for g in members:
-                n, h, w = resized[g].shape[0], groups[g][1], groups[g][2]
-                coded[g] = result[start:start + n, :, :h, :w]
-                start += n
-        return coded
 
     def _random_resized_crop(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """torchvision RandomResizedCrop.get_params, vectorized: 10 tries, else a centre crop.
