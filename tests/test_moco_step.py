@@ -7,7 +7,8 @@ import torch
 
 from landmarks.augment import MoCoViews
 from landmarks.train.configs import PretrainConfig
-from landmarks.train.moco_step import autocast, build_moco, queue_sha256, train_step
+from landmarks.models import MoCo
+from landmarks.train.moco_step import autocast, build_moco, compile_encoders, prepare_moco, queue_sha256, train_step
 
 
 def _setup(device: torch.device, batch: int = 8, size: int = 32):
@@ -43,6 +44,43 @@ def test_step_updates_encoder_and_queue_and_keeps_results_on_device():
     assert not torch.equal(model.encoder_q.conv1.weight, weight0)
     # Only the query encoder gets gradients; the key encoder follows by momentum.
     assert all(p.grad is None for p in model.encoder_k.parameters())
+
+
+def test_prepare_moco_compiles_encoders_only_when_asked():
+    cfg = {"model": {"backbone": "resnet18"}, "moco": {"queue_size": 64}, "train": {"batch_size": 8}}
+    eager = prepare_moco(PretrainConfig.model_validate(cfg), torch.device("cpu"))
+    cfg["train"]["compile"] = True
+    compiled = prepare_moco(PretrainConfig.model_validate(cfg), torch.device("cpu"))
+    assert eager.encoder_q._compiled_call_impl is None
+    assert compiled.encoder_q._compiled_call_impl is not None and compiled.encoder_k._compiled_call_impl is not None
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
+
+
+def test_compiled_step_matches_eager():
+    """A real torch.compile of a small encoder: same losses and weights as the eager step."""
+    def small_moco() -> MoCo:
+        torch.manual_seed(0)
+        encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                      torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 16))
+        return MoCo(encoder, dim=16, K=32, m=0.9)
+
+    torch._dynamo.reset()
+    views = MoCoViews(16, mean=[0.5] * 3, std=[0.25] * 3, jpeg=False)
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for compiled in (False, True):
+        model = small_moco()
+        if compiled:
+            compile_encoders(model)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        torch.manual_seed(2)  # shuffle BN's permutation
+        losses = [train_step(model, views, optimizer, images, torch.device("cpu"))[0].item()
+                  for _ in range(3)]
+        runs.append((losses, model.encoder_k[0].weight.detach().clone(), model.queue.clone()))
+    (eager_losses, eager_wk, eager_queue), (comp_losses, comp_wk, comp_queue) = runs
+    assert eager_losses == pytest.approx(comp_losses, abs=1e-4)
+    torch.testing.assert_close(comp_wk, eager_wk, atol=1e-5, rtol=0)
+    torch.testing.assert_close(comp_queue, eager_queue, atol=1e-5, rtol=0)
 
 
 def test_autocast_is_off_on_cpu():

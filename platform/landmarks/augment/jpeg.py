@@ -18,6 +18,7 @@ few dozen kernels over the whole batch, and each image's quality is a row of its
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,12 +42,12 @@ RGB_TO_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418
 YCBCR_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
 
 
-def quant_tables(quality: torch.Tensor, base: tuple[int, ...]) -> torch.Tensor:
+def quant_tables(quality: torch.Tensor, base: tuple[int, ...] | torch.Tensor) -> torch.Tensor:
     """IJG quality scaling (jpeg_quality_scaling + jpeg_add_quant_table, force_baseline):
-    quality (N,) in 1..100 -> (N, 8, 8) float tables in 1..255."""
+    quality (N,) in 1..100 -> (N, 8, 8) float64 tables in 1..255."""
     q = quality.to(torch.float64).clamp(1, 100)
     scale = torch.where(q < 50, torch.floor(5000 / q), 200 - 2 * q)  # percent
-    table = torch.tensor(base, dtype=torch.float64, device=quality.device).reshape(1, 8, 8)
+    table = torch.as_tensor(base, dtype=torch.float64, device=quality.device).reshape(1, 8, 8)
     return torch.floor((table * scale.reshape(-1, 1, 1) + 50) / 100).clamp(1, 255)
 
 
@@ -58,16 +59,27 @@ def dct_matrix(device: torch.device | None = None, dtype: torch.dtype = torch.fl
     return d.to(device=device, dtype=dtype)
 
 
-def _code_planes(planes: torch.Tensor, tables: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def _constants(device: torch.device) -> dict[str, torch.Tensor]:
+    """The codec's constant tensors, made once per device: a copy from the host to a GPU made on
+    every call would wait for all the work queued before it."""
+    d = dct_matrix(dtype=torch.float64)
+    consts = {"to_ycc": torch.tensor(RGB_TO_YCBCR), "to_rgb": torch.tensor(YCBCR_TO_RGB),
+              "basis": torch.kron(d, d).float(),  # (64, 64): the 2-D DCT, row u*8+v, column x*8+y
+              "luma": torch.tensor(LUMA_TABLE, dtype=torch.float64),
+              "chroma": torch.tensor(CHROMA_TABLE, dtype=torch.float64)}
+    return {k: v.to(device) for k, v in consts.items()}
+
+
+def _code_planes(planes: torch.Tensor, tables: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Level-shifted samples (N, C, H, W), H and W multiples of 8, tables (N, 8, 8) -> decoded
     8-bit samples (N, C, H, W): DCT, quantise, dequantise, inverse DCT, round and clamp.
 
-    The 2-D DCT of a block is one (64, 64) matrix, kron(D, D), so each transform is one GEMM
-    over all blocks of the batch rather than many tiny 8 x 8 products.
+    The 2-D DCT of a block is one (64, 64) matrix, `basis` = kron(D, D), so each transform is one
+    GEMM over all blocks of the batch rather than many tiny 8 x 8 products.
     """
     n, c, h, w = planes.shape
     blocks = planes.reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(n, -1, 64)
-    basis = torch.kron(d, d)  # (64, 64): row u*8+v, column x*8+y
     table = tables.to(planes.dtype).reshape(n, 1, 64)
     coef = torch.round((blocks @ basis.T) / table) * table  # (N, C*H/8*W/8, 64)
     back = (coef @ basis).reshape(n, c, h // 8, w // 8, 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
@@ -82,23 +94,21 @@ def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     if quality.shape != images.shape[:1]:
         raise ValueError(f"quality must be (N,) = ({images.shape[0]},), got {tuple(quality.shape)}")
-    n, _, height, width = images.shape
+    height, width = images.shape[-2:]
     dev, dtype = images.device, torch.float32
     pad_h, pad_w = -height % 16, -width % 16
     rgb = images.to(dtype).clamp(0, 1).mul(255).round()
     if pad_h or pad_w:
         rgb = F.pad(rgb, (0, pad_w, 0, pad_h), mode="replicate")
-    to_ycc = torch.tensor(RGB_TO_YCBCR, dtype=dtype, device=dev)
-    ycc = torch.einsum("kc,nchw->nkhw", to_ycc, rgb)  # (N, 3, H16, W16); Cb, Cr centred on 0
+    consts = _constants(dev)
+    ycc = torch.einsum("kc,nchw->nkhw", consts["to_ycc"], rgb)  # (N, 3, H16, W16); Cb, Cr centred on 0
     luma = ycc[:, :1].round().clamp(0, 255) - 128
     chroma = F.avg_pool2d(ycc[:, 1:].round(), 2).round().clamp(-128, 127)  # (N, 2, H16/2, W16/2)
-    d = dct_matrix(dev, dtype)
-    quality = quality.to(dev)
-    luma = _code_planes(luma, quant_tables(quality, LUMA_TABLE), d)  # 0..255
-    chroma = _code_planes(chroma, quant_tables(quality, CHROMA_TABLE), d) - 128  # centred again
+    quality = quality.to(dev, non_blocking=True)
+    luma = _code_planes(luma, quant_tables(quality, consts["luma"]), consts["basis"])  # 0..255
+    chroma = _code_planes(chroma, quant_tables(quality, consts["chroma"]), consts["basis"]) - 128  # centred
     # libjpeg's h2v2 fancy upsampling: 3/4 nearer + 1/4 farther sample per axis, edges replicated.
     chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False).round_()  # 8-bit
-    to_rgb = torch.tensor(YCBCR_TO_RGB, dtype=dtype, device=dev)
-    out = torch.einsum("kc,nchw->nkhw", to_rgb, torch.cat((luma, chroma), 1))
+    out = torch.einsum("kc,nchw->nkhw", consts["to_rgb"], torch.cat((luma, chroma), 1))
     out = out.round_().clamp_(0, 255)[..., :height, :width]
     return out.div_(255).to(images.dtype)

@@ -31,7 +31,7 @@ from torch import nn
 from .jpeg import jpeg_round_trip
 
 # JPEG noise codes rescaled images in canvases whose sides are multiples of this (see _jpeg_noise).
-JPEG_CANVAS_STEP = 128  # on an H200, 128 beat 64 and 320 (benchmarks/views.py)
+JPEG_CANVAS_STEP = 32  # H100, batch 1024, torch codec: 32 -> 49.6 ms, 128 -> 58.9 ms per views call (benchmarks/views.py)
 JPEG_BACKENDS = ("auto", "torch", "pil", "kornia")
 
 # AlexNet-style lighting noise (Krizhevsky et al. 2012, Sec. 4.1): ImageNet RGB eigenvalues /

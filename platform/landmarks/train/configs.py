@@ -47,6 +47,8 @@ class PretrainTrain(TrainConfig):
     sgd_momentum: float = Field(0.9, ge=0.0, lt=1.0)
     warmup_epochs: float = Field(0.0, ge=0.0)
     log_every_steps: int = Field(10, ge=1)
+    compile: bool = Field(False, description="torch.compile both encoders (worth it on GPUs for long runs: "
+                          "the first step compiles for about a minute)")
 
 
 class PretrainConfig(Section):

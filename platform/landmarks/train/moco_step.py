@@ -29,12 +29,24 @@ def build_moco(cfg: PretrainConfig) -> MoCo:
     return MoCo(encoder, dim=cfg.model.low_dim, K=cfg.moco.queue_size, m=cfg.moco.momentum, T=cfg.moco.temperature)
 
 
+def prepare_moco(cfg: PretrainConfig, device: torch.device) -> MoCo:
+    """build_moco on `device`, channels_last on CUDA, both encoders compiled if cfg.train.compile."""
+    model = build_moco(cfg).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        compile_encoders(model)
+    return model
+
+
 def compile_encoders(model: MoCo, mode: str | None = None) -> MoCo:
     """`torch.compile` the query and key encoders in place (`nn.Module.compile`: state_dict keys,
     checkpoints and DDP are unchanged); the queue, shuffle BN and momentum update stay eager.
 
     At 96 px a ResNet step is bound by kernel launches more than by FLOPs (benchmarks/README.md),
-    which fusing the BN/ReLU chains attacks. `mode` is torch.compile's (None = its default).
+    which fusing the BN/ReLU chains attacks: on an H100, resnet50 at 96 px, batch 1024, the
+    network's step went from 13.8k to 20.4k images/s. Compilation is lazy: the first step pays
+    for it (~70 s there). `mode` is torch.compile's (None = its default).
     """
     model.encoder_q.compile(mode=mode)
     model.encoder_k.compile(mode=mode)

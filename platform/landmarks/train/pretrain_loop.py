@@ -18,7 +18,7 @@ from ..data.loader import device_batches
 from ..tracking import RunLogger
 from .checkpoint import load_checkpoint_dir, report_epoch
 from .configs import PretrainConfig
-from .moco_step import build_moco, queue_sha256, train_step
+from .moco_step import prepare_moco, queue_sha256, train_step
 from .schedules import cosine_lr, set_lr
 
 
@@ -33,9 +33,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed * 1000 + rank)
     logger = RunLogger(config["mlflow_run_id"], enabled=rank == 0, uri=config["tracking_uri"])
 
-    model = build_moco(cfg).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_moco(cfg, device)
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.train.lr, momentum=cfg.train.sgd_momentum, weight_decay=cfg.train.weight_decay,
