@@ -2,14 +2,16 @@
 
     flock /tmp/landmarks-ray.lock python benchmarks/train.py [--backbones resnet18,resnet50,resnet50_half]
         [--image-size 96] [--batch-size 32] [--workers 1,2] [--steps 4] [--views on|off]
-        [--out train.json] [--mlflow benchmarks] [--quick]
+        [--compile off|default|reduce-overhead] [--out train.json] [--mlflow benchmarks] [--quick]
 
 The step is `landmarks.train.moco_step.train_step` as pretraining runs it: two MoCo views
 made on the device (`--views on`; `off` replaces them with a centre crop, to isolate the
 network), the query/key encoders, InfoNCE, SGD; on CUDA with bf16 autocast and channels_last
-(moco_step's `autocast` / memory format), the MoCo model built by `build_moco` with the
-paper's queue (4096) and momentum. Inputs are fixed random uint8 images at the stored size
-(input x 136/96, as faces are stored), so the data pipeline (benchmarks/data.py) is not timed.
+(moco_step's `autocast` / memory format), the MoCo model built by `prepare_moco` with the
+paper's queue (4096) and momentum; `--compile` compiles both encoders (`compile_encoders`, as
+`train.compile=true` does in pretraining; the first step, reported apart, pays for it). Inputs
+are fixed random uint8 images at the stored size (input x 136/96, as faces are stored), so the
+data pipeline (benchmarks/data.py) is not timed.
 
   plain        the loop in this process (one device; on CPU with all the machine's cores)
   ray          the same loop as a Ray Train TorchTrainer with N workers (N from --workers; one
@@ -69,14 +71,12 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: str, devi
     from landmarks.augment import MoCoViews
     from landmarks.data.converters.base import face_border, face_store_size
     from landmarks.train.configs import PretrainConfig
-    from landmarks.train.moco_step import build_moco, compile_encoders
+    from landmarks.train.moco_step import compile_encoders, prepare_moco
 
     cfg = PretrainConfig.model_validate({
         "model": {"backbone": backbone}, "data": {"image_size": image_size},
         "moco": {"queue_size": QUEUE}, "train": {"batch_size": batch_size * world}, "ray": {"num_workers": world}})
-    model = build_moco(cfg).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_moco(cfg, device)  # as pretraining builds it (cfg.train.compile is off here)
     if compile_mode != "off":
         compile_encoders(model, None if compile_mode == "default" else compile_mode)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,

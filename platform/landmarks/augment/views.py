@@ -247,7 +247,6 @@ class MoCoViews(nn.Module):
             out[idx] = F.interpolate(y, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         return out.clamp(0, 1)
 
-
     def _random_resized_crop(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """torchvision RandomResizedCrop.get_params, vectorized: 10 tries, else a centre crop.
 
