@@ -67,7 +67,7 @@ def main() -> int:
         for canvas in args.canvas_steps if backend not in ("pil", "auto") or cuda else args.canvas_steps[:1]:
             views_module.JPEG_CANVAS_STEP = canvas
             seconds = _timed(lambda v=views: v(images, gen), steps, warmup, device)
-            rows.append({"row": "total", "stage": f"views ({backend})", "canvas_step": canvas,
+            rows.append({"row": "total", "stage": "views", "backend": backend, "canvas_step": canvas,
                          "ms": seconds * 1e3, "images_per_s": batch / seconds})
         views_module.JPEG_CANVAS_STEP = default_step
     views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border).to(device)  # auto
@@ -78,10 +78,11 @@ def main() -> int:
               "jitter": lambda: views._color_jitter(crops, gen), "lighting": lambda: views._lighting(crops, gen)}
     for name, fn in stages.items():
         seconds = _timed(fn, steps, warmup, device)
-        rows.append({"row": "stage", "stage": f"{name} (auto)" if name == "jpeg" else name, "canvas_step": default_step,
+        rows.append({"row": "stage", "stage": name, "backend": "auto", "canvas_step": default_step,
                      "ms": seconds * 1e3, "images_per_s": batch / seconds})
     finish(args, "views", rows, params={"batch_size": batch, "image_size": args.image_size, "stored": stored,
-                                        "device": str(device), "steps": steps})
+                                        "device": str(device), "steps": steps},
+           label_keys=("row", "stage", "backend", "canvas_step"))
     return 0
 
 

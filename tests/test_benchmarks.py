@@ -57,6 +57,7 @@ def test_views_quick(tmp_path):
     doc = run_bench("views.py", tmp_path)
     stages = {r["stage"] for r in doc["rows"] if r["row"] == "stage"}
     assert stages == {"jpeg", "crop", "jitter", "lighting"}
+    assert {r["backend"] for r in doc["rows"] if r["row"] == "total"} == {"pil", "torch"}  # the CPU default
     assert all(r["ms"] > 0 and r["images_per_s"] > 0 for r in doc["rows"])
 
 def test_memory_quick_reproduces_table2_and_logs_to_mlflow(tmp_path):

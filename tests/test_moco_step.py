@@ -6,9 +6,16 @@ import pytest
 import torch
 
 from landmarks.augment import MoCoViews
-from landmarks.train.configs import PretrainConfig
 from landmarks.models import MoCo
-from landmarks.train.moco_step import autocast, build_moco, compile_encoders, prepare_moco, queue_sha256, train_step
+from landmarks.train.configs import PretrainConfig
+from landmarks.train.moco_step import (
+    autocast,
+    build_moco,
+    compile_encoders,
+    prepare_moco,
+    queue_sha256,
+    train_step,
+)
 
 
 def _setup(device: torch.device, batch: int = 8, size: int = 32):
