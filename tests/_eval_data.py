@@ -12,7 +12,6 @@ session's base temp dir, and shared by the three test modules:
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import conftest
 from landmarks.data.converters.base import Converter, DatasetInfo, Record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,19 +98,15 @@ def build_all(base: Path) -> dict[str, Path]:
 
 
 def job_env(tmp: Path, ray_address: str | None = None) -> dict[str, str]:
-    """Environment of a job subprocess: MLflow in sqlite under `tmp`, the session's Ray cluster."""
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", PYTHONUNBUFFERED="1")
-    env.pop("LANDMARKS_IN_PROCESS", None)
-    if ray_address:
-        env["RAY_ADDRESS"] = ray_address
-    return env
+    """conftest.job_env with MLflow in sqlite under `tmp` and, if given, the session's Ray cluster."""
+    extra = {"RAY_ADDRESS": ray_address} if ray_address else {}
+    return conftest.job_env(f"sqlite:///{tmp}/mlflow.db", PYTHONUNBUFFERED="1", **extra)
 
 
 def run_job(job: str, args: list[str], tmp: Path, ray_address: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python jobs/<job>.py ARGS` in `tmp`; returns the finished process (text output)."""
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args], check=False, cwd=tmp,
-                          env=job_env(tmp, ray_address), capture_output=True, text=True, timeout=timeout)
+    """`python jobs/<job>.py ARGS` in `tmp`; returns the finished process (text output), failed or not."""
+    return conftest.run_job(f"{job}.py", *args, cwd=tmp, env=job_env(tmp, ray_address), timeout=timeout, check=False)
 
 
 # A line Ray's log monitor forwards from its own processes to the driver's stderr, e.g.

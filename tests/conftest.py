@@ -111,8 +111,8 @@ def ray_address(ray_local) -> str:
 
 def job_env(tracking_uri: str | None = None, **extra: str) -> dict[str, str]:
     """Environment for a job subprocess: the given MLflow URI, and its own local Ray unless `extra`
-    names a RAY_ADDRESS to join."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    names a RAY_ADDRESS to join (never the in-process mode some tests set for themselves)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LANDMARKS_IN_PROCESS")}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     env.update(extra)
