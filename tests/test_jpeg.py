@@ -6,7 +6,8 @@ import pytest
 import torch
 from kornia import enhance
 
-from landmarks.augment.jpeg import CHROMA_TABLE, LUMA_TABLE, dct_matrix, jpeg_round_trip, quant_tables
+from landmarks.augment import jpeg_round_trip
+from landmarks.augment.jpeg import CHROMA_TABLE, LUMA_TABLE, dct_matrix, quant_tables
 from landmarks.augment.views import _jpeg_pil
 
 

@@ -1,4 +1,5 @@
-"""Augmentations on device tensors: MoCo views (views.py) and thin-plate-spline warps (tps.py).
+"""Augmentations on device tensors: MoCo views (views.py, with the JPEG round trip of jpeg.py)
+and thin-plate-spline warps (tps.py).
 
 Pure torch + kornia: no Ray, MLflow or S3 here, and no device placement; every function
 works on the device of the tensors it is given. The names below load on first use, so
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "jpeg": ("jpeg_round_trip",),
     "tps": ("AUGMENT", "MATCH", "PAIR", "TPSParams", "TPSStrength", "normalized_grid", "normalized_to_pixels",
             "pair_keypoints", "pair_warp", "pixels_to_normalized", "sample_pair_params", "tps_augment",
             "warp_images", "warp_keypoints"),
@@ -21,9 +23,9 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 
 __all__ = [
     "AUGMENT", "IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC", "MATCH", "PAIR", "MoCoViews", "TPSParams",
-    "TPSStrength", "border_crop", "normalize", "normalized_grid", "normalized_to_pixels", "pair_keypoints",
-    "pair_warp", "pixels_to_normalized", "sample_pair_params", "to_float_images", "tps_augment", "warp_images",
-    "warp_keypoints",
+    "TPSStrength", "border_crop", "jpeg_round_trip", "normalize", "normalized_grid", "normalized_to_pixels",
+    "pair_keypoints", "pair_warp", "pixels_to_normalized", "sample_pair_params", "to_float_images", "tps_augment",
+    "warp_images", "warp_keypoints",
 ]
 assert sorted(__all__) == sorted(_MODULE_OF)
 
