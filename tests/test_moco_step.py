@@ -63,8 +63,9 @@ def test_prepare_moco_compiles_encoders_only_when_asked():
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
 
 
-def test_compiled_step_matches_eager():
+def test_compiled_step_matches_eager(tmp_path, monkeypatch):
     """A real torch.compile of a small encoder: same losses and weights as the eager step."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's /tmp cache
     def small_moco() -> MoCo:
         torch.manual_seed(0)
         encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
@@ -84,6 +85,7 @@ def test_compiled_step_matches_eager():
         losses = [train_step(model, views, optimizer, images, torch.device("cpu"))[0].item()
                   for _ in range(3)]
         runs.append((losses, model.encoder_k[0].weight.detach().clone(), model.queue.clone()))
+    assert any((tmp_path / "inductor").rglob("*.py"))  # inductor generated code: it was compiled, not skipped
     (eager_losses, eager_wk, eager_queue), (comp_losses, comp_wk, comp_queue) = runs
     assert eager_losses == pytest.approx(comp_losses, abs=1e-4)
     torch.testing.assert_close(comp_wk, eager_wk, atol=1e-5, rtol=0)
