@@ -130,21 +130,10 @@ def plain(backbone: str, args, device: torch.device) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, args.views, device,
                                                  compile_mode=args.compile)
-    t0 = time.perf_counter()
-    train_step_once(model, views, optimizer, images, device)
-    first_step_s = time.perf_counter() - t0  # includes torch.compile's compilation when on
+    first_step_s = timed_steps(model, views, optimizer, images, device, 1, 0)  # with torch.compile's compilation
     seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup)
     return {"images_per_s": args.batch_size * args.steps / seconds, "step_ms": 1000 * seconds / args.steps,
             "first_step_s": round(first_step_s, 1)}
-
-
-def train_step_once(model, views, optimizer, images: torch.Tensor, device: torch.device) -> None:
-    from landmarks.train.moco_step import train_step
-
-    model.train()
-    train_step(model, views, optimizer, images, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _ray_loop(config: dict[str, Any]) -> None:
