@@ -34,6 +34,11 @@ def save_checkpoint_dir(state: dict[str, Any], meta: dict[str, Any], directory: 
     return directory
 
 
+def checkpoint_due(epoch: int, every_epochs: int, epochs: int) -> bool:
+    """Whether epoch `epoch` (0-based) of `epochs` saves a checkpoint: every `every_epochs` and the last."""
+    return (epoch + 1) % every_epochs == 0 or epoch == epochs - 1
+
+
 def report_epoch(metrics: dict[str, Any], epoch: int, state: dict[str, Any] | None = None,
                  meta: dict[str, Any] | None = None) -> None:
     """`ray.train.report` at the end of an epoch, from inside a Ray Train worker.

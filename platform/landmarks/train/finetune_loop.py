@@ -33,7 +33,7 @@ from ..models import (
 )
 from ..progress import Progress
 from ..tracking import RunLogger
-from .checkpoint import load_checkpoint_dir, report_epoch
+from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import FinetuneConfig
 from .eval_job import landmarks_from_blocks
 from .moco_step import autocast
@@ -187,8 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics[name] = value
             logger.log_metrics({name: value}, step=step)
             _log_predictions(logger, out, size)
-        state = meta = None  # a checkpoint every checkpoint.every_epochs and at the end, from rank 0
-        if rank == 0 and ((epoch + 1) % cfg.checkpoint.every_epochs == 0 or last):
+        state = meta = None  # rank 0 attaches the checkpoint on the epochs that save one
+        if rank == 0 and checkpoint_due(epoch, cfg.checkpoint.every_epochs, cfg.train.epochs):
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                      "step": step}
             meta = {**config["meta"], **metrics, "mlflow_run_id": config["mlflow_run_id"]}

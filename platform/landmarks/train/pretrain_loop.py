@@ -16,7 +16,7 @@ import torch
 from ..augment import MoCoViews
 from ..data.loader import device_batches
 from ..tracking import RunLogger
-from .checkpoint import load_checkpoint_dir, report_epoch
+from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import PretrainConfig
 from .moco_step import prepare_moco, queue_sha256, train_step
 from .schedules import cosine_lr, set_lr
@@ -80,9 +80,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_loss = loss_sum.item() / max(n, 1)
         metrics = {"epoch": epoch, "loss": epoch_loss, "step": step}
         logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
-        last = epoch == cfg.train.epochs - 1
-        state = meta = None  # a checkpoint every checkpoint.every_epochs and at the end, from rank 0
-        if rank == 0 and ((epoch + 1) % cfg.checkpoint.every_epochs == 0 or last):
+        state = meta = None  # rank 0 attaches the checkpoint on the epochs that save one
+        if rank == 0 and checkpoint_due(epoch, cfg.checkpoint.every_epochs, cfg.train.epochs):
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
             meta = {"epoch": epoch, "step": step, "loss": epoch_loss, "backbone": cfg.model.backbone,
                     "low_dim": cfg.model.low_dim, "mlflow_run_id": config["mlflow_run_id"],

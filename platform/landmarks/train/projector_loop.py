@@ -38,7 +38,7 @@ from ..losses import equivariance_loss
 from ..models import Projector, build_backbone
 from ..progress import Progress
 from ..tracking import RunLogger
-from .checkpoint import load_checkpoint_dir, report_epoch
+from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import ProjectorConfig
 from .eval_job import linear_over_blocks
 from .moco_step import autocast
@@ -175,9 +175,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_loss = float(all_reduce_mean(torch.tensor(sum(losses) / max(len(losses), 1), device=device)))
         metrics = {"epoch": epoch, "loss": epoch_loss, "step": step}
         logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
-        last = epoch == cfg.train.epochs - 1
-        state = meta = None  # a checkpoint every checkpoint.every_epochs and at the end, from rank 0
-        if rank == 0 and ((epoch + 1) % cfg.checkpoint.every_epochs == 0 or last):
+        state = meta = None  # rank 0 attaches the checkpoint on the epochs that save one
+        if rank == 0 and checkpoint_due(epoch, cfg.checkpoint.every_epochs, cfg.train.epochs):
             state = {"projector": {k: v.detach().cpu() for k, v in projector.state_dict().items()},
                      "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
             meta = {**config["meta"], "epoch": epoch, "step": step, "loss": epoch_loss,
