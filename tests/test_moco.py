@@ -227,3 +227,24 @@ def test_ddp_gather_and_shuffle_bn_match_single_process(tmp_path):
         expected_queue[:, : WORLD * LOCAL_BATCH] = k_all.T  # keys of *all* ranks, in rank order
         torch.testing.assert_close(out["queue"], expected_queue, atol=1e-6, rtol=1e-5)
         assert int(out["ptr"]) == WORLD * LOCAL_BATCH
+
+
+def test_key_similarity_known_values():
+    model = MoCo("resnet18", dim=4, K=4)
+    model.queue.copy_(torch.eye(4))  # orthogonal keys
+    assert float(model.key_similarity()) == pytest.approx(0.0, abs=1e-6)
+    model.queue.copy_(F.normalize(torch.ones(4, 4), dim=0))  # one direction: collapsed
+    assert float(model.key_similarity()) == pytest.approx(1.0, abs=1e-6)
+    model.queue.copy_(torch.tensor([[1.0, 1.0, -1.0, -1.0], [0.0] * 4, [0.0] * 4, [0.0] * 4]))
+    # pairs: 2 of +1 (0-1, 2-3) and 4 of -1 among the 6 -> mean -1/3
+    assert float(model.key_similarity()) == pytest.approx(-1 / 3, abs=1e-6)
+
+
+def test_key_similarity_matches_pairwise_mean():
+    torch.manual_seed(0)
+    model = MoCo("resnet18", dim=8, K=32)
+    keys = F.normalize(torch.randn(8, 32) + 0.5, dim=0)
+    model.queue.copy_(keys)
+    gram = keys.T @ keys
+    expected = (gram.sum() - gram.diagonal().sum()) / (32 * 31)
+    torch.testing.assert_close(model.key_similarity(), expected)

@@ -145,6 +145,19 @@ class MoCo(nn.Module):
         self._dequeue_and_enqueue(k)
         return logits, labels
 
+    @torch.no_grad()
+    def key_similarity(self) -> torch.Tensor:
+        """Mean cosine similarity between two different keys in the queue, a 0-d tensor.
+
+        A collapse detector: near 0 for spread-out keys, towards 1 when every image maps to
+        about the same embedding (seen with a learning rate too high for the batch, e.g. 0.06 at
+        batch 64). For unit columns k_i, sum_{i != j} <k_i, k_j> = |sum_i k_i|^2 - K, so it is one
+        reduction over the (C, K) queue. Includes the random initial keys until they are replaced.
+        """
+        total = self.queue.float().sum(dim=1)  # (C,)
+        k = self.K
+        return (total.dot(total) - k) / max(k * (k - 1), 1)
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, K={self.K}, m={self.m}, T={self.T}"
 

@@ -99,10 +99,11 @@ def _finish(cfg: PretrainConfig, result, logger: tracking.RunLogger, dataset: st
     logger.log_torch_model(backbone, name="backbone_model")
     logger.set_tags({"checkpoint_uri": result.checkpoint.path})
     loss = float(result.metrics.get("loss", meta.get("loss", float("nan"))))
-    logger.log_metrics({"final_loss": loss}, step=int(meta.get("step", 0)))
+    similarity = float(moco.key_similarity())  # near 1: collapsed embeddings (pretrain_loop warns)
+    logger.log_metrics({"final_loss": loss, "final_key_similarity": similarity}, step=int(meta.get("step", 0)))
     logger.finish()
-    metrics = {"loss": loss, "epochs": int(meta["epoch"]) + 1, "mlflow_run_id": logger.run_id,
-               "checkpoint": result.checkpoint.path}
+    metrics = {"loss": loss, "key_similarity": similarity, "epochs": int(meta["epoch"]) + 1,
+               "mlflow_run_id": logger.run_id, "checkpoint": result.checkpoint.path}
     print_summary("pretrain", metrics)
     return metrics
 

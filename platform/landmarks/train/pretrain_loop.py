@@ -1,7 +1,7 @@
 """MoCo pretraining, the per-worker side: `train_loop_per_worker(config)` run by Ray Train.
 
 Every rank streams its shard of the Ray Dataset, makes two views per image on its own
-device (kornia), and steps a DDP-wrapped MoCo (keys gathered over ranks, shuffle BN).
+device (`augment.MoCoViews`), and steps a DDP-wrapped MoCo (keys gathered over ranks, shuffle BN).
 Every rank calls `ray.train.report` each epoch; only rank 0 attaches the checkpoint and
 logs to MLflow.
 """
@@ -20,6 +20,9 @@ from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import PretrainConfig
 from .moco_step import prepare_moco, queue_sha256, train_step
 from .schedules import cosine_lr, set_lr
+
+# Above this mean cosine between queued keys the pretraining warns that its embeddings collapse.
+COLLAPSED_KEY_SIMILARITY = 0.8
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -76,9 +79,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:  # .item() waits for the GPU
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 logger.log_metrics({"loss": loss.item(), "positive_prob": pos.item(), "lr": lr,
-                                    "images_per_sec": rate}, step=step)
-        epoch_loss = loss_sum.item() / max(n, 1)
-        metrics = {"epoch": epoch, "loss": epoch_loss, "step": step}
+                                    "images_per_sec": rate, "key_similarity": model.key_similarity().item()},
+                                   step=step)
+        epoch_loss, similarity = loss_sum.item() / max(n, 1), model.key_similarity().item()
+        metrics = {"epoch": epoch, "loss": epoch_loss, "step": step, "key_similarity": similarity}
         logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
         state = meta = None  # rank 0 attaches the checkpoint on the epochs that save one
         if rank == 0 and checkpoint_due(epoch, cfg.checkpoint.every_epochs, cfg.train.epochs):
@@ -88,4 +92,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "dataset": config["dataset"], "image_size": cfg.data.image_size}
         report_epoch(metrics, epoch, state, meta)
         if rank == 0:
-            print(f"[pretrain] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  step {step}", flush=True)
+            print(f"[pretrain] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  "
+                  f"key similarity {similarity:.2f}  step {step}", flush=True)
+            if similarity > COLLAPSED_KEY_SIMILARITY:
+                print(f"[pretrain] warning: the embeddings are collapsing (mean cosine {similarity:.2f} between "
+                      f"queued keys): lower train.lr; the paper's 0.03 is for batch 256, scale it by "
+                      f"batch_size / 256 ({cfg.train.batch_size} here)", flush=True)
