@@ -50,8 +50,8 @@ PRESETS = {
     # ~200 MoCo steps on 1,600 training faces. The queue must stay shorter than an epoch (a key of
     # the query's own image would sit among its negatives) and a short run needs a faster key
     # encoder than the paper's m = 0.999, whose keys would barely move from their random init.
-    # lr: the paper's 0.03 at batch 256, scaled to batch 64; 0.06 collapsed the embeddings (the
-    # mean cosine between queued keys climbed to 0.84 in 150 steps, with the loss rising).
+    # lr: the paper's 0.03 at batch 256, scaled to batch 64; at 0.06 the embeddings collapsed (the
+    # mean query-key cosine climbed to 0.84 in 150 steps, the loss rising). README: "What we found".
     "default": DemoPreset(num_images=2000, image_size=48, pretrain_epochs=8, pretrain_batch=64, queue_size=512,
                           pretrain_lr=0.0075, projector_epochs=1, regress_epochs=6, samples_per_epoch=600,
                           budgets=(10, 100, "all"), repeats=2, segment_epochs=5, extra_pretrain=("moco.momentum=0.99",)),
