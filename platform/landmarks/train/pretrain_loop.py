@@ -96,5 +96,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   f"key similarity {similarity:.2f}  step {step}", flush=True)
             if similarity > COLLAPSED_KEY_SIMILARITY:
                 print(f"[pretrain] warning: the embeddings are collapsing (mean cosine {similarity:.2f} between "
-                      f"queued keys): lower train.lr; the paper's 0.03 is for batch 256, scale it by "
-                      f"batch_size / 256 ({cfg.train.batch_size} here)", flush=True)
+                      f"queued keys): try a lower train.lr than {cfg.train.lr:g} (the paper's 0.03 is for batch "
+                      f"256; {cfg.train.batch_size} here) or a smaller backbone that can take more steps",
+                      flush=True)
