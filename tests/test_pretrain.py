@@ -17,6 +17,7 @@ import torch
 from conftest import ROOT, job_env, run_job
 from landmarks import tracking
 from landmarks.train.checkpoint import latest_checkpoint, load_checkpoint_dir
+from landmarks.train.pretrain_loop import COLLAPSED_KEY_SIMILARITY
 
 PRESET = str(ROOT / "jobs" / "configs" / "pretrain_synthetic_cpu.yaml")
 TINY = ["data.image_size=32", "train.batch_size=32", "moco.queue_size=64", "moco.jpeg=false",
@@ -58,8 +59,8 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monk
     run = client.get_run(run_id)
     assert run.data.tags["backbone"] == "resnet18" and run.data.tags["dataset"] == "synthetic-faces"
     assert {"loss", "positive_prob", "lr", "images_per_sec", "key_similarity"} <= set(run.data.metrics)
-    # Healthy keys stay spread out (a collapsed run reaches ~0.8-1); the summary reports the final value.
-    assert -0.1 < m1["key_similarity"] < 0.8
+    # Healthy keys stay spread out, below the job's collapse warning; the summary reports the final value.
+    assert -0.1 < m1["key_similarity"] < COLLAPSED_KEY_SIMILARITY
     assert m1["key_similarity"] == pytest.approx(run.data.metrics["final_key_similarity"])
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"backbone", "checkpoint"} <= artifacts
