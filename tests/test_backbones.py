@@ -7,23 +7,26 @@ import torchvision
 from landmarks.models import BACKBONES, MoCo, build_backbone, load_backbone_weights
 
 TABLE2_PARAMS_M = {"resnet18": 11.24, "resnet50": 23.77, "resnet50_half": 6.03}
+PARAMS_M = {**TABLE2_PARAMS_M, "resnet18_quarter": 0.72}  # the CPU demo's backbone, not in the paper
 STAGE_CHANNELS = {
     "resnet18": (64, 128, 256, 512),
     "resnet50": (256, 512, 1024, 2048),
     "resnet50_half": (128, 256, 512, 1024),
+    "resnet18_quarter": (16, 32, 64, 128),
 }
 
 
-def test_registry_is_the_papers_three_backbones():
-    assert set(BACKBONES) == set(TABLE2_PARAMS_M)
+def test_registry_is_the_papers_three_backbones_and_the_demos():
+    assert set(BACKBONES) == set(PARAMS_M)
+    assert {n: s.params_m_table2 for n, s in BACKBONES.items() if s.params_m_table2 is not None} == TABLE2_PARAMS_M
 
 
-@pytest.mark.parametrize("name", sorted(TABLE2_PARAMS_M))
+@pytest.mark.parametrize("name", sorted(PARAMS_M))
 def test_parameter_count_matches_table2(name):
     with torch.device("meta"):  # counts only; no memory, no init cost
         model = build_backbone(name, low_dim=128)
     n = sum(p.numel() for p in model.parameters())
-    assert round(n / 1e6, 2) == TABLE2_PARAMS_M[name]
+    assert round(n / 1e6, 2) == PARAMS_M[name]
     assert model.stage_channels == STAGE_CHANNELS[name]
     assert model.fc.out_features == 128
 

@@ -36,3 +36,33 @@ def test_tiny_demo_end_to_end(tmp_path):
     sources = {r.data.params["backbone.source"] for r in regress}
     assert "random" in sources and len(sources) == 2  # pretrained vs random, compared
     assert all("iod" in r.data.metrics for r in regress)
+
+
+def test_budget_table_averages_this_demos_sweep_only(tmp_path, monkeypatch):
+    """The summary's table: mean IOD per budget and init over the finished regress runs of this
+    demo's sweep; runs of an earlier demo (another sweep) in the same experiment stay out."""
+    from mlflow.tracking import MlflowClient
+
+    from landmarks.demo import budget_table, sweep_name
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("demo", artifact_location=str(tmp_path / "artifacts"))
+    backbone, older = "a" * 32, "b" * 32
+
+    def regress_run(source, budget, iod, sweep, status="FINISHED"):
+        run = client.create_run(exp, tags={"job": "regress", "sweep": sweep})
+        client.log_param(run.info.run_id, "backbone.source", source)
+        client.log_param(run.info.run_id, "annotations", budget)
+        client.log_metric(run.info.run_id, "iod", iod)
+        client.set_terminated(run.info.run_id, status)
+
+    for source, budget, iod in ((backbone, "10", 40.0), (backbone, "10", 42.0), ("random", "10", 45.0),
+                                (backbone, "all", 30.0), ("random", "all", 33.0), ("random", "all", 34.0)):
+        regress_run(source, budget, iod, sweep_name(backbone))
+    regress_run("random", "all", 10.0, sweep_name(older))  # an earlier demo's random init
+    regress_run("random", "10", 1.0, sweep_name(backbone), status="FAILED")
+
+    assert budget_table("demo", backbone) == {"10": {"pretrained": 41.0, "random": 45.0},
+                                              "all": {"pretrained": 30.0, "random": 33.5}}

@@ -13,8 +13,8 @@ from landmarks.models import (
     representation_channels,
 )
 
-HYPERCOLUMN_CHANNELS = {"resnet18": 960, "resnet50": 3840, "resnet50_half": 1920}
-CONV4_CHANNELS = {"resnet18": 256, "resnet50": 1024, "resnet50_half": 512}
+HYPERCOLUMN_CHANNELS = {"resnet18": 960, "resnet50": 3840, "resnet50_half": 1920, "resnet18_quarter": 240}
+CONV4_CHANNELS = {"resnet18": 256, "resnet50": 1024, "resnet50_half": 512, "resnet18_quarter": 64}
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-Backbone = Literal["resnet18", "resnet50", "resnet50_half"]
+Backbone = Literal["resnet18", "resnet50", "resnet50_half", "resnet18_quarter"]
 Representation = Literal["hypercolumn", "conv4", "projected"]
 
 

@@ -19,6 +19,9 @@ Shared interface (heads never reach into a model's internals):
 Parameter counts with the 128-d head match Table 2 of the paper:
 resnet18 11.24M, resnet50 23.77M, resnet50_half 6.03M (64-channel stem,
 bottleneck widths 32/64/128/256, i.e. stage outputs 128/256/512/1024).
+``resnet18_quarter`` is not in the paper: a ResNet18 at a quarter of the width
+(16-channel stem, stages 16/32/64/128, 0.72M parameters), sized for pretraining
+on a CPU (`make demo`), where a full ResNet18 gets too few MoCo steps to learn.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class BackboneSpec:
     blocks_per_stage: tuple[int, int, int, int]
     widths: tuple[int, int, int, int]  # ``planes`` of each stage (bottleneck width)
     stem_width: int
-    params_m_table2: float  # with the 128-d head, Table 2 of the paper
+    params_m_table2: float | None  # with the 128-d head, Table 2 of the paper (None: not in it)
 
     @property
     def stage_channels(self) -> tuple[int, int, int, int]:
@@ -55,6 +58,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64, 11.24),
     "resnet50": BackboneSpec(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), 64, 23.77),
     "resnet50_half": BackboneSpec(Bottleneck, (3, 4, 6, 3), (32, 64, 128, 256), 64, 6.03),
+    "resnet18_quarter": BackboneSpec(BasicBlock, (2, 2, 2, 2), (16, 32, 64, 128), 16, None),
 }
 
 

@@ -214,14 +214,14 @@ def compute_pca(source: str, arch: str | None, data: str, n: int = 4, seed: int 
 
     from ..data.manifest import Manifest
     from ..features import feature_size, input_tensor, load_split
-    from ..models import hypercolumn
+    from ..models import BACKBONES, hypercolumn
     from ..train.backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
     from .figures import pca_rgb
 
     manifest = Manifest.load(data)
     arch = arch or (tracking.get_run(source).data.tags.get("backbone") if RUN_ID.fullmatch(source) else None)
     if not arch:
-        raise UserError("--pca-arch is needed for this --pca-backbone (resnet18, resnet50, resnet50_half)")
+        raise UserError(f"--pca-arch is needed for this --pca-backbone ({', '.join(BACKBONES)})")
     split = load_split(data, "test", manifest.input_size, rows=range(min(n, manifest.split("test").rows)))
     maps = {}
     for name, src in (("pretrained", source), ("random", "random")):

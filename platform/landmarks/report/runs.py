@@ -18,8 +18,8 @@ from .. import tracking
 from ..errors import UserError
 
 # Channels of the representations (SPEC "Represent"; models.hypercolumn: conv4 = layer3).
-HYPERCOLUMN_DIMS = {"resnet50": 3840, "resnet50_half": 1920, "resnet18": 960}
-CONV4_DIMS = {"resnet50": 1024, "resnet50_half": 512, "resnet18": 256}
+HYPERCOLUMN_DIMS = {"resnet50": 3840, "resnet50_half": 1920, "resnet18": 960, "resnet18_quarter": 240}
+CONV4_DIMS = {"resnet50": 1024, "resnet50_half": 512, "resnet18": 256, "resnet18_quarter": 64}
 # Our dataset names (jobs/ingest.py DATASET) -> the paper CSVs' column prefixes.
 PAPER_DATASETS = {"mafl": "mafl", "aflw-mtfl": "aflw_m", "aflw": "aflw_r", "300w": "300w", "cub": "cub"}
 # Our `init` tag (backbone_source.load_backbone) -> the paper's name for it.
