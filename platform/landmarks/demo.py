@@ -53,7 +53,7 @@ PRESETS = {
     # full ResNet18 gets ~200 steps in the same minutes and its features lose to its random init
     # (README "What we found"). The queue stays shorter than an epoch (a key of the query's own image
     # would sit among its negatives); a short run needs a faster key encoder than the paper's
-    # m = 0.999. Temperature 0.2 (MoCo v2's) and crops of at least 0.6 of the image: at 0.07 and 0.2
+    # m = 0.999. Temperature 0.2 (MoCo v2's) and crops of at least 0.6 of the image: at T 0.07, crops 0.2,
     # the loss stalled near 5 (positive's top-1 ~0.1) in 1,500 probe steps; with them it fell to 4.1.
     "default": DemoPreset(num_images=6000, image_size=48, pretrain_epochs=20, pretrain_batch=64, queue_size=1024,
                           pretrain_lr=0.03, projector_epochs=1, regress_epochs=6, samples_per_epoch=600,
