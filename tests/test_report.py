@@ -223,3 +223,17 @@ def _test_ids(data: Path) -> list[str]:
     from landmarks.features import load_split
 
     return [str(i) for i in load_split(str(data), "test", 32)["image_id"]]
+
+
+def test_representation_dims_cover_every_registered_backbone():
+    """report.runs keeps its own channel tables (the report imports no torch); they must agree with
+    the models for every backbone in the registry, so that a new backbone gets its Table 5 `dim`."""
+    import torch
+
+    from landmarks.models import BACKBONES, build_backbone, representation_channels
+    from landmarks.report.runs import CONV4_DIMS, HYPERCOLUMN_DIMS
+
+    with torch.device("meta"):
+        models = {name: build_backbone(name) for name in BACKBONES}
+    assert HYPERCOLUMN_DIMS == {n: representation_channels(m, "hypercolumn") for n, m in models.items()}
+    assert CONV4_DIMS == {n: representation_channels(m, "conv4") for n, m in models.items()}
