@@ -1,6 +1,6 @@
 """Images/s of the Ray Data Parquet pipeline vs a torch DataLoader over the same images as JPEG files.
 
-    flock /tmp/landmarks-ray.lock python benchmarks/data.py [--cpus 1,2] [--num-images 2400]
+    flock /tmp/landmarks-ray.lock python benchmarks/data.py [--cpus 1,2] [--num-images 9600] [--rows-per-shard 1000]
         [--view-images 512] [--batch-size 64] [--out data.json] [--mlflow benchmarks] [--quick]
 
 Input: a synthetic-faces dataset ingested once under runs/bench/ (136 px JPEG q95, as CelebA is
@@ -190,8 +190,8 @@ def measure(batches: Iterator[dict[str, torch.Tensor]], warmup: int) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--cpus", type=parse_ints, default=None, help="CPU worker counts (default 1,2,4..all)")
-    parser.add_argument("--num-images", type=int, default=2400, help="images in the generated dataset")
-    parser.add_argument("--rows-per-shard", type=int, default=250)
+    parser.add_argument("--num-images", type=int, default=9600, help="images in the generated dataset")
+    parser.add_argument("--rows-per-shard", type=int, default=1000, help="as ingest writes by default")
     parser.add_argument("--view-images", type=int, default=512, help="images per decode+views run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=3, help="batches before the steady-state clock starts")

@@ -156,6 +156,16 @@ def test_images_only_reads_the_same_pixels_per_shard_file(ray_local, tmp_path, m
     assert _read_parquet_per_file(paths, fs, ["image"]).materialize().num_blocks() >= 3
 
 
+def test_read_and_decode_are_one_task_per_shard(toy):
+    """Ray Data fuses the shard read with the decode (one operator, one task and block per shard):
+    unfused, the two operators split the CPU budget and decoding ran on half the CPUs."""
+    _, ds_path = toy
+    for images_only in (True, False):
+        ds = read_dataset(str(ds_path), "train", images_only=images_only).materialize()
+        assert "ReadParquet->MapBatches(_decode)" in ds.stats()
+        assert ds.num_blocks() == 3 and ds.count() == 12
+
+
 def test_device_batches_on_cpu(toy):
     _, ds_path = toy
     batches = list(device_batches(read_dataset(str(ds_path), "train"), batch_size=5))

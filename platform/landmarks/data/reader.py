@@ -28,7 +28,6 @@ from .manifest import Manifest, ManifestError, dataset_dir
 from .shards import decode_batch, decode_images
 
 _READ_COLUMNS = ["image_id", "image", "keypoints", "visible", "identity"]
-DECODE_BATCH_SIZE = 64  # rows per decode task call: small enough to spread over CPU workers
 # From this many rows an images_only read decodes JPEG with torchvision (~2x PIL's rate): a decode
 # worker's ~5 s of torch + torchvision imports costs as much as ~10k PIL decodes.
 TORCHVISION_DECODE_MIN_ROWS = 20_000
@@ -64,8 +63,10 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
         columns = ["image_id", "image"] if threshold is not None else ["image"]
         big = manifest.split(split).rows >= TORCHVISION_DECODE_MIN_ROWS
         decoder = "torchvision" if manifest.image_format == "jpeg" and big else "pil"
+    # batch_size=None: each decode call takes a whole shard, which lets Ray Data fuse it with the
+    # shard's read into one task (a map with a batch size is not fused with a read in Ray 2.60).
     return _read_parquet_per_file(paths, fs, columns).map_batches(
-        _decode, batch_format="pyarrow", batch_size=DECODE_BATCH_SIZE, zero_copy_batch=True,
+        _decode, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
         fn_kwargs={"k": manifest.K, "has_masks": manifest.has_masks, "size": manifest.image_size,
                    "seed": seed, "threshold": threshold,
                    "images": decoder},
@@ -73,12 +74,15 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
 
 
 def _read_parquet_per_file(paths: list[str], fs: Any, columns: list[str]) -> Any:
-    """`ray.data.read_parquet` with one read task per shard file.
+    """`ray.data.read_parquet` with one read task per shard file, each yielding one block.
 
     Ray 2.60's default (V2) Parquet datasource packs row groups into ~128 MiB read tasks by
     their compressed size: a split of JPEG bytes is then a single read task, so decoding runs
     in one task and nothing streams until it ends (5-14 s before the first batch of a
     2,000-image split; benchmarks/README.md). The V1 datasource reads file by file.
+    override_num_blocks = one per file stops Ray Data from splitting the read's blocks to reach
+    its target parallelism: a split read cannot be fused with the decode that follows, and an
+    unfused read and decode are two operators that share the CPU budget (half each).
     """
     import ray
     from ray.data import DataContext
@@ -87,7 +91,7 @@ def _read_parquet_per_file(paths: list[str], fs: Any, columns: list[str]) -> Any
     previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
         return ray.data.read_parquet(paths, filesystem=fs, columns=columns, partitioning=None,
-                                     file_extensions=None)
+                                     file_extensions=None, override_num_blocks=len(paths))
     finally:
         ctx.use_datasource_v2 = previous
 
