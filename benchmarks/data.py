@@ -162,8 +162,8 @@ def ray_batches(pipeline: str, path: Path, manifest: Any, batch_size: int, worke
         ds = ds.limit(limit)
     columns = ("image",)
     if views:
-        # The reader yields one block per shard (1,000 rows): cut it into batch-sized blocks so that
-        # the views stage runs as many tasks over the CPUs (one shard-sized task would be one burst).
+        # The reader yields one block per shard (--rows-per-shard rows): cut it into batch-sized blocks
+        # so that the views stage runs as many tasks over the CPUs (one shard-sized task is one burst).
         ds = ds.repartition(target_num_rows_per_block=batch_size)
         ds, columns = with_views(ds, manifest, batch_size), ("view_q", "view_k")
     yield from device_batches(ds, batch_size, device="cpu", columns=columns)
