@@ -54,8 +54,10 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monk
     client = _client(uri)
     epoch_losses = [m.value for m in client.get_metric_history(run_id, "epoch_loss")]
     assert len(epoch_losses) == 8
-    # The queue (64 keys) is full after two steps; from then on the loss must fall.
-    assert epoch_losses[-1] < epoch_losses[1] - 0.05, epoch_losses
+    # The queue (64 keys) is full after two steps; from then on the loss must fall. An epoch here is
+    # 5 steps of 2 x 16 images, its loss noisy by ~0.05: compare three-epoch means.
+    early, late = sum(epoch_losses[1:4]) / 3, sum(epoch_losses[-3:]) / 3
+    assert late < early - 0.05, epoch_losses
     run = client.get_run(run_id)
     assert run.data.tags["backbone"] == "resnet18" and run.data.tags["dataset"] == "synthetic-faces"
     assert {"loss", "positive_prob", "lr", "images_per_sec", "key_similarity"} <= set(run.data.metrics)

@@ -18,6 +18,7 @@ from landmarks.data import (
     load_manifest,
     read_dataset,
     read_split_numpy,
+    shuffled_blocks,
 )
 from test_ingest import TOY, ToyFaces, load_cli_module, make_raw, ray_local, toy_record  # noqa: F401
 
@@ -164,6 +165,22 @@ def test_read_and_decode_are_one_task_per_shard(toy):
         ds = read_dataset(str(ds_path), "train", images_only=images_only).materialize()
         assert "ReadParquet->MapBatches(_decode)" in ds.stats()
         assert ds.num_blocks() == 3 and ds.count() == 12
+
+
+def test_shuffled_blocks_mix_shards_in_a_seeded_order(toy):
+    """Training streams cut each shard's block into small blocks and shuffle those, so a worker's
+    rows come from every shard and not in the ingest order."""
+    _, ds_path = toy
+
+    def ids(ds):
+        return [r["image_id"] for r in ds.take_all()]
+
+    read = read_dataset(str(ds_path), "train")
+    order = {s: ids(shuffled_blocks(read, seed=s, rows_per_block=2)) for s in (0, 1)}
+    assert shuffled_blocks(read, seed=0, rows_per_block=2).materialize().num_blocks() == 7  # 5, 5, 2 rows -> 3+3+1
+    assert sorted(order[0]) == sorted(ids(read)) and len(order[0]) == 12
+    assert order[0] == ids(shuffled_blocks(read, seed=0, rows_per_block=2))
+    assert order[0] != order[1] and ids(read) not in order.values()
 
 
 def test_device_batches_on_cpu(toy):

@@ -13,11 +13,11 @@ from __future__ import annotations
 # `from .ingest import ingest` binds the function over the submodule of the same name.
 from .ingest import IngestError, ingest, verify_dataset
 from .manifest import Manifest, ManifestError
-from .reader import load_manifest, read_dataset, read_split_numpy
+from .reader import load_manifest, read_dataset, read_split_numpy, shuffled_blocks
 
 __all__ = [
     "IngestError", "Manifest", "ManifestError", "device_batches", "ingest", "load_manifest",
-    "read_dataset", "read_split_numpy", "verify_dataset",
+    "read_dataset", "read_split_numpy", "shuffled_blocks", "verify_dataset",
 ]
 
 

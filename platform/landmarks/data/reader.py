@@ -33,6 +33,11 @@ _READ_COLUMNS = ["image_id", "image", "keypoints", "visible", "identity"]
 TORCHVISION_DECODE_MIN_ROWS = 20_000
 
 
+# Rows per block of a training stream (`shuffled_blocks`): blocks this small mix the shards
+# across workers (32 rows of 96 px faces: ~1.8 MB); slicing a decoded block is zero-copy.
+TRAIN_BLOCK_ROWS = 32
+
+
 def load_manifest(path: str) -> Manifest:
     """The dataset.json of the dataset directory (or s3:// URI) `path`."""
     return Manifest.load(path)
@@ -71,6 +76,17 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
                    "seed": seed, "threshold": threshold,
                    "images": decoder},
     )
+
+
+def shuffled_blocks(dataset: Any, seed: int, rows_per_block: int = TRAIN_BLOCK_ROWS) -> Any:
+    """`dataset` cut into blocks of `rows_per_block` rows, in a seeded random block order.
+
+    What the training jobs stream to their workers. `read_dataset` yields one block per shard
+    and shards keep the source order (CUB's are sorted by species): whole shards in random
+    order would leave each worker's batches drawn from one or two shards. The workers'
+    local shuffle buffers then reorder rows again every epoch.
+    """
+    return dataset.repartition(target_num_rows_per_block=rows_per_block).randomize_block_order(seed=seed)
 
 
 def _read_parquet_per_file(paths: list[str], fs: Any, columns: list[str]) -> Any:

@@ -157,7 +157,7 @@ def train_view(batch: dict[str, np.ndarray], keep_ids: frozenset | None, border:
 def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_id: str):
     import ray
 
-    from ..data import read_dataset
+    from ..data import read_dataset, shuffled_blocks
     from .finetune_loop import train_loop_per_worker
 
     n = plan.manifest.splits["train"].rows
@@ -166,7 +166,7 @@ def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_
     dataset = dataset.map_batches(train_view, batch_format="numpy",
                                   fn_kwargs={"keep_ids": keep, "border": plan.manifest.border,
                                              "image_size": cfg.data.image_size})
-    dataset = dataset.randomize_block_order(seed=cfg.train.seed + cfg.repeat)
+    dataset = shuffled_blocks(dataset, seed=cfg.train.seed + cfg.repeat)
     state = {k: v.detach().cpu() for k, v in plan.backbone.state_dict().items()}
     return fit_torch_trainer(
         train_loop_per_worker,

@@ -165,7 +165,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.train()
         losses, t0 = [], time.perf_counter()
         batches = device_batches(shard, local_batch, device=device, columns=("image", "keypoints", "visible"),
-                                 local_shuffle_buffer_size=4 * local_batch, local_shuffle_seed=seed * 1000 + epoch)
+                                 local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
+                                 local_shuffle_seed=seed * 1000 + epoch)
         for i, b in enumerate(batches):
             if i >= steps_per_epoch:
                 break  # shards may differ by a batch; keep ranks in lock-step for DDP

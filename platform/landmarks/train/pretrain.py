@@ -62,12 +62,12 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
 
 
 def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int):
-    from ..data import read_dataset
+    from ..data import read_dataset, shuffled_blocks
     from .pretrain_loop import train_loop_per_worker
 
     dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
                            images_only=True)
-    dataset = dataset.randomize_block_order(seed=cfg.train.seed)
+    dataset = shuffled_blocks(dataset, seed=cfg.train.seed)
     return fit_torch_trainer(
         train_loop_per_worker,
         {

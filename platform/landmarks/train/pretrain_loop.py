@@ -3,7 +3,7 @@
 Every rank streams its shard of the Ray Dataset, makes two views per image on its own
 device (`augment.MoCoViews`), and steps a DDP-wrapped MoCo (keys gathered over ranks, shuffle BN).
 Every rank calls `ray.train.report` each epoch; only rank 0 attaches the checkpoint and
-logs to MLflow.
+logs to MLflow (losses averaged over ranks).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from ..augment import MoCoViews
 from ..data.loader import device_batches
+from ..dist import all_reduce_mean
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import PretrainConfig
@@ -67,7 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.train()
         loss_sum, t0, seen, n = torch.zeros((), device=device), time.perf_counter(), 0, 0
         for i, batch in enumerate(device_batches(shard, local_batch, device=device, columns=("image",),
-                                                    local_shuffle_buffer_size=4 * local_batch,
+                                                    local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
                                                     local_shuffle_seed=cfg.train.seed * 1000 + epoch)):
             if i >= steps_per_epoch:
                 break  # shards may differ by a batch; keep ranks in lock-step for DDP
@@ -78,10 +79,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             seen, n, step = seen + batch["image"].shape[0] * world, n + 1, step + 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:  # .item() waits for the GPU
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
-                logger.log_metrics({"loss": loss.item(), "positive_prob": pos.item(), "lr": lr,
+                loss_pos = all_reduce_mean(torch.stack([loss.detach(), pos.detach()]).float())  # over all ranks
+                logger.log_metrics({"loss": loss_pos[0].item(), "positive_prob": loss_pos[1].item(), "lr": lr,
                                     "images_per_sec": rate, "key_similarity": model.key_similarity().item()},
                                    step=step)
-        epoch_loss, similarity = loss_sum.item() / max(n, 1), model.key_similarity().item()
+        # Every rank's queries count: rank 0 alone sees 1/world of them (5 steps x 16 images in the CPU tests).
+        epoch_loss = all_reduce_mean(loss_sum / max(n, 1)).item()
+        similarity = model.key_similarity().item()
         metrics = {"epoch": epoch, "loss": epoch_loss, "step": step, "key_similarity": similarity}
         logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
         state = meta = None  # rank 0 attaches the checkpoint on the epochs that save one

@@ -121,12 +121,12 @@ def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manif
          run_id: str, train_rows: int):
     import ray
 
-    from ..data import read_dataset
+    from ..data import read_dataset, shuffled_blocks
     from .projector_loop import train_loop_per_worker
 
     dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
                            images_only=True)
-    dataset = dataset.randomize_block_order(seed=cfg.train.seed)
+    dataset = shuffled_blocks(dataset, seed=cfg.train.seed)
     state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
     return fit_torch_trainer(
         train_loop_per_worker,

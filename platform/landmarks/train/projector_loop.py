@@ -156,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         losses, t0 = [], time.perf_counter()
         batches = device_batches(shard, local_batch, device=device, columns=("image",),
-                                 local_shuffle_buffer_size=4 * local_batch,
+                                 local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
                                  local_shuffle_seed=cfg.train.seed * 1000 + epoch)
         for i, batch in enumerate(batches):
             if i >= steps_per_epoch:
