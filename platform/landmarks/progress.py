@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -54,6 +55,15 @@ class Progress:
             f"[{self.desc}] {self.done}/{self.total} {100 * self.done / self.total:5.1f}%  "
             f"elapsed {format_seconds(elapsed)}  ETA {format_seconds(self.eta())}  {extras}".rstrip()
         )
+
+
+def worker_print(line: str, warning: bool = False) -> None:
+    """One line from a Ray Train worker, shown once by the driver and kept in Train's log files.
+
+    Ray Train 2.60 routes a worker's print() to its logger and, because Ray wraps the worker's
+    stdout and stderr, also prints it as is: every line appeared twice. Its logger prints once.
+    """
+    logging.getLogger("landmarks.train").log(logging.WARNING if warning else logging.INFO, line)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

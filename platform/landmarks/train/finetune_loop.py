@@ -10,7 +10,6 @@ scores the test split (inter-ocular error, or PCK for datasets without eyes). Ev
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..models import (
     normalized_to_pixels,
     pixels_to_normalized,
 )
-from ..progress import Progress
+from ..progress import Progress, worker_print
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import FinetuneConfig
@@ -196,6 +195,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report_epoch(metrics, epoch, state, meta)
         if rank == 0:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("iod", "pck"))
-            # stderr, like the progress lines: Ray Train echoes a worker's stdout twice.
-            print(f"[finetune] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  step {step}  {shown}",
-                  file=sys.stderr, flush=True)
+            worker_print(f"[finetune] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  step {step}  {shown}")

@@ -16,6 +16,7 @@ import torch
 from ..augment import MoCoViews
 from ..data.loader import device_batches
 from ..dist import all_reduce_mean
+from ..progress import worker_print
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import PretrainConfig
@@ -96,10 +97,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "dataset": config["dataset"], "image_size": cfg.data.image_size}
         report_epoch(metrics, epoch, state, meta)
         if rank == 0:
-            print(f"[pretrain] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  "
-                  f"key similarity {similarity:.2f}  step {step}", flush=True)
+            worker_print(f"[pretrain] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  "
+                         f"key similarity {similarity:.2f}  step {step}")
             if similarity > COLLAPSED_KEY_SIMILARITY:
-                print(f"[pretrain] warning: the embeddings are collapsing (mean cosine {similarity:.2f} between "
-                      f"queued keys): try a lower train.lr than {cfg.train.lr:g} (the paper's 0.03 is for batch "
-                      f"256; {cfg.train.batch_size} here) or a smaller backbone that can take more steps",
-                      flush=True)
+                worker_print(f"[pretrain] warning: the embeddings are collapsing (mean cosine {similarity:.2f} "
+                             f"between queued keys): try a lower train.lr than {cfg.train.lr:g} (the paper's 0.03 "
+                             f"is for batch 256; {cfg.train.batch_size} here) or a smaller backbone that can take "
+                             f"more steps", warning=True)

@@ -13,7 +13,6 @@ input; the correspondence grid is computed for that crop window (`crop_window_gr
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +35,7 @@ from ..data.loader import device_batches
 from ..dist import all_reduce_mean
 from ..losses import equivariance_loss
 from ..models import Projector, build_backbone
-from ..progress import Progress
+from ..progress import Progress, worker_print
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import ProjectorConfig
@@ -183,6 +182,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "mlflow_run_id": config["mlflow_run_id"]}
         report_epoch(metrics, epoch, state, meta)
         if rank == 0:
-            # stderr, like the progress lines: Ray Train echoes a worker's stdout twice.
-            print(f"[train_projector] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  step {step}",
-                  file=sys.stderr, flush=True)
+            worker_print(f"[train_projector] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  step {step}")
