@@ -117,58 +117,57 @@ def _train_worker_pids() -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_worker_restarts_from_checkpoint(tiny_faces, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["--config", PRESET, f"data.path={tiny_faces}", f"checkpoint.storage_path={tmp_path}/ray",
-            "mlflow.run_name=fault", *TINY, "train.epochs=5", "max_failures=2",
-            "--metrics-out", str(tmp_path / "m.json")]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "pretrain.py"), *args], cwd=tmp_path,
-                            env=job_env(uri), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first = tmp_path / "ray" / "fault" / "checkpoint_epoch00001"
-    deadline = time.monotonic() + 400
-    while not first.exists():
-        assert proc.poll() is None, proc.stdout.read()[-4000:]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.5)
-    pids = _train_worker_pids()
-    assert pids, "no Ray Train worker process found"
-    os.kill(pids[-1], signal.SIGKILL)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-5000:]
-    metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["epochs"] == 5
-    client = _client(uri)
-    runs = client.search_runs([client.get_experiment_by_name("pretrain-synthetic").experiment_id])
-    assert len(runs) == 1 and runs[0].info.run_id == metrics["mlflow_run_id"]
-    epochs = [int(m.value) for m in client.get_metric_history(metrics["mlflow_run_id"], "epoch")]
-    assert epochs[-1] == 4 and set(epochs) == set(range(5))
-    # Restarted from a checkpoint (epoch 0 or 1, whichever Ray had registered when the worker died).
-    assert int(runs[0].data.tags["resumed_from_epoch"]) in (0, 1)
-
-
-@pytest.mark.slow
-def test_ray_job_submit_on_two_node_cluster(tiny_faces, tmp_path):
+def test_ray_job_submit_on_two_node_cluster_survives_a_killed_worker(tiny_faces, tmp_path):
+    """`ray job submit` of pretraining to a two-node cluster; a training worker killed after the
+    second checkpoint is restarted from a checkpoint (max_failures) and the job succeeds."""
     state = Path(f"/tmp/landmarks-test-ray-{os.getpid()}")
-    env = job_env(f"sqlite:///{tmp_path}/mlflow.db", LANDMARKS_RAY_DIR=str(state), LANDMARKS_RAY_PORT_BASE="24790",
-                  RAY_AUTH_MODE="token")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = job_env(uri, LANDMARKS_RAY_DIR=str(state), LANDMARKS_RAY_PORT_BASE="24790", RAY_AUTH_MODE="token")
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    address, job_id = "http://127.0.0.1:24791", f"landmarks-test-{os.getpid()}"
     up = subprocess.run(["bash", str(ROOT / "cluster" / "local_up.sh")], env=env, capture_output=True, text=True,
                         timeout=400, check=False)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         submit = subprocess.run(
-            ["ray", "job", "submit", "--address", "http://127.0.0.1:24791", "--working-dir", str(ROOT),
-             "--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}}), "--",
+            ["ray", "job", "submit", "--address", address, "--submission-id", job_id, "--no-wait",
+             "--working-dir", str(ROOT),
+             "--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}}), "--",
              "python", "jobs/pretrain.py", "--config", "jobs/configs/pretrain_synthetic_cpu.yaml",
-             f"data.path={tiny_faces}", f"checkpoint.storage_path={tmp_path}/ray", *TINY, "train.epochs=1",
-             "ray.cpus_per_worker=0.25", f"--metrics-out={tmp_path}/m.json"],
-            env=env, capture_output=True, text=True, timeout=600, check=False,
+             f"data.path={tiny_faces}", f"checkpoint.storage_path={tmp_path}/ray", "mlflow.run_name=fault", *TINY,
+             "train.epochs=5", "max_failures=2", "ray.cpus_per_worker=0.25", f"--metrics-out={tmp_path}/m.json"],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
         )
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
-        assert "succeeded" in submit.stdout.lower()
+        first = tmp_path / "ray" / "fault" / "checkpoint_epoch00001"
+        deadline = time.monotonic() + 400
+        while not first.exists():
+            assert time.monotonic() < deadline, "no checkpoint appeared: " + _job_logs(address, job_id, env)
+            time.sleep(0.5)
+        pids = _train_worker_pids()
+        assert pids, "no Ray Train worker process found"
+        os.kill(pids[-1], signal.SIGKILL)
+        logs = subprocess.run(["ray", "job", "logs", "--address", address, "--follow", job_id], env=env,
+                              capture_output=True, text=True, timeout=600, check=False).stdout
+        status = subprocess.run(["ray", "job", "status", "--address", address, job_id], env=env,
+                                capture_output=True, text=True, timeout=120, check=False).stdout
+        assert "succeeded" in status.lower(), status + logs[-4000:]
         metrics = json.loads((tmp_path / "m.json").read_text())
-        assert metrics["epochs"] == 1 and metrics["mlflow_run_id"]
+        assert metrics["epochs"] == 5
+        client = _client(uri)
+        runs = client.search_runs([client.get_experiment_by_name("pretrain-synthetic").experiment_id])
+        assert len(runs) == 1 and runs[0].info.run_id == metrics["mlflow_run_id"]
+        epochs = [int(m.value) for m in client.get_metric_history(metrics["mlflow_run_id"], "epoch")]
+        assert epochs[-1] == 4 and set(epochs) == set(range(5))
+        # Restarted from a checkpoint (epoch 0 or 1, whichever Ray had registered when the worker died).
+        assert int(runs[0].data.tags["resumed_from_epoch"]) in (0, 1)
     finally:
         subprocess.run(["bash", str(ROOT / "cluster" / "local_down.sh")], env=env, capture_output=True, timeout=120,
                        check=False)
         shutil.rmtree(state, ignore_errors=True)  # the nodes' logs and sessions, ~200 MB
+
+
+def _job_logs(address: str, job_id: str, env: dict) -> str:
+    out = subprocess.run(["ray", "job", "logs", "--address", address, job_id], env=env, capture_output=True,
+                         text=True, timeout=120, check=False)
+    return out.stdout[-4000:]
