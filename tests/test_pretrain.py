@@ -142,13 +142,12 @@ def test_ray_job_submit_on_two_node_cluster_survives_a_killed_worker(tiny_faces,
         first = tmp_path / "ray" / "fault" / "checkpoint_epoch00001"
         deadline = time.monotonic() + 400
         while not first.exists():
-            assert time.monotonic() < deadline, "no checkpoint appeared: " + _job_logs(address, job_id, env)
+            assert time.monotonic() < deadline, "no checkpoint appeared: " + _job_logs(address, job_id, env)[-4000:]
             time.sleep(0.5)
         pids = _train_worker_pids()
         assert pids, "no Ray Train worker process found"
         os.kill(pids[-1], signal.SIGKILL)
-        logs = subprocess.run(["ray", "job", "logs", "--address", address, "--follow", job_id], env=env,
-                              capture_output=True, text=True, timeout=600, check=False).stdout
+        logs = _job_logs(address, job_id, env, follow=True)  # returns when the job ends
         status = subprocess.run(["ray", "job", "status", "--address", address, job_id], env=env,
                                 capture_output=True, text=True, timeout=120, check=False).stdout
         assert "succeeded" in status.lower(), status + logs[-4000:]
@@ -167,7 +166,7 @@ def test_ray_job_submit_on_two_node_cluster_survives_a_killed_worker(tiny_faces,
         shutil.rmtree(state, ignore_errors=True)  # the nodes' logs and sessions, ~200 MB
 
 
-def _job_logs(address: str, job_id: str, env: dict) -> str:
-    out = subprocess.run(["ray", "job", "logs", "--address", address, job_id], env=env, capture_output=True,
-                         text=True, timeout=120, check=False)
-    return out.stdout[-4000:]
+def _job_logs(address: str, job_id: str, env: dict, follow: bool = False) -> str:
+    out = subprocess.run(["ray", "job", "logs", "--address", address, *(["--follow"] if follow else []), job_id],
+                         env=env, capture_output=True, text=True, timeout=600 if follow else 120, check=False)
+    return out.stdout

@@ -80,7 +80,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             seen, n, step = seen + batch["image"].shape[0] * world, n + 1, step + 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:  # .item() waits for the GPU
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
-                loss_pos = all_reduce_mean(torch.stack([loss.detach(), pos.detach()]).float())  # over all ranks
+                loss_pos = all_reduce_mean(torch.stack([loss, pos]).float())  # over all ranks
                 logger.log_metrics({"loss": loss_pos[0].item(), "positive_prob": loss_pos[1].item(), "lr": lr,
                                     "images_per_sec": rate, "key_similarity": model.key_similarity().item()},
                                    step=step)
