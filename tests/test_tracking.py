@@ -106,6 +106,11 @@ def test_logging_a_model_leaves_the_process_tracking_uri_alone(in_tmp_cwd, monke
     model = tracking.load_torch_model(run.run_id, "linear")
     assert model.weight.shape == (1, 2) and mlflow.get_tracking_uri() == first
     assert list(scratch.iterdir()) == []  # the downloaded model files are gone; the model is in memory
+    # Pinned from the installed versions (not inferred by re-loading the model in a subprocess).
+    requirements = mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/linear/requirements.txt",
+                                                       dst_path=str(in_tmp_cwd), tracking_uri=first)
+    pins = Path(requirements).read_text().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in pins and any(p.startswith("landmarks==") for p in pins)
 
     second = f"sqlite:///{in_tmp_cwd}/second.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", second)  # the next trial's store

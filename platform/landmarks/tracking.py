@@ -37,6 +37,27 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB}"
 
 
+MODEL_PACKAGES = ("torch", "numpy", "cloudpickle", "landmarks")  # what unpickling a logged model imports
+
+
+def model_requirements() -> list[str]:
+    """Pinned pip requirements of a logged torch model, from the installed versions (MLflow adds itself).
+
+    Given explicitly because MLflow otherwise infers them by loading the model again in a
+    subprocess that records its imports: 10-15 s per logged model on a 2-core machine, for the
+    same list (less pandas, which MLflow itself pulls in).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in MODEL_PACKAGES:
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")  # 2.14.1+cu130 -> 2.14.1
+        except PackageNotFoundError:  # e.g. landmarks run from a source tree without an install
+            pins.append(package)
+    return pins
+
+
 def _client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
@@ -156,7 +177,8 @@ class RunLogger:
                 mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
             # "pickle": loadable wherever `landmarks` is installed; "pt2" would need an input example
             # and a torch.export trace of every model we log.
-            mlflow.pytorch.log_model(model, name=name, serialization_format="pickle")
+            mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+                                     pip_requirements=model_requirements())
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
