@@ -125,7 +125,7 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
         if done:
             checkpoint_path, final = previous[0], previous[1]
         else:
-            result = _fit(cfg, plan, name, use_gpu, logger.run_id)
+            result = _fit(cfg, plan, name, use_gpu, logger.run_id, args.verbose)
             if result.checkpoint is None or metric not in result.metrics:
                 raise UserError("fine-tuning ended without a final checkpoint and test score")
             checkpoint_path, final = result.checkpoint.path, result.metrics
@@ -154,7 +154,7 @@ def train_view(batch: dict[str, np.ndarray], keep_ids: frozenset | None, border:
     return {"image": out["image"], "keypoints": out["keypoints"].astype(np.float32), "visible": out["visible"]}
 
 
-def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_id: str):
+def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_id: str, verbose: bool):
     import ray
 
     from ..data import read_dataset, shuffled_blocks
@@ -177,5 +177,5 @@ def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_
             "mean": plan.mean, "std": plan.std, "lr": plan.lr, "weight_decay": plan.weight_decay,
             "batch_size": plan.batch_size, "train_rows": len(plan.rows), "meta": plan.meta,
         },
-        cfg, name, use_gpu, {"train": dataset}, "fine-tuning",
+        cfg, name, use_gpu, {"train": dataset}, "fine-tuning", verbose=verbose,
     )

@@ -54,14 +54,14 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
         print(f"[pretrain] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)", flush=True)
 
     try:
-        result = _fit(cfg, name, manifest, use_gpu, logger.run_id, train_rows)
+        result = _fit(cfg, name, manifest, use_gpu, logger.run_id, train_rows, args.verbose)
     except Exception as err:
         logger.fail(f"{type(err).__name__}: {err}")
         raise
     return _finish(cfg, result, logger, manifest.name)
 
 
-def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int):
+def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int, verbose: bool):
     from ..data import read_dataset, shuffled_blocks
     from .pretrain_loop import train_loop_per_worker
 
@@ -77,7 +77,7 @@ def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, t
             # Views keep the manifest's eval border in proportion (20 px of 136 for 96 px faces).
             "border": round(manifest.border * cfg.data.image_size / manifest.input_size),
         },
-        cfg, name, use_gpu, {"train": dataset}, "pretraining",
+        cfg, name, use_gpu, {"train": dataset}, "pretraining", verbose=verbose,
     )
 
 

@@ -105,7 +105,8 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
 
             checkpoint, loss = Checkpoint(previous[0]), float(previous[1].get("loss", float("nan")))
         else:
-            result = _fit(cfg, name, backbone, meta, mean, std, manifest, use_gpu, logger.run_id, train_rows)
+            result = _fit(cfg, name, backbone, meta, mean, std, manifest, use_gpu, logger.run_id, train_rows,
+                              args.verbose)
             if result.checkpoint is None:
                 raise UserError("projector training ended without a checkpoint")
             checkpoint, loss = result.checkpoint, float(result.metrics["loss"])
@@ -118,7 +119,7 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
 
 
 def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manifest, use_gpu: bool,
-         run_id: str, train_rows: int):
+         run_id: str, train_rows: int, verbose: bool):
     import ray
 
     from ..data import read_dataset, shuffled_blocks
@@ -139,7 +140,7 @@ def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manif
             # The eval border at the stored size (20 px of 136 for 96 px faces; 0 for CUB).
             "border": manifest.border,
         },
-        cfg, name, use_gpu, {"train": dataset}, "projector training",
+        cfg, name, use_gpu, {"train": dataset}, "projector training", verbose=verbose,
     )
 
 

@@ -67,13 +67,15 @@ def task_options(ray_cfg: Any, use_gpu: bool) -> dict[str, float]:
 
 
 def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: Any, name: str, use_gpu: bool,
-                      datasets: dict[str, Any], what: str):
+                      datasets: dict[str, Any], what: str, verbose: bool = False):
     """Run `loop` as a Ray Train TorchTrainer with the job's scaling (cfg.ray), checkpoint storage and
     retention (cfg.checkpoint) and failure policy (cfg.max_failures) -> ray.train.Result.
 
-    A worker's error reaches the user as one line, "<what> failed: <the cause>".
+    A worker's error reaches the user as one line, "<what> failed: <the cause>". Ray Train's own
+    INFO lines (three per epoch and worker: results reported, checkpoints created) are shown only
+    with `verbose`; they stay in the session's ray-train-*.log files either way.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from .checkpoint import absolute_storage
@@ -87,6 +89,7 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
             storage_path=absolute_storage(cfg.checkpoint.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
         datasets=datasets,
     )
