@@ -16,7 +16,11 @@ data pipeline (benchmarks/data.py) is not timed.
   plain        the loop in this process (one device; on CPU with all the machine's cores)
   ray          the same loop as a Ray Train TorchTrainer with N workers (N from --workers; one
                GPU each on CUDA, the CPUs split evenly on CPU), batch per worker = --batch-size,
-               DDP + shuffle BN as in pretraining; images/s is global (N x batch x steps / time)
+               DDP + shuffle BN as in pretraining; images/s is global (N x batch / step time)
+
+Step time: on CPU the median of the timed steps (each timed alone), so that the steps that
+Ray's daemons interrupt on a small machine do not decide the ratio; `mean_images_per_s` is
+the plain mean. On CUDA the mean over the timed run (one sync at its end).
 
 ratio = ray (1 worker) / plain (target >= 0.95). FLOPs per image are counted once per backbone
 with torch.utils.flop_counter.FlopCounterMode over the network part of a step (query forward +
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -90,8 +95,9 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: str, devi
 
 
 def timed_steps(model, views, optimizer, images: torch.Tensor, device: torch.device, steps: int,
-                warmup: int) -> float:
-    """Seconds for `steps` train_step calls after `warmup` (train_step syncs via .item())."""
+                warmup: int) -> list[float]:
+    """Seconds of `steps` train_step calls after `warmup`: on CPU one entry per step, on CUDA one
+    entry for them all (a sync per step would drain the GPU's queue between steps)."""
     from landmarks.train.moco_step import train_step
 
     model.train()
@@ -99,12 +105,24 @@ def timed_steps(model, views, optimizer, images: torch.Tensor, device: torch.dev
         train_step(model, views, optimizer, images, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, views, optimizer, images, device)
-    if device.type == "cuda":
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, views, optimizer, images, device)
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+        return [time.perf_counter() - t0]
+    seconds = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        train_step(model, views, optimizer, images, device)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def step_seconds(seconds: list[float], steps: int) -> float:
+    """The step time images/s is computed from: on CPU the median step, so that steps that other
+    processes interrupted (Ray's own daemons share this machine's 2 cores with the loop's 2
+    threads) do not decide the figure; on CUDA the mean over the timed run."""
+    return statistics.median(seconds) if len(seconds) > 1 else sum(seconds) / steps
 
 
 def flops_per_image(backbone: str, image_size: int, batch_size: int, device: torch.device) -> float:
@@ -130,9 +148,11 @@ def plain(backbone: str, args, device: torch.device) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, args.views, device,
                                                  compile_mode=args.compile)
-    first_step_s = timed_steps(model, views, optimizer, images, device, 1, 0)  # with torch.compile's compilation
+    first_step_s = timed_steps(model, views, optimizer, images, device, 1, 0)[0]  # with torch.compile's compilation
     seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup)
-    return {"images_per_s": args.batch_size * args.steps / seconds, "step_ms": 1000 * seconds / args.steps,
+    step = step_seconds(seconds, args.steps)
+    return {"images_per_s": args.batch_size / step, "step_ms": 1000 * step,
+            "mean_images_per_s": args.batch_size * args.steps / sum(seconds),
             "first_step_s": round(first_step_s, 1)}
 
 
@@ -181,8 +201,10 @@ def ray_train(backbone: str, workers: int, args, device: torch.device) -> dict[s
                                run_config=RunConfig(name=f"bench-{backbone}-{workers}", storage_path=storage))
         result = trainer.fit()
         wall = time.perf_counter() - t0
-    seconds = result.metrics["seconds"]
-    return {"images_per_s": workers * args.batch_size * args.steps / seconds, "step_ms": 1000 * seconds / args.steps,
+    seconds = result.metrics["seconds"]  # rank 0's steps (DDP keeps the ranks in step)
+    step = step_seconds(seconds, args.steps)
+    return {"images_per_s": workers * args.batch_size / step, "step_ms": 1000 * step,
+            "mean_images_per_s": workers * args.batch_size * args.steps / sum(seconds),
             "fit_wall_s": round(wall, 1)}
 
 
@@ -243,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             tflops = gflops * result["images_per_s"] / 1e3
             row = {"backbone": name, "mode": mode, "workers": workers, "batch": args.batch_size,
                    "images_per_s": round(result["images_per_s"], 1), "step_ms": round(result["step_ms"], 1),
+                   "mean_images_per_s": round(result["mean_images_per_s"], 1),
                    "gflops_per_image": round(gflops, 3), "tflops": round(tflops, 4),
                    "first_step_s": result.get("first_step_s"),
                    "peak_frac": round(tflops / peak, 4) if peak else None, "fit_wall_s": result.get("fit_wall_s")}
@@ -261,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda:
         notes.append("CPU: fp32, no autocast; peak_frac needs a GPU (or --peak-tflops)")
     finish(args, "train", rows, params=params, summary=summary, label_keys=("backbone", "mode", "workers"),
-           columns=["backbone", "mode", "workers", "batch", "images_per_s", "step_ms", "ratio", "gflops_per_image",
+           columns=["backbone", "mode", "workers", "batch", "images_per_s", "mean_images_per_s", "step_ms", "ratio", "gflops_per_image",
                     "tflops", "peak_frac", "first_step_s", "fit_wall_s"], notes=notes)
     return 0
 

@@ -47,6 +47,8 @@ def test_train_quick(tmp_path):
     assert set(rows) == {("plain", 1), ("ray", 1)}
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["gflops_per_image"] > 0 and r["tflops"] > 0
+        # 2 timed steps: their median is their mean (CPU images/s comes from the median step).
+        assert r["mean_images_per_s"] == pytest.approx(r["images_per_s"], rel=0.02)
     assert rows[("ray", 1)]["ratio"] > 0
     # ResNet18 MoCo step at 64 px: query fwd+bwd + key fwd = 4x the forward, about 1.2 GFLOPs an image.
     assert 0.8 < rows[("plain", 1)]["gflops_per_image"] < 1.6
