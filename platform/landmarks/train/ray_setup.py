@@ -75,18 +75,19 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
     retention (cfg.checkpoint) and failure policy (cfg.max_failures) -> ray.train.Result.
 
     A worker's error reaches the user as one line, "<what> failed: <the cause>". Ray Train's own
-    INFO lines (three per epoch and worker: results reported, checkpoints created) are shown only
-    with `verbose`; they stay in the session's ray-train-*.log files either way.
+    INFO lines (worker group started, checkpoint created) are shown only with `verbose`; they stay
+    in the session's ray-train-*.log files either way. (Ray 2.60 logs "Reporting training result"
+    outside the `ray.train` logger, so that line shows regardless.)
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
+
+    from .checkpoint import absolute_storage
 
     # The controller polls its workers at this interval (Ray 2.60: 2 s) and needs two polls to see
     # the end of training: 0.5 s makes every fit return ~3 s sooner and notices a lost worker sooner,
     # for a few more tiny actor calls a second. An explicit setting wins.
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
-
-    from .checkpoint import absolute_storage
 
     trainer = TorchTrainer(
         loop,
