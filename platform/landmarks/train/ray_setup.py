@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -69,15 +71,28 @@ def task_options(ray_cfg: Any, use_gpu: bool) -> dict[str, float]:
     return opts
 
 
+def _run_worker(loop: Callable[[dict], None], verbose: bool, config: dict[str, Any]) -> None:
+    """A Train worker: unless `verbose`, hide the "Reporting training result ..." line that Ray 2.60
+    logs at INFO per report and worker through a logger named after its file (so the `ray.train`
+    level misses it); then run the job's loop."""
+    if not verbose:
+        try:
+            from ray.train.v2._internal.execution import context
+        except ImportError:  # another Ray layout: its lines show, nothing else changes
+            pass
+        else:
+            logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    loop(config)
+
+
 def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: Any, name: str, use_gpu: bool,
                       datasets: dict[str, Any], what: str, verbose: bool = False):
     """Run `loop` as a Ray Train TorchTrainer with the job's scaling (cfg.ray), checkpoint storage and
     retention (cfg.checkpoint) and failure policy (cfg.max_failures) -> ray.train.Result.
 
     A worker's error reaches the user as one line, "<what> failed: <the cause>". Ray Train's own
-    INFO lines (worker group started, checkpoint created) are shown only with `verbose`; they stay
-    in the session's ray-train-*.log files either way. (Ray 2.60 logs "Reporting training result"
-    outside the `ray.train` logger, so that line shows regardless.)
+    INFO lines (worker group started, checkpoint created, results reported) are shown only with
+    `verbose`; the ray-train-*.log files of the session keep the first two either way.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
@@ -90,7 +105,7 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
 
     trainer = TorchTrainer(
-        loop,
+        functools.partial(_run_worker, loop, verbose),
         train_loop_config=loop_config,
         scaling_config=scaling_config(cfg.ray, use_gpu),
         run_config=RunConfig(
