@@ -118,11 +118,14 @@ def timed_steps(model, views, optimizer, images: torch.Tensor, device: torch.dev
     return seconds
 
 
-def step_seconds(seconds: list[float], steps: int) -> float:
-    """The step time images/s is computed from: on CPU the median step, so that steps that other
-    processes interrupted (Ray's own daemons share this machine's 2 cores with the loop's 2
-    threads) do not decide the figure; on CUDA the mean over the timed run."""
-    return statistics.median(seconds) if len(seconds) > 1 else sum(seconds) / steps
+def throughput(images_per_step: int, seconds: list[float], steps: int) -> dict[str, float]:
+    """images/s and step_ms from `timed_steps`' seconds: on CPU from the median step, so that steps
+    that other processes interrupted (Ray's own daemons share this machine's 2 cores with the
+    loop's 2 threads) do not decide the figure; on CUDA from the mean over the timed run.
+    `mean_images_per_s` is the mean either way."""
+    step = statistics.median(seconds) if len(seconds) > 1 else sum(seconds) / steps
+    return {"images_per_s": images_per_step / step, "step_ms": 1000 * step,
+            "mean_images_per_s": images_per_step * steps / sum(seconds)}
 
 
 def flops_per_image(backbone: str, image_size: int, batch_size: int, device: torch.device) -> float:
@@ -150,10 +153,7 @@ def plain(backbone: str, args, device: torch.device) -> dict[str, Any]:
                                                  compile_mode=args.compile)
     first_step_s = timed_steps(model, views, optimizer, images, device, 1, 0)[0]  # with torch.compile's compilation
     seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup)
-    step = step_seconds(seconds, args.steps)
-    return {"images_per_s": args.batch_size / step, "step_ms": 1000 * step,
-            "mean_images_per_s": args.batch_size * args.steps / sum(seconds),
-            "first_step_s": round(first_step_s, 1)}
+    return {**throughput(args.batch_size, seconds, args.steps), "first_step_s": round(first_step_s, 1)}
 
 
 def _ray_loop(config: dict[str, Any]) -> None:
@@ -202,10 +202,7 @@ def ray_train(backbone: str, workers: int, args, device: torch.device) -> dict[s
         result = trainer.fit()
         wall = time.perf_counter() - t0
     seconds = result.metrics["seconds"]  # rank 0's steps (DDP keeps the ranks in step)
-    step = step_seconds(seconds, args.steps)
-    return {"images_per_s": workers * args.batch_size / step, "step_ms": 1000 * step,
-            "mean_images_per_s": workers * args.batch_size * args.steps / sum(seconds),
-            "fit_wall_s": round(wall, 1)}
+    return {**throughput(workers * args.batch_size, seconds, args.steps), "fit_wall_s": round(wall, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
