@@ -3,6 +3,7 @@
     python benchmarks/sweep.py [--num-images 600] [--lrs 0.001,0.003] [--repeats 2] [--epochs 10]
         [--backbone resnet18] [--threads 1] [--runner job|tune] [--out sweep.json] [--mlflow EXP] [--quick]
     flock /tmp/landmarks-ray.lock python benchmarks/sweep.py --runner tune     # the Ray Tune sweep
+    python benchmarks/sweep.py --bound resnet18@64,resnet50@96 [--threads 1]  # the cache's ceiling
 
 The grid is train.lr x repeat over jobs/configs/regress_synthetic_cpu.yaml (ResNet18 by default,
 hypercolumn, random init, full annotations: no TPS augmentation, so the cache applies) on a
@@ -23,6 +24,12 @@ synthetic-faces dataset generated once under runs/bench/. It runs twice:
 
 trials/hour = trials x 3600 / wall time of the grid (the cache build included in "cache"); the
 cache's first trial and the mean of the others are reported too. speedup = cache / no-cache.
+
+--bound BACKBONE@SIZE,...  instead of the grid: per batch of 32, the backbone's forward (what the
+cache saves) and the regressor head's forward and forward + backward (what a cached trial still
+runs), each the median of --bound-repeats calls. Their ratios are the most any feature cache can
+give: (backbone + head step) / head step for a trial that trains, (backbone + head forward) /
+head forward for one that only evaluates (a small annotation budget, where the test split rules).
 """
 
 from __future__ import annotations
@@ -123,6 +130,53 @@ def run_tune(points: list[dict[str, Any]], overrides: dict[str, Any], lrs: list[
     return {"wall_s": time.perf_counter() - t0, "trial_s": [], "iod": [], "sweep_metrics": metrics}
 
 
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(sorted(times)[len(times) // 2] * 1000, 1)
+
+
+def cache_bound(backbone: str, image_size: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    """Per-batch cost of what the cache saves (backbone forward) and what it leaves (the head)."""
+    from landmarks.models import LandmarkRegressor, build_backbone
+    from landmarks.train.eval_job import landmarks_from_blocks
+
+    net = build_backbone(backbone).eval()
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        blocks = net.stages(images)[::-1]  # the hypercolumn's blocks, layer4 first (Representation.stage_blocks)
+    head = LandmarkRegressor(sum(b.shape[1] for b in blocks), num_landmarks=5)
+    size = (image_size // 2, image_size // 2)
+
+    def head_step() -> None:
+        head.zero_grad(set_to_none=True)
+        landmarks_from_blocks(head, blocks, size).square().mean().backward()
+
+    with torch.no_grad():
+        backbone_ms = median_ms(lambda: net.stages(images), repeats)
+        head_fwd_ms = median_ms(lambda: landmarks_from_blocks(head, blocks, size), repeats)
+    head_step_ms = median_ms(head_step, repeats)
+    return {"backbone": backbone, "image_size": image_size, "batch": batch_size, "backbone_fwd_ms": backbone_ms,
+            "head_fwd_ms": head_fwd_ms, "head_step_ms": head_step_ms,
+            "max_speedup_train": round((backbone_ms + head_step_ms) / head_step_ms, 2),
+            "max_speedup_eval": round((backbone_ms + head_fwd_ms) / head_fwd_ms, 2)}
+
+
+def parse_bound(text: str) -> list[tuple[str, int]]:
+    """'resnet18@64,resnet50@96' -> [("resnet18", 64), ("resnet50", 96)]."""
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, size = item.partition("@")
+        if not size.isdigit() or int(size) < 32:
+            raise SystemExit(f"--bound: expected BACKBONE@SIZE (SIZE >= 32), got {item!r}")
+        out.append((name, int(size)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--num-images", type=int, default=600)
@@ -136,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="of cache, no-cache, cache-interpolate (cache + the former F.interpolate resize, job runner)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of a trial (job runner): 1, as in a Tune trial holding one CPU")
+    parser.add_argument("--bound", metavar="BACKBONE@SIZE,...",
+                        help="measure the cache's ceiling per batch instead of running the grid")
+    parser.add_argument("--bound-repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    if args.bound:
+        return main_bound(args)
     if args.quick:
         args.num_images, args.image_size, args.lrs, args.repeats, args.epochs = 60, 32, "0.001", 2, 1
     lrs = [float(x) for x in args.lrs.split(",") if x]
@@ -192,6 +251,20 @@ def main(argv: list[str] | None = None) -> int:
               "backbone": f"{args.backbone} (random init)", "representation": "hypercolumn", "quick": args.quick}
     finish(args, "sweep", rows, params=params, summary=summary, label_keys=("mode",),
            notes=["the grid's wall time includes building the cache once (first trial of 'cache')"])
+    return 0
+
+
+def main_bound(args) -> int:
+    torch.set_num_threads(args.threads)
+    batch, repeats = (4, 1) if args.quick else (32, args.bound_repeats)
+    rows = []
+    for backbone, size in parse_bound(args.bound):
+        rows.append(cache_bound(backbone, size, batch, repeats))
+        print(rows[-1], flush=True)
+    finish(args, "sweep", rows, params={"bound": args.bound, "threads": args.threads, "batch": batch,
+                                        "repeats": repeats, "quick": args.quick},
+           label_keys=("backbone", "image_size"),
+           notes=["max_speedup_*: the most a feature cache can give per step (backbone + head) / head"])
     return 0
 
 

@@ -85,3 +85,14 @@ def test_sweep_quick(tmp_path):
     assert set(rows) == {"cache", "no-cache"}
     assert all(r["trials"] == 2 and r["trials_per_hour"] > 0 and r["iod_mean"] > 0 for r in rows.values())
     assert doc["summary"]["speedup_trials_per_hour"] > 0
+
+
+def test_sweep_bound_quick(tmp_path):
+    doc = run_bench("sweep.py", tmp_path, "--bound", "resnet18@32,resnet18@64")
+    rows = doc["rows"]
+    assert [(r["backbone"], r["image_size"]) for r in rows] == [("resnet18", 32), ("resnet18", 64)]
+    for r in rows:
+        assert min(r["backbone_fwd_ms"], r["head_fwd_ms"], r["head_step_ms"]) > 0
+        assert r["max_speedup_train"] == pytest.approx((r["backbone_fwd_ms"] + r["head_step_ms"]) / r["head_step_ms"],
+                                                       abs=0.01)
+        assert r["max_speedup_eval"] > 1 and r["max_speedup_train"] > 1
