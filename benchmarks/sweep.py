@@ -34,6 +34,7 @@ head forward for one that only evaluates (a small annotation budget, where the t
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -172,8 +173,10 @@ def parse_bound(text: str) -> list[tuple[str, int]]:
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, _, size = item.partition("@")
         if not size.isdigit() or int(size) < 32:
-            raise SystemExit(f"--bound: expected BACKBONE@SIZE (SIZE >= 32), got {item!r}")
+            raise argparse.ArgumentTypeError(f"expected BACKBONE@SIZE (SIZE >= 32), got {item!r}")
         out.append((name, int(size)))
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected BACKBONE@SIZE,..., got {text!r}")
     return out
 
 
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="of cache, no-cache, cache-interpolate (cache + the former F.interpolate resize, job runner)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of a trial (job runner): 1, as in a Tune trial holding one CPU")
-    parser.add_argument("--bound", metavar="BACKBONE@SIZE,...",
+    parser.add_argument("--bound", type=parse_bound, metavar="BACKBONE@SIZE,...",
                         help="measure the cache's ceiling per batch instead of running the grid")
     parser.add_argument("--bound-repeats", type=int, default=5)
     args = parser.parse_args(argv)
@@ -258,11 +261,12 @@ def main_bound(args) -> int:
     torch.set_num_threads(args.threads)
     batch, repeats = (4, 1) if args.quick else (32, args.bound_repeats)
     rows = []
-    for backbone, size in parse_bound(args.bound):
+    for backbone, size in args.bound:
         rows.append(cache_bound(backbone, size, batch, repeats))
         print(rows[-1], flush=True)
-    finish(args, "sweep", rows, params={"bound": args.bound, "threads": args.threads, "batch": batch,
-                                        "repeats": repeats, "quick": args.quick},
+    params = {"bound": [f"{b}@{n}" for b, n in args.bound], "threads": args.threads, "batch": batch,
+              "repeats": repeats, "quick": args.quick}
+    finish(args, "sweep", rows, params=params,
            label_keys=("backbone", "image_size"),
            notes=["max_speedup_*: the most a feature cache can give per step (backbone + head) / head"])
     return 0
