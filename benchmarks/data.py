@@ -78,8 +78,10 @@ def export_jpegs(path: Path, split: str) -> list[Path]:
 def views_module(manifest: Any):
     """The paper's MoCo augmentation for this dataset's geometry (as pretrain_loop builds it)."""
     from landmarks.augment import MoCoViews
+    from landmarks.data.normalization import input_stats
 
-    return MoCoViews(manifest.input_size, mean=manifest.mean, std=manifest.std, border=manifest.border)
+    mean, std, _ = input_stats(manifest)
+    return MoCoViews(manifest.input_size, mean=mean, std=std, border=manifest.border)
 
 
 # ----------------------------------------------------------------------------- torch DataLoader

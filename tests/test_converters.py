@@ -1,13 +1,15 @@
 """Real-dataset converters on tiny fixtures written in each dataset's on-disk format.
 
 Each builder writes a few images with known landmarks under tmp_path and returns what the
-converter must produce: per split, image_id -> expected stored keypoints, computed here from
-the documented geometry. Bad-input cases then corrupt one file each.
+converter must produce: per split, image_id -> expected stored keypoints, computed here by hand
+with the formula of the official loader (contrast-landmark data_loader/data_loaders_face.py,
+data_loaders_animal.py), not with the converters' helpers. Image content is checked against
+`_pixel_map`, the exact map of pixel centres through the official image geometry. Bad-input
+cases then corrupt one file each.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +45,11 @@ def _edit(path: Path, line: int, text: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _moved(kps, left, top, width, height, out_w, out_h):
-    kps = np.asarray(kps, np.float64)
-    return np.stack([(kps[:, 0] - left + 0.5) * out_w / width - 0.5,
-                     (kps[:, 1] - top + 0.5) * out_h / height - 0.5], axis=1)
+def _pixel_map(xy, left, top, width, height, out_w, out_h):
+    """Where the pixel centred at `xy` lands when box (left, top, width, height) is resized to
+    out_w x out_h: the image content, which the official keypoints miss by 0.5 * (1 - scale)."""
+    xy = np.asarray(xy, np.float64)
+    return np.array([(xy[0] - left + 0.5) * out_w / width - 0.5, (xy[1] - top + 0.5) * out_h / height - 0.5])
 
 
 def _blob_centre(image):
@@ -61,8 +64,11 @@ NAMES = [f"{i:06d}.jpg" for i in range(1, 7)]
 PARTITION = [0, 0, 0, 1, 2, 0]  # 000003, 000006 are MAFL train, 000005 MAFL test
 
 
-def build_celeba(root: Path, aligned: bool = True):
-    """CelebA files; aligned: landmarks in 178x218 images, else in-the-wild images + face boxes."""
+def build_celeba(root: Path, aligned: bool = True, crop: str = "none"):
+    """CelebA files; aligned: landmarks in 178x218 images, else in-the-wild 260x300 images + face boxes.
+
+    Returns image name -> official keypoints for the aligned crop, or for the in-the-wild `crop`.
+    """
     rng = np.random.default_rng(0)
     _write(root / "Eval/list_eval_partition.txt", "".join(f"{n} {p}\n" for n, p in zip(NAMES, PARTITION)))
     _write(root / "Anno/identity_CelebA.txt", "".join(f"{n} {10 + i // 2}\n" for i, n in enumerate(NAMES)))
@@ -71,17 +77,21 @@ def build_celeba(root: Path, aligned: bool = True):
     lm_rows, box_rows, expected = [], [], {}
     for name in NAMES:
         if aligned:
-            kps = np.stack([rng.integers(10, 168, 5), rng.integers(45, 200, 5)], 1)
+            kps = np.stack([rng.integers(10, 168, 5), rng.integers(45, 200, 5)], 1).astype(float)
             _image(root / "Img/img_align_celeba" / name, 178, 218, kps[:1])
-            expected[name] = _moved(kps, 0, 30, 178, 178, S, S)
+            # MAFLAligned: keypoints[:, :, 1] -= 30; keypoints *= imwidth / 178.
+            expected[name] = np.stack([kps[:, 0] * S / 178, (kps[:, 1] - 30) * S / 178], 1)
         else:
             bx, by, bw, bh = (int(v) for v in rng.integers(60, 100, 4))
-            kps = np.stack([rng.integers(bx, bx + bw, 5), rng.integers(by, by + bh, 5)], 1)
-            kps[4] = (2, 3)  # outside the crop: visible False
+            kps = np.stack([rng.integers(bx, bx + bw, 5), rng.integers(by, by + bh, 5)], 1).astype(float)
+            kps[4] = (2, 3)  # outside the face-box crop: visible False there
             _image(root / "Img/img_celeba" / name, 260, 300, kps[:1])
-            side = 1.2 * max(bw, bh)
-            cx, cy = bx + bw / 2, by + bh / 2 - 0.1 * bh
-            expected[name] = _moved(kps, cx - side / 2, cy - side / 2, side, side, S, S)
+            if crop == "none":  # CelebA_MAFLVal: Resize((imwidth, imwidth)) of the whole image
+                expected[name] = np.stack([kps[:, 0] * S / 260, kps[:, 1] * S / 300], 1)
+            else:  # ours: square box of side 1.2 max(w, h) centred 0.1 h above the face box centre
+                side = 1.2 * max(bw, bh)
+                left, top = bx + bw / 2 - side / 2, by + bh / 2 - 0.1 * bh - side / 2
+                expected[name] = np.stack([(kps[:, 0] - left) * S / side, (kps[:, 1] - top) * S / side], 1)
             box_rows.append(f"{name} {bx} {by} {bw} {bh}\n")
         lm_rows.append(f"{name} " + " ".join(str(int(v)) for v in kps.ravel()) + "\n")
     lm_file = "list_landmarks_align_celeba.txt" if aligned else "list_landmarks_celeba.txt"
@@ -100,15 +110,15 @@ def build_aflw_mtfl(root: Path):
         crop = f"image{i:05d}_{i}.jpg"
         _image(root / "aflw_cropped" / crop, 150, 150)
         rows.append(f"image{i:05d}.jpg,{i},{crop},{setv}," + ",".join(f"{v:g}" for v in kps.ravel()) + ",0")
-        if setv == 1:
-            train[f"aflw_cropped/{crop}"] = _moved(kps - 1, 0, 0, 150, 150, S, S)
+        if setv == 1:  # AFLW_MTFL: keypoints -= 1; keypoints *= imwidth / 150.
+            train[f"aflw_cropped/{crop}"] = (kps - 1) * S / 150
     _write(root / "aflw_cropped/facedata_cropped.csv", "\n".join(rows) + "\n")
     lines = []
     for i in range(2):
         kps = rng.uniform(20, 130, (5, 2)).round(2)
         _image(root / "MTFL/AFLW" / f"{i}-image{i:05d}.jpg", 150, 150)
         lines.append(f"AFLW\\{i}-image{i:05d}.jpg " + " ".join(f"{v:g}" for v in kps.T.ravel()) + " 1 2 2 3")
-        test[f"MTFL/AFLW/{i}-image{i:05d}.jpg"] = _moved(kps - 1, 0, 0, 150, 150, S, S)
+        test[f"MTFL/AFLW/{i}-image{i:05d}.jpg"] = (kps - 1) * S / 150
     _write(root / "MTFL/testing.txt", "\n".join(lines) + "\n")
     return {"train": train, "test": test}
 
@@ -124,7 +134,7 @@ def build_aflw(root: Path):
             scale = 2 if i == 1 else 1  # stored image twice the `hw` frame: landmarks rescaled
             _image(root / "output" / name, w * scale, h * scale)
             gt.append(kps[:, ::-1]), hw.append((h, w)), names.append(name)
-            out[split][name] = _moved(kps, 0, 0, w, h, S, S)
+            out[split][name] = kps * S / np.array([w, h])  # AFLW: keypoints *= imwidth / sizes (hw)
         _write(root / f"aflw_{split}_images.txt", "\n".join(names) + "\n")
         scipy.io.savemat(root / f"aflw_{split}_keypoints.mat", {"gt": np.array(gt), "hw": np.array(hw, float)})
     return out
@@ -142,6 +152,29 @@ def _bbox_mat(path: Path, entries) -> None:
     scipy.io.savemat(path, {"bounding_boxes": cell})
 
 
+def _official_300w(kps, bb, w, h):
+    """ThreeHundredW.__getitem__ by hand: keypoints, and the map of a pixel centre through its crop.
+
+    Returns {"kps": (68, 2) official keypoints, "raw": the .pts points,
+    "pixel": function (x, y) 0-based pixel -> stored}.
+    """
+    xmin, ymin, xmax, ymax = bb
+    bw, bh = xmax - xmin + 1, ymax - ymin + 1
+    bcx, bcy = xmin + (bw + 1) / 2, ymin + (bh + 1) / 2
+    fac = 52 / bw
+    cutl = int(np.floor(fac * bcx)) - 26 + 1 - 24 - 1  # bx = bcx_ - bw_/2 + 1; int(bx - pp); cutl = bx - 1
+    cutt = int(np.floor(fac * bcy)) - 26 + 1 - 24 - 2 - 1
+    keypts = np.asarray(kps, np.float64) * fac - (cutl, cutt)
+    official = (keypts - 1) * S / 100
+    rw, rh = int(w * fac), int(h * fac)  # im.resize((int(im.width * fac), int(im.height * fac)))
+
+    def pixel(xy):
+        resized = [(xy[0] + 0.5) * rw / w - 0.5, (xy[1] + 0.5) * rh / h - 0.5]
+        return _pixel_map(resized, cutl, cutt, 100, 100, S, S)
+
+    return {"kps": official, "raw": np.asarray(kps, np.float64), "pixel": pixel}
+
+
 def build_300w(root: Path):
     rng = np.random.default_rng(3)
     layout = {  # bbox file stem -> (folder, [(image name, has .pts)])
@@ -153,19 +186,16 @@ def build_300w(root: Path):
     for stem, (folder, names) in layout.items():
         entries = []
         for name, has_pts in names:
-            kps = np.stack([rng.uniform(40, 150, 68), rng.uniform(50, 170, 68)], 1)  # 1-based
+            # 1-based, 3 decimals as in the .pts file
+            kps = np.stack([rng.uniform(40, 150, 68), rng.uniform(50, 170, 68)], 1).round(3)
             bb = [kps[:, 0].min(), kps[:, 1].min(), kps[:, 0].max(), kps[:, 1].max()]
             entries.append((name, bb))
             _image(root / folder / name, 200, 220, [kps[36].round() - 1])
             if has_pts:
                 _pts((root / folder / name).with_suffix(".pts"), kps)
             if has_pts and not name.startswith("other"):
-                bw, bh = bb[2] - bb[0] + 1, bb[3] - bb[1] + 1
-                fac = 52 / bw
-                left = math.floor(fac * (bb[0] + (bw + 1) / 2)) - 50
-                top = math.floor(fac * (bb[1] + (bh + 1) / 2)) - 52
-                moved = _moved(kps - 1, left / fac, top / fac, 100 / fac, 100 / fac, S, S)
-                out["test" if stem == "ibug" else "train"][f"{folder}/{name}"] = moved
+                split = "test" if stem == "ibug" else "train"
+                out[split][f"{folder}/{name}"] = _official_300w(kps, bb, 200, 220)
         _bbox_mat(root / "Bounding Boxes" / f"bounding_boxes_{stem}.mat", entries)
     return out
 
@@ -189,7 +219,7 @@ def build_cub(root: Path, size: int = 96):
         mask_path = (root / "segmentations" / rel).with_suffix(".png")
         mask_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(soft).save(mask_path)
-        expected = _moved(kps, 0, 0, w, h, size, size)
+        expected = kps * size / np.array([w, h])  # CUB: fractions x / W, y / H times imwidth
         expected[~vis] = 0
         out[rel], masks[rel] = (expected, vis), ((soft >= 128) * 255).astype(np.uint8)
     _write(root / "parts/part_locs.txt", "\n".join(parts) + "\n")
@@ -220,8 +250,10 @@ def test_celeba_aligned_geometry_splits_and_mafl_exclusion(tmp_path):
     for name, rec in _load_all(conv, splits["train"] + splits["val"]).items():
         assert rec.image.shape == (S, S, 3) and rec.image.dtype == np.uint8
         assert rec.keypoints.dtype == np.float32 and rec.visible.all()
-        np.testing.assert_allclose(rec.keypoints, expected[name], atol=1e-3)
-        assert np.linalg.norm(_blob_centre(rec.image) - expected[name][0]) < 1.0  # pixels moved alike
+        np.testing.assert_allclose(rec.keypoints, expected[name], atol=1e-4)
+        raw0 = expected[name][0] * 178 / S + (0, 30)  # landmark 0 as annotated (the blob's pixel)
+        blob = _pixel_map(raw0, 0, 30, 178, 178, S, S)  # crop(im, 30, 0, 178, 178), Resize(imwidth)
+        assert np.linalg.norm(_blob_centre(rec.image) - blob) < 0.5  # pixels cut and resized officially
     assert rec.identity == "11"
 
 
@@ -234,18 +266,64 @@ def test_mafl_splits_and_geometry_at_128(tmp_path):
     size = conv.info.image_size
     assert size == 182 and conv.info.border == 27  # 128 + 2 * round(128 * 20 / 96)
     rec = conv.load(splits["test"][0])
-    np.testing.assert_allclose(rec.keypoints, (expected["000005.jpg"] + 0.5) * size / S - 0.5, atol=1e-3)
+    # keypoints *= imwidth / 178 at imwidth 182
+    np.testing.assert_allclose(rec.keypoints, expected["000005.jpg"] * size / S, atol=1e-4)
 
 
-def test_celeba_wild_box_and_visibility(tmp_path):
+def test_celeba_aligned_prefers_the_hq_folder(tmp_path):
+    expected = build_celeba(tmp_path)
+    (tmp_path / "Img/img_align_celeba").rename(tmp_path / "Img/img_align_celeba_hq")
+    (tmp_path / "Img/img_align_celeba").mkdir()  # both folders: the official default, _hq, wins
+    for name in ("celeba", "mafl"):
+        items = [i for v in get_converter(name)(str(tmp_path)).splits().values() for i in v]
+        assert items and all(Path(i.path).parent.name == "img_align_celeba_hq" for i in items)
+    # an HQ image at twice the size: the crop box scales, the 178x218-frame landmarks do not
+    big = tmp_path / "Img/img_align_celeba_hq/000005.jpg"
+    Image.open(big).resize((356, 436), Image.Resampling.NEAREST).save(big, quality=95)
+    conv = get_converter("mafl")(str(tmp_path))
+    rec = conv.load(conv.splits()["test"][0])
+    np.testing.assert_allclose(rec.keypoints, expected["000005.jpg"], atol=1e-4)
+    raw0 = expected["000005.jpg"][0] * 178 / S + (0, 30)
+    assert np.linalg.norm(_blob_centre(rec.image) - _pixel_map(raw0, 0, 30, 178, 178, S, S)) < 0.5
+    forced = get_converter("mafl")(str(tmp_path), options={"image_dir": "Img/img_align_celeba"}).splits()
+    assert Path(forced["test"][0].path).parent.name == "img_align_celeba"
+    (tmp_path / "Img/img_align_celeba").rmdir()
+    (tmp_path / "Img/img_align_celeba_hq").rename(tmp_path / "Img/img_align_celeba")
+    only = get_converter("mafl")(str(tmp_path)).splits()  # no _hq folder: img_align_celeba
+    assert Path(only["test"][0].path).parent.name == "img_align_celeba"
+
+
+def test_celeba_wild_default_resizes_the_whole_image(tmp_path):
     expected = build_celeba(tmp_path, aligned=False)
     conv = get_converter("celeba-wild")(str(tmp_path))
     splits = conv.splits()
     assert [i.image_id for i in splits["train"]] == ["000001.jpg", "000002.jpg"]
+    assert Path(splits["train"][0].path).parent == tmp_path / "Img/img_celeba"
     for name, rec in _load_all(conv, splits["train"] + splits["val"]).items():
-        np.testing.assert_allclose(rec.keypoints, expected[name], atol=1e-3)
+        assert rec.image.shape == (S, S, 3)
+        np.testing.assert_allclose(rec.keypoints, expected[name], atol=1e-4)  # x * S / W, y * S / H
+        assert rec.visible.all()  # every landmark is in the image
+        raw0 = expected[name][0] * (260 / S, 300 / S)  # landmark 0 as annotated (the blob's pixel)
+        blob = _pixel_map(raw0, 0, 0, 260, 300, S, S)
+        assert np.linalg.norm(_blob_centre(rec.image) - blob) < 0.5  # the whole image, stretched
+    # the official folder, Img_in_the_wild, wins over Img/img_celeba when it exists
+    (tmp_path / "Img/img_celeba").rename(tmp_path / "Img_in_the_wild")
+    (tmp_path / "Img/img_celeba").mkdir()
+    splits = get_converter("celeba-wild")(str(tmp_path)).splits()
+    assert Path(splits["train"][0].path).parent == tmp_path / "Img_in_the_wild"
+
+
+def test_celeba_wild_face_box_option(tmp_path):
+    expected = build_celeba(tmp_path, aligned=False, crop="face-box")
+    conv = get_converter("celeba-wild")(str(tmp_path), options={"crop": "face-box"})
+    splits = conv.splits()
+    assert [i.image_id for i in splits["train"]] == ["000001.jpg", "000002.jpg"]
+    for name, rec in _load_all(conv, splits["train"] + splits["val"]).items():
+        np.testing.assert_allclose(rec.keypoints, expected[name], atol=1e-4)  # (x - left) * S / side
         assert rec.visible.tolist() == [True] * 4 + [False]
         assert np.linalg.norm(_blob_centre(rec.image) - expected[name][0]) < 1.0
+    with pytest.raises(ConfigError, match="crop must be one of none, face-box"):
+        get_converter("celeba-wild")(str(tmp_path), options={"crop": "centre"})
 
 
 def test_aflw_mtfl(tmp_path):
@@ -256,7 +334,7 @@ def test_aflw_mtfl(tmp_path):
         assert [i.image_id for i in splits[split]] == list(expected[split])
         for name, rec in _load_all(conv, splits[split]).items():
             assert rec.image.shape == (S, S, 3)
-            np.testing.assert_allclose(rec.keypoints, expected[split][name], atol=1e-3)
+            np.testing.assert_allclose(rec.keypoints, expected[split][name], atol=1e-4)
 
 
 def test_aflw_r(tmp_path):
@@ -266,7 +344,8 @@ def test_aflw_r(tmp_path):
     for split in ("train", "test"):
         assert [i.image_id for i in splits[split]] == list(expected[split])
         for name, rec in _load_all(conv, splits[split]).items():
-            np.testing.assert_allclose(rec.keypoints, expected[split][name], atol=1e-3)
+            assert rec.image.shape == (S, S, 3)
+            np.testing.assert_allclose(rec.keypoints, expected[split][name], atol=1e-4)
 
 
 def test_300w_crop_and_subsets(tmp_path):
@@ -277,11 +356,46 @@ def test_300w_crop_and_subsets(tmp_path):
     for split in ("train", "test"):
         assert [i.image_id for i in splits[split]] == list(expected[split])
         for name, rec in _load_all(conv, splits[split]).items():
+            want = expected[split][name]
             assert rec.keypoints.shape == (68, 2)
-            np.testing.assert_allclose(rec.keypoints, expected[split][name], atol=1e-3)
+            np.testing.assert_allclose(rec.keypoints, want["kps"], atol=1e-4)
             face_w = rec.keypoints[:, 0].max() - rec.keypoints[:, 0].min()
             assert abs(face_w - 52 * S / 100) < 2  # face 52 px of a 100 px crop
-            assert np.linalg.norm(_blob_centre(rec.image) - expected[split][name][36]) < 1.5
+            blob = want["pixel"](np.round(want["raw"][36]) - 1)
+            assert np.linalg.norm(_blob_centre(rec.image) - blob) < 0.5
+
+
+def test_300w_image_follows_the_official_truncated_resize(tmp_path):
+    """int(W * fac) < W * fac shrinks the official resize: the window sits left of fac's."""
+    w, h = 200, 220
+    xs, ys = np.meshgrid(np.arange(w), np.arange(h))
+    wave = 127.5 + 100 * np.sin(2 * np.pi * xs / 23.0) * np.cos(2 * np.pi * ys / 29.0)
+    image = np.repeat(wave[..., None], 3, axis=2).astype(np.uint8)
+    bw = 10400 / 94.9  # 200 * 52 / bw = 94.9: the official resized width is 94, not 94.9
+    bb = [60.0, 70.0, 60.0 + bw - 1, 70.0 + bw - 1]
+    kps = np.stack([np.linspace(bb[0], bb[2], 68), np.linspace(bb[1], bb[3], 68)], 1).round(3)
+    (tmp_path / "afw").mkdir()
+    Image.fromarray(image).save(tmp_path / "afw/a1.jpg", format="PNG")  # lossless
+    _pts(tmp_path / "afw/a1.pts", kps)
+    _bbox_mat(tmp_path / "Bounding Boxes/bounding_boxes_afw.mat", [("a1.jpg", bb)])
+    conv = get_converter("300w")(str(tmp_path))
+    rec = conv.load(conv.splits()["train"][0])
+    np.testing.assert_allclose(rec.keypoints, _official_300w(kps, bb, w, h)["kps"], atol=1e-4)
+
+    def official_image(width, height):  # resize, pad_and_crop (zeros), Resize(imwidth)
+        fac = 52 / bw
+        cutl = int(np.floor(fac * (bb[0] + (bw + 1) / 2))) - 50
+        cutt = int(np.floor(fac * (bb[1] + (bw + 1) / 2))) - 52
+        small = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+        canvas = np.zeros((height + 200, width + 200, 3), np.uint8)
+        canvas[100 : 100 + height, 100 : 100 + width] = small
+        window = canvas[100 + cutt : 200 + cutt, 100 + cutl : 200 + cutl]
+        return np.asarray(Image.fromarray(window).resize((S, S), Image.Resampling.BILINEAR)).astype(float)
+
+    ours = rec.image.astype(float)
+    official = np.abs(ours - official_image(int(w * 52 / bw), int(h * 52 / bw))).mean()
+    untruncated = np.abs(ours - official_image(round(w * 52 / bw), round(h * 52 / bw))).mean()
+    assert official < 0.5 * untruncated, (official, untruncated)
 
 
 def test_cub_parts_masks_and_subset(tmp_path):
@@ -294,7 +408,7 @@ def test_cub_parts_masks_and_subset(tmp_path):
         assert [i.image_id for i in splits[split]] == list(want)
         for name, rec in _load_all(conv, splits[split]).items():
             kps, vis = want[name]
-            np.testing.assert_allclose(rec.keypoints, kps, atol=1e-3)
+            np.testing.assert_allclose(rec.keypoints, kps, atol=1e-4)
             assert rec.visible.tolist() == vis.tolist()
             src = masks[name]
             h, w = src.shape
@@ -304,7 +418,7 @@ def test_cub_parts_masks_and_subset(tmp_path):
             assert rec.mask.shape == rec.image.shape[:2] == (96, 96)
 
 
-def test_inat_center_crop_unlabeled(tmp_path):
+def test_inat_unlabeled_and_list_file(tmp_path):
     build_inat(tmp_path)
     conv = get_converter("inat-aves")(str(tmp_path), image_size=64)
     items = conv.splits()["train"]
@@ -318,6 +432,35 @@ def test_inat_center_crop_unlabeled(tmp_path):
     assert len(get_converter("inat-aves")(str(tmp_path), options={"list_file": "other.txt"}).splits()["train"]) == 1
 
 
+def _band_centre(image, axis):
+    """Mean column (axis=1) or row (axis=0) of the red pixels of an image."""
+    red = (image[..., 0] > 150) & (image[..., 1] < 100)
+    return np.nonzero(red)[axis].mean()
+
+
+@pytest.mark.parametrize("crop, column", [(None, 125 * 64 / 200 - 0.5),
+                                          ("center", (125 - 50) * 64 / 100 - 0.5)])
+def test_inat_squash_by_default_and_center_crop_option(tmp_path, crop, column):
+    """A 200x100 photo with red bands at columns 120..129 and rows 20..29: InatAve's
+    Resize((imwidth, imwidth)) stretches it; crop=center keeps the middle 100x100."""
+    image = np.full((100, 200, 3), 30, np.uint8)
+    image[:, 120:130] = image[20:30, :] = (255, 0, 0)
+    path = tmp_path / "Aves/sp1/a.jpg"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(image).save(path, quality=95)
+    _write(tmp_path / "list.txt", "Aves/sp1/a.jpg\n")
+    options = {} if crop is None else {"crop": crop}
+    conv = get_converter("inat-aves")(str(tmp_path), image_size=64, options=options)
+    rec = conv.load(conv.splits()["train"][0])
+    assert rec.image.shape == (64, 64, 3)
+    vertical = rec.image[40:]  # below the horizontal band
+    horizontal = rec.image[:, :10] if crop is None else rec.image[:, 56:]  # away from the vertical band
+    assert abs(_band_centre(vertical, 1) - column) < 0.3
+    assert abs(_band_centre(horizontal, 0) - (25 * 64 / 100 - 0.5)) < 0.3  # rows: 100 -> 64 either way
+    with pytest.raises(ConfigError, match="crop must be one of none, center"):
+        get_converter("inat-aves")(str(tmp_path), options={"crop": "face-box"})
+
+
 def test_unknown_option_and_missing_root():
     with pytest.raises(ConfigError, match="unknown option"):
         get_converter("cub")("/x", options={"bogus": 1})
@@ -328,7 +471,8 @@ def test_unknown_option_and_missing_root():
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(BadItem, match="img_align_celeba: image folder not found"):
+    looked_for = "image folder not found: looked for Img/img_align_celeba_hq, Img/img_align_celeba"
+    with pytest.raises(BadItem, match=looked_for):
         get_converter("celeba")(str(tmp_path)).splits()
     (tmp_path / "Img/img_align_celeba").mkdir(parents=True)
     with pytest.raises(BadItem, match="list_landmarks_align_celeba.txt: list_landmarks_align_celeba.txt not found"):
@@ -363,8 +507,11 @@ PARTS = "parts/part_locs.txt"
 ROW1 = "000001.jpg 69 109 106 113 77 142 73 152 108 154"
 BUILDERS = {
     "celeba": build_celeba, "mafl": build_celeba, "celeba-wild": lambda r: build_celeba(r, aligned=False),
+    "celeba-wild-box": lambda r: build_celeba(r, aligned=False, crop="face-box"),
     "aflw-mtfl": build_aflw_mtfl, "aflw": build_aflw, "300w": build_300w, "cub": build_cub, "inat-aves": build_inat,
 }
+# BAD cases that run a converter with options: case name -> (converter, options)
+CONVERTER_OPTIONS = {"celeba-wild-box": ("celeba-wild", {"crop": "face-box"})}
 # (dataset, corruption, phase, text the message must contain: file and line)
 BAD = [
     ("celeba", lambda r: _edit(r / LM, 3, ROW1.replace("109", "abc")), "splits", "align_celeba.txt:3"),
@@ -377,7 +524,7 @@ BAD = [
     ("mafl", lambda r: _edit(r / "MAFL/testing.txt", 1, "999999.jpg"), "splits", "testing.txt:1"),
     ("celeba-wild", lambda r: _edit(r / "Anno/list_landmarks_celeba.txt", 3, ROW1.replace("106", "900")),
      "load", "list_landmarks_celeba.txt:3"),
-    ("celeba-wild", lambda r: _edit(r / "Anno/list_bbox_celeba.txt", 3, "000001.jpg 10 10 0 50"),
+    ("celeba-wild-box", lambda r: _edit(r / "Anno/list_bbox_celeba.txt", 3, "000001.jpg 10 10 0 50"),
      "splits", "list_bbox_celeba.txt:3"),
     ("aflw-mtfl", lambda r: _edit(r / CSV, 2, "a,b,c"), "splits", "facedata_cropped.csv:2"),
     ("aflw-mtfl", lambda r: _edit(r / CSV, 2, (r / CSV).read_text().splitlines()[1].replace(",1,", ",1,nan,", 1)
@@ -420,14 +567,15 @@ def _count(splits):
 @pytest.mark.parametrize("dataset, corrupt, phase, where", BAD, ids=[f"{c[0]}-{i}" for i, c in enumerate(BAD)])
 def test_bad_input_names_file_and_line(tmp_path, dataset, corrupt, phase, where):
     BUILDERS[dataset](tmp_path)
-    clean = _count(get_converter(dataset)(str(tmp_path)).splits())
+    name, options = CONVERTER_OPTIONS.get(dataset, (dataset, {}))
+    clean = _count(get_converter(name)(str(tmp_path), options=options).splits())
     corrupt(tmp_path)
-    conv = get_converter(dataset)(str(tmp_path))
+    conv = get_converter(name)(str(tmp_path), options=options)
     if phase in ("splits", "fatal"):
         with pytest.raises(BadItem) as exc:
             conv.splits()
         assert where in str(exc.value)
-        lenient = get_converter(dataset)(str(tmp_path), skip_bad=True)
+        lenient = get_converter(name)(str(tmp_path), skip_bad=True, options=options)
         if phase == "fatal":  # the whole file is unusable: skip_bad cannot help
             with pytest.raises(BadItem):
                 lenient.splits()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from landmarks import features
+from landmarks.data.normalization import CELEBA_MEAN, CELEBA_STD
 from landmarks.errors import UserError
 from landmarks.features import assemble, eval_geometry, get_features, load_split
 from landmarks.models import build_backbone, hypercolumn
@@ -32,7 +33,7 @@ def test_assemble_is_the_hypercolumn():
         for layers in (1, 4):
             torch.testing.assert_close(assemble(stages, "hypercolumn", layers, (16, 16)),
                                        hypercolumn(backbone, x, layers=layers, size=(16, 16)))
-        torch.testing.assert_close(assemble(stages, "conv4", 4, (16, 16)), conv4(backbone, x, size=(16, 16)))
+        torch.testing.assert_close(assemble(stages, "conv4", 4, (16, 16)), conv4(backbone, x))  # its own 2x2 map
 
 
 def test_eval_geometry_crops_and_rescales_keypoints():
@@ -70,15 +71,14 @@ def test_cache_is_computed_once_and_identical(eval_data, random_r18, tmp_path):
     torch.testing.assert_close(first.dense(idx), get_features(
         backbone, info["fingerprint"], path, "test", "hypercolumn", 32, cache_dir=str(tmp_path)).dense(idx))
     assert first.dense(idx).shape == (len(first), 960, 16, 16) and first.channels == 960
-    assert second.dense(idx).shape == (len(first), 256, 16, 16)
+    assert second.dense(idx).shape == (len(first), 256, 2, 2)  # conv4 at its own resolution
 
     # The cached stage outputs are the backbone's on the same inputs (float16 storage).
     split = load_split(path, "test", 32)
     np.testing.assert_array_equal(first.keypoints, split["keypoints"])
     assert list(first.image_ids) == list(split["image_id"]) and first.masks.shape == (len(first), 32, 32)
-    manifest = json.loads((eval_data["faces"] / "dataset.json").read_text())
-    x = (torch.from_numpy(split["image"]).permute(0, 3, 1, 2).float() / 255 - torch.tensor(manifest["mean"])
-         .view(1, 3, 1, 1)) / torch.tensor(manifest["std"]).view(1, 3, 1, 1)
+    mean, std = torch.tensor(CELEBA_MEAN).view(1, 3, 1, 1), torch.tensor(CELEBA_STD).view(1, 3, 1, 1)  # a face set
+    x = (torch.from_numpy(split["image"]).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
         direct = hypercolumn(backbone, x, size=(16, 16))
     torch.testing.assert_close(first.dense(idx), direct, atol=2e-2, rtol=1e-2)

@@ -36,7 +36,7 @@ def test_landmark_net_equals_the_regressor_on_the_dense_map(kind):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = regressor(assemble(net.backbone.stages(x), kind, 4, (16, 16)))
-        torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(net(x), expected, atol=1e-4, rtol=1e-4)  # x100 softmax of N(0, 1) weights
     # Only parameters that reach the output train (DDP rejects unused ones); the head at lr, backbone at backbone_lr.
     net.train()
     net(x).sum().backward()

@@ -1,11 +1,12 @@
-"""crop_resize: keypoints follow the pixels, padding where the box leaves the image, masks stay binary."""
+"""crop_resize: pixels follow the exact grid map, keypoints the official scaling, padding where the box
+leaves the image, masks stay binary."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from landmarks.augment.geometry import crop_resize
+from landmarks.augment.geometry import crop_resize, scale_keypoints
 
 
 def _centroid(image_hw3: np.ndarray) -> np.ndarray:
@@ -24,19 +25,34 @@ def _centroid(image_hw3: np.ndarray) -> np.ndarray:
         ((3, 40, 100, 60), (100, 120)),  # anisotropic
     ],
 )
-def test_bright_pixel_lands_at_transformed_keypoint(box, out_size):
+def test_bright_pixel_and_official_keypoint(box, out_size):
+    """The pixel lands at the exact grid map; its keypoint at the official (x - left) * W / width,
+    0.5 * (1 - scale) px from it."""
     rng = np.random.default_rng(0)
+    left, top, width, height = box
+    sx, sy = out_size[0] / width, out_size[1] / height
     for _ in range(5):
         image = np.zeros((218, 178, 3), np.uint8)
-        left, top, width, height = box
         x = int(rng.integers(max(0, left) + 8, min(178, left + width) - 8))
         y = int(rng.integers(max(0, top) + 8, min(218, top + height) - 8))
         image[y, x] = 255
         out, kps, mask = crop_resize(image, box, out_size, np.array([[x, y]], np.float64))
         assert out.shape == (out_size[1], out_size[0], 3) and out.dtype == np.uint8 and mask is None
-        expected = [(x - left + 0.5) * out_size[0] / width - 0.5, (y - top + 0.5) * out_size[1] / height - 0.5]
-        np.testing.assert_allclose(kps[0], expected, atol=1e-9)
-        assert np.linalg.norm(_centroid(out) - kps[0]) < 0.5
+        np.testing.assert_allclose(kps[0], [(x - left) * sx, (y - top) * sy], atol=1e-9)
+        pixel = [(x - left + 0.5) * sx - 0.5, (y - top + 0.5) * sy - 0.5]
+        assert np.linalg.norm(_centroid(out) - pixel) < 0.5
+        np.testing.assert_allclose(kps[0] - pixel, [0.5 * (1 - sx), 0.5 * (1 - sy)], atol=1e-9)
+
+
+def test_scale_keypoints_is_the_official_celeba_crop():
+    """MAFLAligned: keypoints[:, :, 1] -= 30; keypoints *= imwidth / 178."""
+    kps = np.array([[69.0, 109.0], [106.0, 113.0], [0.0, 30.0]])
+    official = kps.copy()
+    official[:, 1] -= 30
+    official *= 136 / 178
+    np.testing.assert_allclose(scale_keypoints(kps, (0, 30, 178, 178), (136, 136)), official, atol=1e-12)
+    with pytest.raises(ValueError, match="positive size"):
+        scale_keypoints(kps, (0, 0, 0, 10), (4, 4))
 
 
 def test_padding_where_box_leaves_image():

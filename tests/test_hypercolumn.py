@@ -8,6 +8,7 @@ from landmarks.models import (
     BACKBONES,
     build_backbone,
     conv4,
+    dense_size,
     hypercolumn,
     representation,
     representation_channels,
@@ -31,7 +32,7 @@ def test_shapes_at_paper_resolution(models, name):
         hc = hypercolumn(model, images)
         c4 = conv4(model, images)
     assert hc.shape == (1, HYPERCOLUMN_CHANNELS[name], 48, 48)
-    assert c4.shape == (1, CONV4_CHANNELS[name], 48, 48)
+    assert c4.shape == (1, CONV4_CHANNELS[name], 6, 6)  # layer3's own map, as the official conv4
     assert representation_channels(model, "hypercolumn") == HYPERCOLUMN_CHANNELS[name]
     assert representation_channels(model, "conv4") == CONV4_CHANNELS[name]
 
@@ -54,7 +55,7 @@ def test_stage_order_and_bilinear_resize(models):
     assert representation_channels(model, "hypercolumn", layers=2) == 768
 
 
-def test_conv4_skips_layer4_and_matches_layer3(models):
+def test_conv4_skips_layer4_and_is_layer3_at_its_own_resolution(models):
     model = models["resnet50_half"]
     calls = []
     handle = model.layer4.register_forward_hook(lambda *a: calls.append(1))
@@ -65,7 +66,10 @@ def test_conv4_skips_layer4_and_matches_layer3(models):
     handle.remove()
     assert calls == []
     assert layer3.shape[-2:] == (4, 4)
-    torch.testing.assert_close(c4, F.interpolate(layer3, size=(16, 16), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(c4, layer3)  # its own 4x4 map: `size` is not used for conv4
+    assert dense_size("conv4", 64) == (4, 4) and dense_size("conv4", 96) == (6, 6)
+    assert dense_size("hypercolumn", 96) == (48, 48) and dense_size("hypercolumn", 128) == (48, 48)
+    assert dense_size("hypercolumn", 64) == (32, 32)  # under 96 px: half the input
 
 
 def test_gradients_flow_for_finetuning(models):

@@ -25,8 +25,10 @@ import pytest
 
 from landmarks.data.converters.base import BadItem, Converter, DatasetInfo, Record, parse_float
 from landmarks.data.ingest import STATE_NAME, IngestError, ingest, verify_dataset
-from landmarks.data.manifest import Manifest, ManifestError
+from landmarks.data.manifest import GEOMETRY_VERSION, Manifest, ManifestError, check_geometry
 from landmarks.data.shards import SCHEMA
+from landmarks.errors import UserError
+from landmarks.train.data_source import open_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -210,6 +212,37 @@ def test_manifest_round_trip_and_validation(tmp_path):
         m.split("val")
 
 
+def _old_manifest(name: str, k: int, **extra) -> Manifest:
+    """A dataset.json as ingest wrote it before geometry_version (no shards needed here)."""
+    return Manifest.from_dict({
+        "name": name, "K": k, "landmark_names": [f"p{i}" for i in range(k)], "eye_indices": None,
+        "image_size": 96, "input_size": 96, "border": 0, "mean": [0.5] * 3, "std": [0.2] * 3,
+        "has_masks": False, "image_format": "png", "splits": {},
+        "source": {"dataset": name, "root": "/raw/CUB_200_2011"},
+        "ingest_params": {"dataset": name, "root": "/raw/CUB_200_2011", "image_size": 96}, **extra,
+    })
+
+
+def test_check_geometry_refuses_old_cub_and_warns_for_faces(tmp_path, caplog):
+    with pytest.raises(UserError, match=r"ingested before keypoints followed the official scaling.*re-ingest "
+                                        r"with `python jobs/ingest.py cub --root /raw/CUB_200_2011 --out "):
+        check_geometry(_old_manifest("cub", 15), str(tmp_path / "cub"))
+    with pytest.raises(UserError, match="geometry_version 1 < 2"):
+        check_geometry(_old_manifest("cub", 15, geometry_version=1), str(tmp_path / "cub"))
+    check_geometry(_old_manifest("cub", 15, geometry_version=2), str(tmp_path / "cub"))  # re-ingested: fine
+    with caplog.at_level("WARNING", logger="landmarks.data.manifest"):
+        check_geometry(_old_manifest("mafl", 5), str(tmp_path / "mafl"))  # a warning, no error
+    assert "'mafl' was ingested before keypoints followed the official scaling" in caplog.text
+    assert "under one stored pixel" in caplog.text
+
+
+def test_open_manifest_checks_geometry_only_for_landmark_jobs(tmp_path):
+    _old_manifest("cub", 15).save(str(tmp_path))
+    with pytest.raises(UserError, match="re-ingest"):
+        open_manifest(str(tmp_path), need_landmarks=True)
+    assert open_manifest(str(tmp_path), need_landmarks=False).name == "cub"  # pretraining-style jobs
+
+
 # --- Ray ------------------------------------------------------------------------------------
 
 def test_schema_manifest_and_stats(ray_local, tmp_path):
@@ -225,6 +258,8 @@ def test_schema_manifest_and_stats(ray_local, tmp_path):
                 "std", "has_masks", "image_format", "splits", "source", "created_at", "skipped"):
         assert key in on_disk, key
     assert on_disk["K"] == 3 and on_disk["image_size"] == TOY_SIZE and on_disk["border"] == 4
+    assert on_disk["geometry_version"] == GEOMETRY_VERSION == 2
+    check_geometry(m, str(out))  # a fresh dataset passes
     assert not (out / STATE_NAME).exists()
     assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.name.startswith(".")) == []
     verify_dataset(str(out))  # every hash and row count matches

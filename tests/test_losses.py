@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landmarks.losses import equivariance_loss, info_nce, masked_smooth_l1
+from landmarks.losses import equivariance_loss, info_nce, regression_loss
 
 
 def naive_equivariance_loss(feat_a, feat_b, grid, temperature, power):
@@ -108,19 +108,20 @@ def test_shape_errors():
         equivariance_loss(f, f, torch.zeros(1, 3, 3, 2), temperature=0)
 
 
-def test_masked_smooth_l1_hand_values():
-    pred = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]], requires_grad=True)
-    target = torch.tensor([[[0.5, 0.0], [4.0, 1.0], [float("nan"), float("nan")]]])
+def test_regression_loss_hand_values():
+    pred = torch.tensor([[[0.0, 0.0], [0.1, 0.1], [0.0, 0.0]]], requires_grad=True)
+    target = torch.tensor([[[0.05, 0.0], [0.4, 0.1], [float("nan"), float("nan")]]])
     visible = torch.tensor([[True, True, False]])
-    loss = masked_smooth_l1(pred, target, visible)
-    # landmark 0: mean(0.5 * 0.5**2, 0) = 0.0625; landmark 1: mean(3 - 0.5, 0) = 1.25
-    assert loss.item() == pytest.approx((0.0625 + 1.25) / 2)
+    loss = regression_loss(pred, target, visible)
+    # x10: errors 0.5, 0, 3, 0 (and 0, 0 for the invisible one): smooth-L1 0.125, 0, 2.5, 0, 0, 0; mean of all 6
+    assert loss.item() == pytest.approx((0.125 + 2.5) / 6)
     loss.backward()
     assert torch.isfinite(pred.grad).all() and pred.grad[0, 2].abs().sum() == 0
-    none_visible = masked_smooth_l1(pred, target, torch.zeros(1, 3, dtype=torch.bool))
-    assert none_visible.item() == 0.0 and none_visible.requires_grad
+    all_visible = regression_loss(pred, torch.nan_to_num(target), None)
+    assert all_visible.item() == pytest.approx((0.125 + 2.5 + 0.0) / 6)  # nan -> 0 = pred there
+    assert regression_loss(pred, target, visible, alpha=1.0).item() == pytest.approx((0.00125 + 0.045) / 6)
     with pytest.raises(ValueError, match="visible"):
-        masked_smooth_l1(pred, target, visible[:, :2])
+        regression_loss(pred, target, visible[:, :2])
 
 
 def test_info_nce_is_cross_entropy_with_positive_first():

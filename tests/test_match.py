@@ -16,7 +16,8 @@ from landmarks.models import Projector, build_backbone
 from landmarks.train.backbone_source import load_backbone
 from landmarks.train.configs import MatchConfig
 from landmarks.train.eval_job import Representation
-from landmarks.train.match import describe, run_match
+from landmarks.train.match import run_match
+from landmarks.train.matching import describer
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "match_synthetic_cpu.yaml")
 
@@ -24,8 +25,7 @@ PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "match_synthetic_cpu.yaml")
 def test_descriptors_are_normalized_per_stage_block():
     torch.manual_seed(0)
     rep = Representation("hypercolumn", build_backbone("resnet18").eval(), {}, None, 4, [0.5] * 3, [0.25] * 3)
-    with torch.no_grad():
-        desc = describe(rep, torch.rand(2, 3, 32, 32), (32, 32))
+    desc = describer(rep, (32, 32))(torch.rand(2, 3, 32, 32))
     assert desc.shape == (2, 960, 32, 32)
     for block in desc.split([512, 256, 128, 64], dim=1):
         torch.testing.assert_close(block.norm(dim=1), torch.ones(2, 32, 32))

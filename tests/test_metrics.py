@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from landmarks.metrics import inter_ocular_error, mask_iou, matching_error, pck
+from landmarks.metrics import inter_ocular_error, mask_iou, matching_error, matching_errors, pck
 
 
 def test_inter_ocular_error_hand_values():
@@ -72,21 +72,17 @@ def _one_hot_cells(b, h, w):
 
 
 def test_matching_error_hand_values():
-    # 32 px image, 8x8 descriptor: cell j covers pixels 4j-0.5 .. 4j+3.5, centre 4j + 1.5
+    # An 8 px image with an 8 x 8 descriptor map: cell j sits at pixel j (linspace(-1, 1, 8)).
     desc_a = _one_hot_cells(1, 8, 8)
-    kps_a = torch.tensor([[[5.5, 9.5], [13.5, 25.5]]])  # centres of cells (x=1, y=2) and (x=3, y=6)
-    desc_b = desc_a.roll(shifts=1, dims=-1)  # content moves one cell (4 px) right in image b
-    assert matching_error(desc_a, desc_b, kps_a, kps_a + torch.tensor([4.0, 0.0]), 32) == pytest.approx(0.0)
-    # ground truth says "did not move": 4 px error on a 32 px image = 4 * 70 / 32 on a 70 px image
-    assert matching_error(desc_a, desc_b, kps_a, kps_a, 32) == pytest.approx(4 * 70 / 32)
-    # a landmark off the cell centre is sampled bilinearly but still matches its cell
-    kps_off = kps_a + torch.tensor([0.4, -0.3])
-    expected = torch.tensor([[4.0 - 0.4, 0.3]]).norm().item() * 70 / 32
-    assert matching_error(desc_a, desc_b, kps_off, kps_off, 32) == pytest.approx(expected, rel=1e-5)
-    visible = torch.tensor([[True, False]])
-    kps_b = kps_a + torch.tensor([[[4.0, 0.0], [100.0, 0.0]]])
-    assert matching_error(desc_a, desc_b, kps_a, kps_b, 32, visible=visible) == pytest.approx(0.0)
-    # non-square image: x scaled by 70 / W, y by 70 / H
-    desc_c = desc_a.roll(shifts=1, dims=-2)  # one cell down: 8 px in a 64 px tall image
-    kps_ns = torch.tensor([[[5.5, 2 * 9.5 + 0.5]]])
-    assert matching_error(desc_a, desc_c, kps_ns, kps_ns, (64, 32)) == pytest.approx(8 * 70 / 64, rel=1e-5)
+    desc_b = desc_a.roll(shifts=1, dims=-1)  # content moves one cell (1 px) right in image b
+    kps_a = torch.tensor([[[1.4, 2.6], [5.0, 6.0]]])  # query cells round(1.4), round(2.6) = (1, 3); (5, 6)
+    moved = torch.tensor([[[2.0, 3.0], [6.0, 6.0]]])
+    assert matching_error(desc_a, desc_b, kps_a, moved, 8) == pytest.approx(0.0)
+    # ground truth says "did not move" for the second: 1 px of the 7 px span = 69 / 7 px of a 70 px image
+    errors = matching_errors(desc_a, desc_b, kps_a, torch.tensor([[[2.0, 3.0], [5.0, 6.0]]]), 8)
+    torch.testing.assert_close(errors, torch.tensor([[0.0, 69 / 7]], dtype=torch.float64))
+    # off-cell ground truth counts as it is: the prediction is the cell, the truth (2.5, 3)
+    assert matching_error(desc_a, desc_b, kps_a[:, :1], torch.tensor([[[2.5, 3.0]]]), 8) == pytest.approx(0.5 * 69 / 7)
+    # a query at x = 2.5 rounds half to even (np.round): cell 2, matched to cell 3
+    half = matching_errors(desc_a, desc_b, torch.tensor([[[2.5, 0.0]]]), torch.tensor([[[3.0, 0.0]]]), 8)
+    assert float(half) == pytest.approx(0.0)

@@ -1,6 +1,7 @@
-"""Equivariance projector training: the crop-window correspondence, the loss falling, and
-jobs/train_projector.py end to end on 2 Ray Train workers (artifact loads back through
-load_projector), resumed, and its errors. Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
+"""Feature projector training: the loss falling (the official dense correlation loss, and the TPS-pair
+alternative with its crop-window correspondence), and jobs/train_projector.py end to end on 2 Ray Train
+workers (the epoch kept chosen by validation matching; the artifact loads back through load_projector),
+resumed, and its errors. Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
 import _eval_data
+from landmarks.augment import MoCoViews
 from landmarks.augment.tps import PAIR, normalized_grid, pair_warp, sample_pair_params
+from landmarks.augment.views import to_float_images
 from landmarks.cli import job_main
 from landmarks.data import load_manifest, read_split_numpy
 from landmarks.features import assemble
@@ -22,7 +25,13 @@ from landmarks.models import Projector, build_backbone
 from landmarks.train.backbone_source import load_backbone, load_projector
 from landmarks.train.configs import ProjectorConfig
 from landmarks.train.projector import run_projector
-from landmarks.train.projector_loop import BlockProjector, crop_window_grid, pair_views, train_step
+from landmarks.train.projector_loop import (
+    BlockProjector,
+    crop_window_grid,
+    dense_corr_step,
+    pair_views,
+    tps_pair_step,
+)
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "train_projector_synthetic_cpu.yaml")
 MISSING_RUN = "0123456789abcdef0123456789abcdef"
@@ -66,34 +75,41 @@ def test_block_projector_equals_projector_on_the_hypercolumn():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_projector_loss_falls(eval_data):
-    """A few Adam steps of the worker's train_step on the tiny faces lower the equivariance loss."""
+@pytest.mark.parametrize("loss", ["dense_corr", "tps_pair"])
+def test_projector_loss_falls(eval_data, loss):
+    """A few Adam(beta1 0.5) steps of the worker's step on the tiny faces lower the projector's loss."""
     torch.manual_seed(0)
     split = read_split_numpy(str(eval_data["faces"]), "train")
     border = load_manifest(str(eval_data["faces"])).border  # 7 px of the 46 px stored faces
     images = torch.from_numpy(split["image"])
     backbone = build_backbone("resnet18").eval().requires_grad_(False)
     projector = Projector(960, 32)
-    optimizer = torch.optim.Adam(projector.parameters(), lr=1e-3, weight_decay=5e-4)
+    model = BlockProjector(projector)
+    optimizer = torch.optim.Adam(projector.parameters(), lr=1e-3, betas=(0.5, 0.999), weight_decay=5e-4)
+    views = MoCoViews(32, mean=[0.5] * 3, std=[0.25] * 3, border=border)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for step in range(12):
+    for _ in range(12):
         idx = torch.randint(0, len(images), (8,), generator=gen)
-        img_a, img_b, grid = pair_views(images[idx], border, 32, [0.5] * 3, [0.25] * 3, (16, 16), gen)
-        losses.append(train_step(BlockProjector(projector), backbone, optimizer, img_a, img_b, grid, 4, (16, 16),
-                                 1 / 7, 0.5))
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
+        if loss == "dense_corr":  # one MoCo view per image, 8 x 8 maps 4 px apart
+            x = views.view(to_float_images(images[idx]).contiguous(), gen)
+            losses.append(dense_corr_step(model, backbone, optimizer, x, 4, 8, 1 / 7, 0.5))
+        else:
+            img_a, img_b, grid = pair_views(images[idx], border, 32, [0.5] * 3, [0.25] * 3, (16, 16), gen)
+            losses.append(tps_pair_step(model, backbone, optimizer, img_a, img_b, grid, 4, 16, 1 / 7, 0.5))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
 
 
 @pytest.mark.slow
 def test_train_projector_end_to_end_and_resume(eval_data, ray_address, tmp_path, monkeypatch):
     faces = str(eval_data["faces"])
-    args = ["--config", PRESET, f"data.path={faces}", "data.image_size=32", "projector.dim=32", "train.epochs=2",
-            "train.batch_size=8", "ray.num_workers=2", "--metrics-out", "m.json"]
+    args = ["--config", PRESET, f"data.path={faces}", "data.image_size=32", "projector.dim=32", "train.epochs=3",
+            "train.batch_size=8", "train.map_size=8", "ray.num_workers=2", f"validation.path={faces}",
+            "validation.split=val", "--metrics-out", "m.json"]
     proc = _eval_data.run_job("train_projector", args, tmp_path, ray_address)
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert np.isfinite(metrics["loss"]) and metrics["epochs"] == 2
+    assert np.isfinite(metrics["loss"]) and metrics["epochs"] == 3
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(metrics["mlflow_run_id"])
@@ -102,16 +118,23 @@ def test_train_projector_end_to_end_and_resume(eval_data, ray_address, tmp_path,
     assert (tags["job"], tags["dataset"], tags["backbone"], tags["init"], tags["projector_dim"]) == (
         "train_projector", "synthetic-faces", "resnet18", "random", "32")
     assert run.data.params["train.lr"] == "0.001" and run.data.params["ray.num_workers"] == "2"
-    steps = 2 * (28 // 8)  # epochs x steps per epoch of the 28-image train split
+    steps = 3 * (28 // 8)  # epochs x steps per epoch of the 28-image train split
     assert len(client.get_metric_history(run.info.run_id, "loss")) == steps
-    assert len(client.get_metric_history(run.info.run_id, "epoch_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "epoch_loss")) == 3
+    assert run.data.params["resolved.softargmax_mul"] == "7.0" and run.data.params["resolved.validation_pairs"] == "4"
+    # The epoch kept is the one with the lowest validation (different identity) matching error.
+    history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_match_diff_px"),
+                                       key=lambda m: m.step)]
+    assert len(history) == 3 and metrics["kept_epoch"] == int(np.argmin(history))
+    assert metrics["val_match_diff_px"] == pytest.approx(min(history))
 
     _, info = load_backbone("random", "resnet18", seed=0)  # the preset's backbone.source
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     projector = load_projector(metrics["mlflow_run_id"], info["fingerprint"], 960)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert (projector.in_channels, projector.dim) == (960, 32)
+    assert (projector.in_channels, projector.dim, projector.softargmax_mul) == (960, 32, 7.0)
     assert projector.meta["backbone_fingerprint"] == info["fingerprint"] and projector.meta["layers"] == 4
+    assert projector.meta["kept_epoch"] == metrics["kept_epoch"]
 
     again = _eval_data.run_job("train_projector", args, tmp_path, ray_address)  # complete: nothing to train
     assert again.returncode == 0, again.stderr[-4000:]

@@ -80,8 +80,12 @@ def test_budget_settings_resolve_before_training(eval_data):
     n = full.manifest.splits["train"].rows
     assert (full.lr, full.weight_decay, full.tps, full.samples_per_epoch) == (1e-3, 5e-4, False, n)
     assert list(full.rows) == list(range(n)) and full.metric == "iod" and full.tags["init"] == "random"
-    limited = check_regression(_cfg(faces, "annotations=5", "train.seed=3", "repeat=1"))
-    assert (limited.lr, limited.weight_decay, limited.tps, limited.samples_per_epoch) == (1e-2, 5e-2, True, 1000)
+    assert (full.epochs, full.schedule_epochs) == (10, 10)  # the CPU preset's; auto = the paper's below
+    limited = check_regression(_cfg(faces, "annotations=5", "train.seed=3", "repeat=1", "train.epochs=auto",
+                                    "train.schedule_epochs=auto"))
+    assert (limited.lr, limited.weight_decay, limited.tps) == (1e-2, 5e-2, True)
+    assert limited.samples_per_epoch == 5 * (n // 5)  # the 5 images tiled min(1000, n) // 5 times
+    assert (limited.epochs, limited.schedule_epochs) == (1000, 1000)
     assert list(limited.rows) == list(budget_indices(n, 5, seed=4))
     manual = check_regression(_cfg(faces, "annotations=5", "tps_augment=false", "train.lr=0.5"))
     assert (manual.lr, manual.tps) == (0.5, False)

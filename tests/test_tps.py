@@ -21,6 +21,7 @@ from landmarks.augment.tps import (
     pair_warp,
     pixels_to_normalized,
     sample_pair_params,
+    snap_keypoints,
     tps_augment,
     warp_images,
     warp_keypoints,
@@ -157,21 +158,35 @@ def test_map_points_chunking_matches(monkeypatch):
     torch.testing.assert_close(shared[2], params.map_points(pts[0].expand(5, -1, -1))[2])
 
 
-def test_tps_augment_hides_keypoints_that_leave_the_image():
-    b, k = 8, 6
+def test_snap_keypoints_is_the_official_nearest_sample():
+    """The official warp_keypoints: a KD-tree over every output pixel's sample location (scipy's, as there)."""
+    from scipy.spatial import cKDTree
+
+    params = TPSParams.sample(3, PAIR, _gen(20))
+    kps = torch.rand(3, 7, 2, generator=_gen(21)) * torch.tensor([W - 1.0, H - 1.0])
+    kps[0, 0] = torch.tensor([-30.0, 5.0])  # outside the image: snapped to the nearest sample all the same
+    snapped = snap_keypoints(kps, params, (H, W))
+    grid = params.grid((H, W), dtype=torch.float64)  # (B, H, W, 2) normalized sample locations
+    for b in range(3):
+        samples_px = ((grid[b] + 1) / 2 * torch.tensor([W - 1.0, H - 1.0], dtype=torch.float64)).reshape(-1, 2)
+        _, idx = cKDTree(samples_px.numpy()).query(kps[b].double().numpy())
+        expected = torch.stack([torch.from_numpy(idx % W), torch.from_numpy(idx // W)], -1).float()
+        torch.testing.assert_close(snapped[b], expected, atol=1e-5, rtol=0)
+    moved = warp_keypoints(kps[1:], TPSParams(params.nonaffine[1:], params.affine[1:]), (H, W))
+    inside = ((moved >= 0) & (moved <= W - 1)).all(-1)  # points the warp keeps in view
+    assert inside.sum() > 10 and (snapped[1:] - moved)[inside].abs().max() <= 1.0  # the exact position, snapped
+
+
+def test_tps_augment_warps_and_snaps_like_the_official_warper_single():
+    b, k = 4, 6
     images = (torch.rand(b, 3, H, W, generator=_gen(14)) * 255).to(torch.uint8)
     kps = torch.rand(b, k, 2, generator=_gen(15)) * (W - 1)
-    visible = torch.ones(b, k, dtype=torch.bool)
-    visible[:, 0] = False
-    strong = TPSStrength(1e-3, 0.0, transsd=0.5, scalesd=0.05, rotsd=2.0)  # large shifts push points out
-    out, moved, vis = tps_augment(images, kps, visible, preset=strong, generator=_gen(16))
-    assert out.shape == images.shape and out.dtype == torch.uint8
-    inside = (moved >= 0).all(-1) & (moved[..., 0] <= W - 1) & (moved[..., 1] <= H - 1)
-    assert not vis[:, 0].any()
-    assert torch.equal(vis[:, 1:], inside[:, 1:])
-    assert (~inside).any() and inside.any()
-    _, _, vis_aug = tps_augment(images, kps, visible, generator=_gen(16))
-    assert vis_aug[:, 1:].float().mean() > 0.8  # the paper's mild AUGMENT warp keeps most points
+    out, moved = tps_augment(images, kps, generator=_gen(16))
+    params = TPSParams.sample(b, AUGMENT, _gen(16))  # the same draws
+    expected = F.grid_sample(images.float(), params.grid((H, W)), align_corners=True).to(torch.uint8)  # truncation
+    assert out.dtype == torch.uint8 and torch.equal(out, expected)
+    torch.testing.assert_close(moved, snap_keypoints(kps, params, (H, W)))
+    assert torch.equal(moved, moved.round())  # whole pixels
 
 
 def test_bad_shapes_raise():
@@ -187,6 +202,5 @@ def test_runs_on_cuda():
     images = _smooth_images(4, _gen(0)).cuda()
     img_a, img_b, grid = pair_warp(images, generator=_gen(1))
     assert img_a.is_cuda and img_b.is_cuda and grid.is_cuda
-    out, kps, vis = tps_augment(images, torch.full((4, 3, 2), 40.0, device="cuda"),
-                                torch.ones(4, 3, dtype=torch.bool, device="cuda"), generator=_gen(2))
-    assert out.is_cuda and kps.is_cuda and vis.is_cuda
+    out, kps = tps_augment(images, torch.full((4, 3, 2), 40.0, device="cuda"), generator=_gen(2))
+    assert out.is_cuda and kps.is_cuda

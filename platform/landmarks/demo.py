@@ -110,7 +110,7 @@ def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: b
     t = step("3/6 equivariance projector on the pretrained hypercolumns")
     proj = run_job("train_projector", "train_projector_synthetic_cpu.yaml", [
         *common, f"backbone.source={backbone}", f"train.epochs={preset.projector_epochs}",
-        f"data.fraction={preset.projector_fraction}",
+        f"data.fraction={preset.projector_fraction}", f"validation.path={data}",
         f"checkpoint.storage_path={out / 'ray'}"], verbose)
     print(f"projector done ({time.monotonic() - t:.0f}s), loss {proj['loss']:.3f}", flush=True)
 
@@ -154,6 +154,7 @@ def run_sweep_grid(preset: DemoPreset, common: list[str], backbone: str, experim
         "job": "regress",
         "base_config": str(CONFIGS / "regress_synthetic_cpu.yaml"),
         "overrides": {**dict(o.split("=", 1) for o in common), "train.epochs": preset.regress_epochs,
+                      "train.schedule_epochs": preset.regress_epochs,
                       "train.samples_per_epoch": preset.samples_per_epoch},
         "grid": {"backbone.source": [backbone, "random"], "annotations": list(preset.budgets),
                  "repeat": list(range(preset.repeats))},

@@ -42,7 +42,9 @@ import torch.nn.functional as F
 from . import storage
 from .augment.views import normalize, to_float_images
 from .data.manifest import Manifest, dataset_dir
+from .data.normalization import input_stats
 from .errors import UserError
+from .models import dense_size
 
 CACHE_VERSION = 1
 CACHE_STATS = {"hits": 0, "misses": 0}  # per process; tests assert on it
@@ -82,11 +84,12 @@ def eval_geometry(batch: dict[str, np.ndarray], border: int, image_size: int) ->
 
 
 def iter_split(data_path: str, split: str, image_size: int, batch_size: int = 64,
-               rows: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+               rows: Sequence[int] | None = None, stored: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Batches of a split after `eval_geometry`, shard by shard (never the whole split in RAM).
 
     rows: row indices (in ingest order) to keep; batches then hold them in ascending order.
-    Each batch also has "row" (B,) int64, the rows it holds.
+    Each batch also has "row" (B,) int64, the rows it holds. stored: the images and keypoints as
+    stored, before the eval border crop (for augmentations the official code applies first).
     """
     import pyarrow.parquet as pq
 
@@ -108,12 +111,13 @@ def iter_split(data_path: str, split: str, image_size: int, batch_size: int = 64
         for start in range(0, table.num_rows, batch_size):
             decoded = decode_batch(table.slice(start, batch_size), manifest.K, manifest.has_masks)
             decoded["row"] = positions[start:start + batch_size] + lo
-            yield eval_geometry(decoded, manifest.border, image_size)
+            yield decoded if stored else eval_geometry(decoded, manifest.border, image_size)
 
 
-def load_split(data_path: str, split: str, image_size: int, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+def load_split(data_path: str, split: str, image_size: int, rows: Sequence[int] | None = None,
+               stored: bool = False) -> dict[str, np.ndarray]:
     """`iter_split` concatenated: for small selections (an annotation budget, a test split)."""
-    parts = list(iter_split(data_path, split, image_size, rows=rows))
+    parts = list(iter_split(data_path, split, image_size, rows=rows, stored=stored))
     if not parts:
         raise UserError(f"{data_path}: split {split!r} has no rows to load")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -129,14 +133,9 @@ def input_tensor(images_bhw3: np.ndarray | torch.Tensor, mean: Sequence[float], 
 # ----------------------------------------------------------------------------- representations
 
 
-def feature_size(image_size: int) -> tuple[int, int]:
-    """Hypercolumn resolution: half the input (48 x 48 at 96 px, SPEC "Represent")."""
-    return image_size // 2, image_size // 2
-
-
 def assemble(stages: Sequence[torch.Tensor], kind: str, layers: int, size: tuple[int, int]) -> torch.Tensor:
     """[layer1..layer4] stage outputs -> (B, C, h, w): the same bilinear resize (align_corners=False)
-    and order (layer4, layer3, ...) as `landmarks.models.hypercolumn`; conv4 = layer3 alone."""
+    and order (layer4, layer3, ...) as `landmarks.models.hypercolumn`; conv4 = layer3 alone, as it is."""
     def resize(x: torch.Tensor) -> torch.Tensor:
         return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(
             x, size=size, mode="bilinear", align_corners=False)
@@ -144,7 +143,7 @@ def assemble(stages: Sequence[torch.Tensor], kind: str, layers: int, size: tuple
     if kind == "hypercolumn":
         return torch.cat([resize(s) for s in list(stages)[::-1][:layers]], dim=1)
     if kind == "conv4":
-        return resize(stages[2])
+        return stages[2]
     raise ValueError(f"unknown representation kind {kind!r}; valid: {list(KINDS)}")
 
 
@@ -196,8 +195,9 @@ class FeatureSet:
 
     def dense(self, idx: Sequence[int] | np.ndarray, device: torch.device | str = "cpu",
               size: tuple[int, int] | None = None) -> torch.Tensor:
-        """The representation of rows `idx`, (B, C, h, w) float32; h = w = image_size / 2 by default."""
-        return assemble(self.stage_batch(idx, device), self.kind, self.layers, size or feature_size(self.image_size))
+        """The representation of rows `idx`, (B, C, h, w) float32, at `models.dense_size` by default."""
+        return assemble(self.stage_batch(idx, device), self.kind, self.layers,
+                        size or dense_size(self.kind, self.image_size))
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -291,13 +291,14 @@ def get_features(backbone: torch.nn.Module, fingerprint: str, data_path: str, sp
     """The cached representation of `split` (computed on the first call; module docstring).
 
     kind/layers only choose what `FeatureSet.dense` assembles; one entry serves all of them.
-    mean/std: input normalisation (default: the dataset's, from dataset.json).
+    mean/std: input normalisation (default: the dataset's, `landmarks.data.normalization`).
     """
     if kind not in KINDS:
         raise UserError(f"unknown representation {kind!r} for the feature cache; valid: {', '.join(KINDS)}")
     manifest = Manifest.load(data_path)
-    mean = list(manifest.mean if mean is None else mean)
-    std = list(manifest.std if std is None else std)
+    if mean is None or std is None:
+        mean, std, _ = input_stats(manifest)
+    mean, std = list(mean), list(std)
     key = feature_key(fingerprint, manifest, split, image_size, mean, std)
     root = default_cache_root(data_path, cache_dir)
     final = root / key

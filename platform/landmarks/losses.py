@@ -1,4 +1,5 @@
-"""Losses: the equivariance loss, masked smooth-L1 for regression, InfoNCE.
+"""Losses: the equivariance loss (and its official single-image form, the projector's dense correlation
+loss), the official regression loss (smooth-L1 of 10x coordinates), InfoNCE.
 
 Equivariance loss (paper Eq. 2, after Thewlis et al.'s DVE; SPEC "Equivariance
 loss"). For images a, b related by a known warp with correspondence grid
@@ -90,21 +91,24 @@ def equivariance_loss(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     hb, wb = feat_b.shape[-2:]
-    n_u = h * w
-
     fa = F.normalize(feat_a, dim=1).flatten(2)  # (B, C, U)
     fb = F.normalize(feat_b, dim=1).flatten(2)  # (B, C, V)
-    dtype = fa.dtype
     with torch.no_grad():
-        scale = torch.tensor([wb - 1, hb - 1], device=grid.device, dtype=dtype) / 2.0
-        g_px = ((grid.detach().to(dtype) + 1.0) * scale).reshape(b, n_u, 2)  # (B, U, 2)
-        vy, vx = torch.meshgrid(
-            torch.arange(hb, device=fa.device, dtype=dtype),
-            torch.arange(wb, device=fa.device, dtype=dtype),
-            indexing="ij",
-        )
-        vx, vy = vx.reshape(-1), vy.reshape(-1)  # (V,), row-major like flatten(2)
+        scale = torch.tensor([wb - 1, hb - 1], device=grid.device, dtype=fa.dtype) / 2.0
+        g_px = ((grid.detach().to(fa.dtype) + 1.0) * scale).reshape(b, h * w, 2)  # (B, U, 2)
+    return _expected_distance(fa, fb, g_px, (hb, wb), temperature, power, chunk_size, use_checkpoint)
 
+
+def _expected_distance(fa: torch.Tensor, fb: torch.Tensor, g_px: torch.Tensor, size_b: tuple[int, int],
+                       temperature: float, power: float, chunk_size: int | None, use_checkpoint: bool = True,
+                       ) -> torch.Tensor:
+    """mean over b, u of sum_v ||v - g(u)||^power p(v|u): fa (B, C, U), fb (B, C, V) unit columns, g_px
+    (B, U, 2) in pixels of b's (h, w) = size_b grid; chunked over u (module docstring)."""
+    b, n_u = fa.shape[0], fa.shape[2]
+    with torch.no_grad():
+        vy, vx = torch.meshgrid(torch.arange(size_b[0], device=fa.device, dtype=fa.dtype),
+                                torch.arange(size_b[1], device=fa.device, dtype=fa.dtype), indexing="ij")
+        vx, vy = vx.reshape(-1), vy.reshape(-1)  # (V,), row-major like flatten(2)
     step = n_u if chunk_size is None else chunk_size
     recompute = use_checkpoint and torch.is_grad_enabled() and (fa.requires_grad or fb.requires_grad)
     total = fa.new_zeros(())
@@ -117,27 +121,54 @@ def equivariance_loss(
     return total / (b * n_u)
 
 
-def masked_smooth_l1(
-    pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor, beta: float = 1.0
-) -> torch.Tensor:
-    """Smooth-L1 over visible landmarks (SPEC "Regressor": smooth-L1 on normalized coordinates).
+def dense_correlation_loss(feats: torch.Tensor, temperature: float = 1.0 / 7.0, power: float = 0.5,
+                           stride: float = 1.0, chunk_size: int | None = 256) -> torch.Tensor:
+    """The official feature projector's loss: the equivariance loss of an image with itself.
 
-    pred, target: (B, K, 2); visible: (B, K) bool. The mean over visible
-    landmarks of the mean over (x, y) of ``F.smooth_l1_loss(beta=beta)``,
-    i.e. ``F.smooth_l1_loss(pred[visible], target[visible])``. Targets of
-    invisible landmarks are never read (they may be NaN). With no visible
-    landmark the loss is 0 (still attached to the graph).
+    contrast-landmark ``train_feature_projector.py`` ``dense_corr_loss``: per image, descriptors
+    L2-normalized over channels (one block: the projector's output), the correlation f^T f of
+    every location u with every v, ``softmax_v(corr / temperature)`` (the official
+    ``--temperature 7`` multiplies, i.e. temperature = 1/7 here), weighted by the distance
+    ``||u - v||^power`` measured in *input* pixels (cells ``stride`` px apart: the official
+    ``H // h``, 4 for 24 x 24 maps of a 96 px input), summed over v and averaged over u and images.
+
+    That is `equivariance_loss(f, f, identity grid)` with distances scaled by ``stride``, by the same
+    chunked, checkpointed computation. feats: (B, C, h, w) -> a scalar.
     """
-    if pred.shape != target.shape or pred.shape[:-1] != visible.shape or pred.shape[-1] != 2:
-        raise ValueError(
-            f"expected pred/target (B, K, 2) and visible (B, K); got {tuple(pred.shape)}, "
-            f"{tuple(target.shape)}, {tuple(visible.shape)}"
-        )
-    vis = visible.bool()
-    target = torch.where(vis.unsqueeze(-1), target, pred.detach())  # invisible -> zero error
-    per_landmark = F.smooth_l1_loss(pred, target, reduction="none", beta=beta).mean(-1)  # (B, K)
-    per_landmark = torch.where(vis, per_landmark, torch.zeros_like(per_landmark))
-    return per_landmark.sum() / vis.sum().clamp(min=1)
+    if feats.dim() != 4:
+        raise ValueError(f"feats must be (B, C, h, w), got {tuple(feats.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    b, _, h, w = feats.shape
+    f = F.normalize(feats, dim=1).flatten(2)  # (B, C, U)
+    with torch.no_grad():  # u's own cell, in whole cells: exact zeros on the diagonal (d^0.5 is steep there)
+        ys, xs = torch.meshgrid(torch.arange(h, device=f.device, dtype=f.dtype),
+                                torch.arange(w, device=f.device, dtype=f.dtype), indexing="ij")
+        cells = torch.stack((xs.reshape(-1), ys.reshape(-1)), -1).expand(b, h * w, 2)
+    return _expected_distance(f, f, cells, (h, w), temperature, power, chunk_size) * float(stride) ** power
+
+
+def regression_loss(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor | None = None,
+                    alpha: float = 10.0) -> torch.Tensor:
+    """The official landmark regression loss: smooth-L1 of ``alpha`` x normalized coordinates.
+
+    contrast-landmark ``models/loss.py``: ``F.smooth_l1_loss(pred * alpha, target * alpha)``
+    with alpha = 10 (``regression_loss``, faces); with ``visible`` (CUB), the coordinates of
+    invisible landmarks are zeroed in both before the same mean (``selected_regression_loss``),
+    so they add 0 but still count in the mean over all B x K x 2 entries.
+
+    pred, target: (B, K, 2) normalized (``landmarks.coords``); visible: (B, K) bool or None.
+    Targets of invisible landmarks are never read (they may be NaN).
+    """
+    if pred.shape != target.shape or pred.dim() != 3 or pred.shape[-1] != 2:
+        raise ValueError(f"expected pred and target (B, K, 2); got {tuple(pred.shape)} and {tuple(target.shape)}")
+    if visible is not None:
+        if visible.shape != pred.shape[:-1]:
+            raise ValueError(f"visible must be (B, K) = {tuple(pred.shape[:-1])}, got {tuple(visible.shape)}")
+        keep = visible.bool().unsqueeze(-1)
+        pred = torch.where(keep, pred, torch.zeros_like(pred))
+        target = torch.where(keep, target, torch.zeros_like(target))
+    return F.smooth_l1_loss(pred * alpha, target * alpha)
 
 
 def info_nce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

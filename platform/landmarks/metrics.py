@@ -7,21 +7,22 @@ image's (K, 2) is accepted too.
 - ``inter_ocular_error``: 100 * mean_{i,k} ||pred_ik - gt_ik|| / ||gt_i,e0 - gt_i,e1||
   (MAFL / AFLW: eyes 0 and 1; 300W: outer eye corners 36 and 45).
 - ``pck``: 100 * #{visible (i, k): ||pred_ik - gt_ik|| < threshold * image_size} / #visible
-  (CUB: threshold 0.05 of the 96 px image).
+  (float distances at the image size; reported as ``pck_float`` beside the official one).
+- ``pck_official``: CUB PCK as the official evaluation computes it (contrast-landmark
+  ``models/metric.py`` ``calc_pck`` with ``eval_animal.py``'s box of 48), the metric of the
+  paper's Tables 3 and 8.
 - ``mask_iou``: mean over images of |P and G| / |P or G| (1 when both are empty).
-- ``matching_error``: for each landmark of image a, the descriptor of a at it
-  (bilinear), its nearest neighbour by cosine similarity among b's h x w cells,
-  that cell's centre in b's pixels, and the distance to b's ground truth,
-  scaled to a 70x70 image; mean over landmarks and images, in pixels.
+- ``matching_errors`` / ``matching_error``: the official landmark matching error: the source
+  descriptor at the landmark's (rounded) cell, its nearest neighbour by dot product among the
+  target's cells, and the distance to the target's ground truth in a 70 x 70 image.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from landmarks.models.heads import cell_centers, normalized_to_pixels, pixels_to_normalized, size_hw
+from landmarks.coords import cell_centers, pixels_to_normalized
 
 
 def _tensor(x, dtype=torch.float64) -> torch.Tensor:
@@ -103,6 +104,48 @@ def pck(pred, gt, visible, image_size, threshold: float = 0.05) -> float:
     return float(correct.sum() * 100.0 / vis.sum())
 
 
+def pck_official(pred, gt, visible, image_size, box_size: int = 48, threshold: float = 0.05,
+                 batch_size: int | None = 32) -> float:
+    """CUB PCK, percent, exactly as the official evaluation computes it.
+
+    contrast-landmark ``calc_pck`` on each evaluation batch of ``batch_size`` images (its
+    ``val_loader``: batch 32, in split order), averaged over batches weighted by their size
+    (``AverageMeter``); ``batch_size=None`` takes the whole split as one batch. Per batch:
+
+    1. pixel coordinates of the ``image_size`` input -> normalized (``landmarks.coords``, the
+       official ``kp_normalize``) -> a ``box_size`` box: b = (u + 1) (box_size - 1) / 2;
+    2. invisible ground truth is set to (0, 0), and only points with both box coordinates > 0
+       count (so a visible point on the box's top or left edge is left out, as there);
+    3. distances truncated to integers (stored as int32);
+    4. per part, the share of counted points with distance < threshold * box_size;
+    5. the mean over parts with at least one counted point (0 if there is none).
+
+    Args:
+        pred, gt: (N, K, 2) pixel coordinates; visible: (N, K) bool.
+        image_size: side of the (square) input the pixels are in (96 for CUB).
+    """
+    pred, gt = _landmarks(pred, gt)
+    vis = _visible(visible, pred.shape[:2], pred.device)
+    n = pred.shape[0]
+    step = n if batch_size is None else int(batch_size)
+    if step < 1:
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}")
+    to_box = (box_size - 1) / 2.0
+    pred_box = (pixels_to_normalized(pred, image_size) + 1.0) * to_box
+    gt_box = (pixels_to_normalized(gt, image_size) + 1.0) * to_box
+    gt_box = torch.where(vis.unsqueeze(-1), gt_box, torch.zeros_like(gt_box))
+    counted = (gt_box > 0).all(-1)  # (N, K)
+    dist = torch.linalg.vector_norm(gt_box - pred_box, dim=-1).trunc()  # int32 in the official code
+    correct = counted & (dist < threshold * box_size)
+    total = 0.0
+    for start in range(0, n, step):
+        c, k = counted[start:start + step].sum(0), correct[start:start + step].sum(0)  # (K,) per part
+        parts = c > 0
+        batch_pck = float((k[parts] / c[parts]).mean() * 100.0) if parts.any() else 0.0
+        total += batch_pck * min(step, n - start)
+    return total / n
+
+
 def _masks(x) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     t = t if t.dtype == torch.bool else t.detach().float() > 0.5
@@ -124,37 +167,39 @@ def mask_iou(pred_mask, gt_mask) -> float:
     return float(iou.mean())
 
 
-def matching_error(desc_a, desc_b, kps_a, kps_b, image_size, scale_to: float = 70.0, visible=None) -> float:
-    """Landmark matching error in pixels of a ``scale_to`` x ``scale_to`` image.
+def matching_errors(desc_src, desc_tgt, kps_src, kps_tgt, image_size, scale_to: float = 70.0) -> torch.Tensor:
+    """Per-landmark matching errors (B, K), in pixels of a ``scale_to`` image, the official way.
+
+    contrast-landmark ``train_feature_projector.py`` ``validate`` (after DVE's test_matching.py): for
+    each source landmark, ``find_descriptor`` takes the descriptor of the map cell at the landmark
+    (its normalized position, ``landmarks.coords``, mapped to cell (u + 1) / 2 (w - 1), rounded
+    half to even like ``np.round`` and clamped), finds the target cell of the largest dot product,
+    and ``compute_pixel_err`` measures it against the target's ground truth in normalized
+    coordinates scaled to [0, scale_to - 1]: ||pred - gt|| (scale_to - 1) / 2.
 
     Args:
-        desc_a, desc_b: (B, C, h, w) descriptor maps covering the whole image
-            (cell centres as in ``landmarks.models.heads``).
-        kps_a, kps_b: (B, K, 2) ground-truth pixels of the same landmarks in a and b.
-        image_size: int or (H, W) of the images the keypoints live in.
-        scale_to: errors are rescaled from image_size to this size (70, DVE/Table 4).
-        visible: optional (B, K) bool; landmarks to evaluate.
+        desc_src, desc_tgt: (B, C, h, w) descriptors, normalized as the protocol wants (the official
+            code L2-normalizes each stage block of a hypercolumn, and a projection as a whole).
+        kps_src, kps_tgt: (B, K, 2) pixel coordinates in `image_size` images (every landmark counts).
     """
-    da, db = _tensor(desc_a, torch.float32), _tensor(desc_b, torch.float32)
-    ka, kb = _landmarks(kps_a, kps_b)
-    if da.dim() != 4 or db.shape[:2] != da.shape[:2] or da.shape[0] != ka.shape[0]:
-        raise ValueError(
-            f"descriptors must be (B, C, h, w) with B = {ka.shape[0]} and equal C; "
-            f"got {tuple(da.shape)} and {tuple(db.shape)}"
-        )
-    h_img, w_img = size_hw(image_size)
-    grid = pixels_to_normalized(ka, (h_img, w_img)).to(da).unsqueeze(2)  # (B, K, 1, 2)
-    query = F.grid_sample(da, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    query = F.normalize(query[..., 0].transpose(1, 2), dim=-1)  # (B, K, C)
-    target = F.normalize(db, dim=1).flatten(2)  # (B, C, V)
-    best = torch.einsum("bkc,bcv->bkv", query, target).argmax(-1)  # (B, K)
-    hb, wb = db.shape[-2:]
-    xs, ys = cell_centers(hb, wb, device=db.device, dtype=torch.float64)
-    match_norm = torch.stack([xs[best % wb], ys[best // wb]], dim=-1)  # (B, K, 2)
-    match_px = normalized_to_pixels(match_norm, (h_img, w_img)).to(kb)
-    scale = kb.new_tensor([scale_to / w_img, scale_to / h_img])
-    err = torch.linalg.vector_norm((match_px - kb) * scale, dim=-1)  # (B, K)
-    vis = _visible(visible, err.shape, err.device)
-    if not vis.any():
-        raise ValueError("matching_error: no visible landmark to evaluate")
-    return float(err[vis].mean())
+    src, tgt = _tensor(desc_src, torch.float32), _tensor(desc_tgt, torch.float32)
+    ks, kt = _landmarks(kps_src, kps_tgt)
+    if src.dim() != 4 or tgt.shape != src.shape or src.shape[0] != ks.shape[0]:
+        raise ValueError(f"descriptors must both be (B, C, h, w) with B = {ks.shape[0]}; got {tuple(src.shape)} "
+                         f"and {tuple(tgt.shape)}")
+    b, c, h, w = src.shape
+    u_src = pixels_to_normalized(ks, image_size)
+    cell = ((u_src + 1.0) / 2.0 * ks.new_tensor([w - 1.0, h - 1.0])).round()
+    col = cell[..., 0].clamp(0, w - 1).long()
+    row = cell[..., 1].clamp(0, h - 1).long()  # (B, K)
+    query = src.flatten(2).gather(2, (row * w + col).unsqueeze(1).expand(b, c, -1))  # (B, C, K)
+    best = torch.einsum("bck,bcv->bkv", query, tgt.flatten(2)).argmax(-1)  # (B, K)
+    xs, ys = cell_centers(h, w, device=best.device, dtype=torch.float64)
+    pred = torch.stack([xs[best % w], ys[best // w]], dim=-1)  # (B, K, 2) normalized
+    gt = pixels_to_normalized(kt, image_size).to(pred)
+    return torch.linalg.vector_norm(pred - gt, dim=-1) * (scale_to - 1.0) / 2.0
+
+
+def matching_error(desc_src, desc_tgt, kps_src, kps_tgt, image_size, scale_to: float = 70.0) -> float:
+    """Mean of `matching_errors` over landmarks and images, in pixels of a ``scale_to`` image."""
+    return float(matching_errors(desc_src, desc_tgt, kps_src, kps_tgt, image_size, scale_to).mean())

@@ -13,19 +13,39 @@ import importlib
 
 _EXPORTS = {
     "jpeg": ("jpeg_round_trip",),
-    "tps": ("AUGMENT", "MATCH", "PAIR", "TPSParams", "TPSStrength", "normalized_grid", "normalized_to_pixels",
-            "pair_keypoints", "pair_warp", "pixels_to_normalized", "sample_pair_params", "tps_augment",
-            "warp_images", "warp_keypoints"),
+    "tps": ("AUGMENT", "MATCH", "PAIR", "TPSParams", "TPSStrength", "match_pair_warp", "normalized_grid",
+            "normalized_to_pixels",
+            "pair_keypoints", "pair_warp", "pixels_to_normalized", "sample_pair_params", "snap_keypoints",
+            "tps_augment", "warp_images", "warp_keypoints"),
     "views": ("IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC", "MoCoViews", "border_crop", "normalize",
               "to_float_images"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "AUGMENT", "IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC", "MATCH", "PAIR", "MoCoViews", "TPSParams",
-    "TPSStrength", "border_crop", "jpeg_round_trip", "normalize", "normalized_grid", "normalized_to_pixels",
-    "pair_keypoints", "pair_warp", "pixels_to_normalized", "sample_pair_params", "to_float_images", "tps_augment",
-    "warp_images", "warp_keypoints",
+    "AUGMENT",
+    "IMAGENET_PCA_EIGVAL",
+    "IMAGENET_PCA_EIGVEC",
+    "MATCH",
+    "PAIR",
+    "MoCoViews",
+    "TPSParams",
+    "TPSStrength",
+    "border_crop",
+    "jpeg_round_trip",
+    "match_pair_warp",
+    "normalize",
+    "normalized_grid",
+    "normalized_to_pixels",
+    "pair_keypoints",
+    "pair_warp",
+    "pixels_to_normalized",
+    "sample_pair_params",
+    "snap_keypoints",
+    "to_float_images",
+    "tps_augment",
+    "warp_images",
+    "warp_keypoints",
 ]
 assert sorted(__all__) == sorted(_MODULE_OF)
 

@@ -2,19 +2,24 @@
 
 Coordinate convention, used by every converter and stored in the Parquet shards:
 
-* a keypoint (x, y) is in pixels with **pixel centres at integer coordinates**:
-  pixel column i covers [i - 0.5, i + 0.5), so (0, 0) is the centre of the
-  top-left pixel;
+* an image's pixel grid has **pixel centres at integer coordinates**: pixel column i
+  covers [i - 0.5, i + 0.5), so (0, 0) is the centre of the top-left pixel;
 * a crop box (left, top, width, height) is in **pixel-edge coordinates**, like
   PIL's boxes: (0, 0, w, h) is the whole w x h image, and the box may be
   fractional and may leave the image (zero padding there);
-* cropping the box and resizing it to out_size = (W, H) moves a keypoint by
+* cropping the box and resizing it to out_size = (W, H) moves a keypoint by the
+  **official loaders' scaling** (`scale_keypoints`), with no half-pixel shift:
 
-      x' = (x - left + 0.5) * W / width  - 0.5
-      y' = (y - top  + 0.5) * H / height - 0.5
+      x' = (x - left) * W / width
+      y' = (y - top)  * H / height
 
-  which is the exact continuous map between the two pixel grids (it sends the
-  box's left edge, x = left - 0.5, to the output's left edge, x' = -0.5).
+  as contrast-landmark's `data_loader/data_loaders_face.py` (`MAFLAligned`:
+  `kp[:, :, 1] -= 30; kp *= imwidth / 178.`) and `data_loaders_animal.py` (`CUB`: fractions
+  of the image times the stored side) do. That is what produced the paper's numbers. The
+  pixels themselves move by the exact map between the two grids,
+  (x - left + 0.5) * W / width - 0.5, so a stored keypoint sits 0.5 * (1 - W / width) px
+  right of (below) the content it was annotated on: 0.12 px for the 178 -> 136 CelebA crop,
+  0 at scale 1, -0.5 px at 2x. The annotations are taken as the official code takes them.
 
 Images are resized with PIL's bilinear filter, which widens its support when
 downscaling (antialiased); masks with nearest neighbour, so they stay binary.
@@ -43,12 +48,12 @@ def crop_resize(
         image_hw3: (H, W, 3) uint8 RGB image.
         box: (left, top, width, height) in pixel-edge coordinates, width and height > 0.
         out_size: (W_out, H_out) of the result.
-        keypoints_k2: optional (K, 2) keypoints, x then y, pixel-centre coordinates.
+        keypoints_k2: optional (K, 2) keypoints, x then y, in the image's pixel coordinates.
         mask_hw: optional (H, W) uint8 mask with the image's height and width.
 
     Returns:
-        image (H_out, W_out, 3) uint8; keypoints (K, 2) float64 moved by the map in the
-        module docstring (None if not given); mask (H_out, W_out) uint8 (None if not given).
+        image (H_out, W_out, 3) uint8; keypoints (K, 2) float64 moved by `scale_keypoints`
+        with the same box (None if not given); mask (H_out, W_out) uint8 (None if not given).
     """
     left, top, width, height = (float(v) for v in box)
     out_w, out_h = int(out_size[0]), int(out_size[1])
@@ -64,12 +69,7 @@ def crop_resize(
     margin = math.ceil(max(width / out_w, height / out_h, 1.0)) + 1
     image = _resize_box(image_hw3, left, top, width, height, out_w, out_h, margin, Image.Resampling.BILINEAR)
 
-    keypoints = None
-    if keypoints_k2 is not None:
-        kps = np.asarray(keypoints_k2, dtype=np.float64).reshape(-1, 2)
-        keypoints = np.empty_like(kps)
-        keypoints[:, 0] = (kps[:, 0] - left + 0.5) * (out_w / width) - 0.5
-        keypoints[:, 1] = (kps[:, 1] - top + 0.5) * (out_h / height) - 0.5
+    keypoints = None if keypoints_k2 is None else scale_keypoints(keypoints_k2, box, out_size)
 
     mask = None
     if mask_hw is not None:
@@ -79,6 +79,20 @@ def crop_resize(
             mask_hw.astype(np.uint8), left, top, width, height, out_w, out_h, 0, Image.Resampling.NEAREST
         )
     return image, keypoints, mask
+
+
+def scale_keypoints(keypoints_k2: np.ndarray, box: Box, out_size: tuple[int, int]) -> np.ndarray:
+    """Keypoints of `box` resized to out_size = (W, H), the official way (no half-pixel shift).
+
+    x' = (x - left) * W / width, y' = (y - top) * H / height (module docstring): contrast-landmark
+    `data_loaders_face.py` / `data_loaders_animal.py`. Returns (K, 2) float64.
+    """
+    left, top, width, height = (float(v) for v in box)
+    if not (width > 0 and height > 0):
+        raise ValueError(f"box must have a positive size, got {box}")
+    kps = np.asarray(keypoints_k2, dtype=np.float64).reshape(-1, 2)
+    scale = np.array([out_size[0] / width, out_size[1] / height])
+    return (kps - (left, top)) * scale
 
 
 def _resize_box(

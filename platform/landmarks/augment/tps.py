@@ -14,9 +14,9 @@ the input location it samples, both in normalized coordinates (x first,
     r ~ N(0, rotsd) degrees.
 
 ``warp_images`` samples the input at g(p) (``grid_sample``), so the pixel at input
-location q moves to the p with g(p) = q; ``warp_keypoints`` solves that by Newton's
-method, to far below 0.01 px where the warp is one-to-one (the official code snapped
-keypoints to the nearest pixel). The strong ``PAIR`` warps fold over a small region in
+location q moves to the p with g(p) = q; ``snap_keypoints`` finds it as the official code
+does (the output pixel whose sample is nearest q: integer coordinates), ``warp_keypoints``
+solves it by Newton's method, to far below 0.01 px where the warp is one-to-one. The strong ``PAIR`` warps fold over a small region in
 about 1 in 10 draws, as in the official code; a keypoint there takes one of its images.
 
 Keypoints are in pixels (x, y) with pixel centres at integer coordinates, the
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..coords import normalized_grid, normalized_to_pixels, pixels_to_normalized
 
 NUM_CTRL = 10  # control points per side (official ``Warper.nc``)
 _KERNEL_EPS = 1e-5  # official ``tps_U``: d log(d + 1e-5)
@@ -70,28 +72,6 @@ MATCH = PAIR.scaled(0.5, 0.5)
 def control_points(device=None, dtype=torch.float32) -> torch.Tensor:
     """The (NUM_CTRL**2, 2) control points, a regular grid on [-1, 1]^2, x first."""
     return normalized_grid(NUM_CTRL, NUM_CTRL, device, dtype).reshape(-1, 2)
-
-
-def normalized_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(H, W, 2) normalized coordinates (x, y) of the pixel centres (align_corners=True)."""
-    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
-    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack((xx, yy), dim=-1)
-
-
-def pixels_to_normalized(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pixel (x, y), centres at integers, -> normalized [-1, 1] (align_corners=True). size = (H, W)."""
-    height, width = size
-    scale = points.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
-    return points * scale - 1.0
-
-
-def normalized_to_pixels(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of `pixels_to_normalized`. size = (H, W)."""
-    height, width = size
-    scale = points.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0])
-    return (points + 1.0) * scale
 
 
 def _kernel(points_bn2: torch.Tensor, ctrl_k2: torch.Tensor) -> torch.Tensor:
@@ -308,18 +288,62 @@ def pair_keypoints(kps_bk2: torch.Tensor, params: tuple[TPSParams, TPSParams], s
     return warp_keypoints(kps_b, second, size), kps_b
 
 
-def tps_augment(images_bchw: torch.Tensor, kps_bk2: torch.Tensor, visible_bk: torch.Tensor,
-                preset: TPSStrength = AUGMENT, generator: torch.Generator | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random TPS warp of images with their keypoints, for regressors trained on few annotations.
+def match_pair_warp(images_bchw: torch.Tensor, kps_bk2: torch.Tensor, strength: TPSStrength = MATCH,
+                    generator: torch.Generator | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The landmark-matching pair of each image, as the official ``Warper`` makes it.
 
-    Returns (images, keypoints (B, K, 2) pixels, visible (B, K)); a keypoint that leaves the
-    image (outside [0, W-1] x [0, H-1]) becomes invisible.
+    contrast-landmark ``MAFLAligned(pair_image=True, TPS_aug=True)``: ``Warper(warp kwargs halved,
+    im1_multiplier=1, im1_multiplier_aff=1)`` (`MATCH` for both warps) on the stored image: image
+    b = the source sampled by warp 1, image a = image b sampled again by warp 2 (two interpolations,
+    as there); keypoints are snapped through warp 1, then warp 2 (`snap_keypoints`).
+
+    images_bchw: (B, C, H, W), any range (no rounding here); kps_bk2: (B, K, 2) pixels.
+    Returns (img_a, img_b, kps_a, kps_b); the official code's first image of a pair is a, the
+    matching source.
+    """
+    size = tuple(images_bchw.shape[-2:])
+    first = TPSParams.sample(images_bchw.shape[0], strength, generator, images_bchw.device)
+    second = TPSParams.sample(images_bchw.shape[0], strength, generator, images_bchw.device)
+    x = images_bchw.float()
+    img_b = warp_images(x, first)
+    img_a = warp_images(img_b, second)
+    kps_b = snap_keypoints(kps_bk2, first, size)
+    return img_a, img_b, snap_keypoints(kps_b, second, size), kps_b
+
+
+def snap_keypoints(kps_bk2: torch.Tensor, params: TPSParams, size: tuple[int, int]) -> torch.Tensor:
+    """The official keypoint warp: each keypoint moves to the output pixel whose sample is nearest.
+
+    contrast-landmark ``utils/tps.py`` ``warp_keypoints``: a KD-tree over where every output pixel
+    p samples the input (g(p) in pixels) answers, for a keypoint q, the p with g(p) nearest q;
+    the keypoint becomes that pixel's integer coordinates. Kept wherever it lands (the official
+    loaders drop no keypoint). kps_bk2: (B, K, 2) pixels of an image of size (H, W) -> (B, K, 2).
+    """
+    if kps_bk2.dim() != 3 or kps_bk2.shape[0] != params.batch_size or kps_bk2.shape[-1] != 2:
+        raise ValueError(f"keypoints must be (B={params.batch_size}, K, 2), got {tuple(kps_bk2.shape)}")
+    width = size[1]
+    sampled = normalized_to_pixels(params.grid(size, dtype=torch.float64, device=kps_bk2.device),
+                                   size).reshape(params.batch_size, -1, 2)  # (B, H W, 2) input px
+    out = torch.empty_like(kps_bk2)
+    for b in range(params.batch_size):  # one (K, H W) distance matrix at a time
+        nearest = torch.cdist(kps_bk2[b].to(torch.float64), sampled[b]).argmin(-1)  # (K,)
+        out[b, :, 0], out[b, :, 1] = (nearest % width).to(out.dtype), (nearest // width).to(out.dtype)
+    return out
+
+
+def tps_augment(images_bchw: torch.Tensor, kps_bk2: torch.Tensor, preset: TPSStrength = AUGMENT,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official ``WarperSingle`` augmentation for regressors trained on few annotations.
+
+    Warps images (B, C, H, W), in 0..255 (uint8 or float), at the size given (the official code
+    warps the stored 136 px face before its border crop) and moves their pixel keypoints
+    (B, K, 2) with `snap_keypoints`. Returns (images, keypoints): uint8 images are truncated
+    back to uint8 as the official ``.to(torch.uint8)`` does; no keypoint is dropped.
     """
     params = TPSParams.sample(images_bchw.shape[0], preset, generator, images_bchw.device)
     size = tuple(images_bchw.shape[-2:])
-    kps, res_px = _warp_keypoints_with_residual(kps_bk2, params, size)
-    height, width = size
-    inside = (kps[..., 0] >= 0) & (kps[..., 0] <= width - 1) & (kps[..., 1] >= 0) & (kps[..., 1] <= height - 1)
-    visible = visible_bk.to(torch.bool) & inside & (res_px < 0.01)
-    return warp_images(images_bchw, params), kps, visible
+    warped = warp_images(images_bchw.float(), params)
+    if not images_bchw.is_floating_point():
+        warped = warped.clamp(0, 255).to(images_bchw.dtype)  # truncation, as the official cast
+    return warped, snap_keypoints(kps_bk2, params, size)

@@ -142,7 +142,7 @@ class MoCoViews(nn.Module):
 
     Args:
         out_size: side of the network input (96).
-        mean, std: per-channel normalization (``dataset.json``'s mean/std).
+        mean, std: per-channel normalization (``landmarks.data.normalization.input_stats``).
         border: views are cropped to out_size + 2 * border and then lose the border (20 for
             faces stored at 136, 0 for CUB).
         crop_min_scale: RandomResizedCrop area lower bound (0.2; aspect 3/4..4/3, torchvision).

@@ -28,7 +28,7 @@ from typing import Any
 from .. import storage
 from ..errors import UserError
 from .converters import BadItem, Converter, get_converter
-from .manifest import MANIFEST_NAME, Manifest, Shard, Split, remember_hash
+from .manifest import GEOMETRY_VERSION, MANIFEST_NAME, Manifest, Shard, Split, remember_hash
 
 INGEST_VERSION = 1
 STATE_NAME = "_ingest_state.json"
@@ -139,7 +139,7 @@ def ingest(dataset: str, root: str | None, out: str, image_size: int = 96, rows_
     params = _jsonable({
         "dataset": dataset, "root": _display_root(root), "image_size": image_size,
         "rows_per_shard": rows_per_shard, "skip_bad": skip_bad, "options": options,
-        "ingest_version": INGEST_VERSION,
+        "ingest_version": INGEST_VERSION, "geometry_version": GEOMETRY_VERSION,
     })
     done = _prepare_out(out, params, counts, overwrite)
     if isinstance(done, Manifest):
@@ -301,6 +301,7 @@ def _manifest(info, plan: list[ShardTask], state: dict, parse_skipped: list, dat
             "options": params["options"],
             "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "ingest_version": INGEST_VERSION,
+            "geometry_version": GEOMETRY_VERSION,
             "ingest_params": params,
             "stats_split": stats_split or "all",
             "skipped": len(skipped),

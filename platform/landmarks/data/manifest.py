@@ -6,15 +6,18 @@
      "has_masks": false, "image_format": "jpeg",
      "splits": {"train": {"rows": 19000, "shards": [
          {"path": "train/part-00000.parquet", "rows": 1000, "sha256": "...", "bytes": 1234}, ...]}},
+     "geometry_version": 2,
      ... free keys: source, options, created_at, ingest_version, skipped ...}
 
 `Manifest.verify` compares a dataset directory (local or s3://) with it: a missing,
-extra or altered shard is a `ManifestError` that names the shard.
+extra or altered shard is a `ManifestError` that names the shard. `check_geometry` flags a
+dataset ingested with an older canonical geometry (`GEOMETRY_VERSION`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +26,20 @@ from typing import Any
 from .. import storage
 from ..errors import UserError
 
+logger = logging.getLogger(__name__)
+
 MANIFEST_NAME = "dataset.json"
+# dataset.json `geometry_version` written by ingest (absent before version 2 = version 1).
+# 2: keypoints scaled as the official loaders scale them, no half-pixel shift
+#    (`landmarks.augment.geometry`); inat-aves and celeba-wild images resized whole by default;
+#    300W cut through the official code's int-truncated resize.
+GEOMETRY_VERSION = 2
+# Datasets whose version-1 keypoints are refused for landmark jobs (the others get a warning).
+_REINGEST_REQUIRED = ("cub",)
+_OLD_GEOMETRY_NOTE = {
+    "celeba-wild": "its images are face-box crops (now the converter option crop=face-box; the "
+                   "default is the official whole image)",
+}
 _REQUIRED = ("name", "K", "landmark_names", "eye_indices", "image_size", "input_size", "border",
              "mean", "std", "has_masks", "image_format", "splits")
 
@@ -243,3 +259,36 @@ def _check_rows(base: str, shard: Shard) -> str | None:
     if rows != shard.rows:
         return f"altered shard {shard.path}: {rows} rows, recorded {shard.rows}"
     return None
+
+
+def check_geometry(manifest: Manifest, data_path: str) -> None:
+    """Check that a dataset's keypoints follow the current canonical geometry (`GEOMETRY_VERSION`).
+
+    For jobs that use the keypoints. A dataset ingested before (no `geometry_version` in its
+    dataset.json, or an older one) raises UserError for the datasets in `_REINGEST_REQUIRED`
+    (cub), with the command that re-ingests it; for the others it only logs a warning: their
+    keypoints differ from the official scaling by under one stored pixel.
+    """
+    version = int(manifest.extra.get("geometry_version", 1))
+    if version >= GEOMETRY_VERSION:
+        return
+    where = storage.redact(str(data_path))
+    head = (f"{where}: dataset {manifest.name!r} was ingested before keypoints followed the official "
+            f"scaling (geometry_version {version} < {GEOMETRY_VERSION})")
+    command = _reingest_command(manifest, where)
+    if manifest.name in _REINGEST_REQUIRED:
+        raise UserError(f"{head}: re-ingest with `{command}`")
+    note = _OLD_GEOMETRY_NOTE.get(manifest.name, "its keypoints differ from the official ones by "
+                                                 "under one stored pixel")
+    logger.warning("%s; %s. Re-ingest to match the paper's protocol: `%s`", head, note, command)
+
+
+def _reingest_command(manifest: Manifest, out: str) -> str:
+    """The jobs/ingest.py command line that writes `manifest`'s dataset again over `out`."""
+    params = manifest.extra.get("ingest_params") or {}
+    source = manifest.extra.get("source") or {}
+    dataset = params.get("dataset") or source.get("dataset") or manifest.name
+    root = params.get("root") or source.get("root") or "RAW_DIR"
+    size = params.get("image_size", 96)
+    extra = "" if size == 96 else f" --image-size {size}"
+    return f"python jobs/ingest.py {dataset} --root {root} --out {out}{extra} --overwrite"

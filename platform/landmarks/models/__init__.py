@@ -16,13 +16,16 @@ from landmarks.models.heads import (
     LandmarkRegressor,
     Projector,
     SegmentationHead,
-    cell_centers,
-    normalized_to_pixels,
-    pixels_to_normalized,
-    size_hw,
     soft_argmax,
+    spatial_softmax,
 )
-from landmarks.models.hypercolumn import conv4, hypercolumn, representation, representation_channels
+from landmarks.models.hypercolumn import (
+    conv4,
+    dense_size,
+    hypercolumn,
+    representation,
+    representation_channels,
+)
 from landmarks.models.moco import MoCo, positive_probability
 
 __all__ = [
@@ -35,15 +38,13 @@ __all__ = [
     "ResNetBackbone",
     "SegmentationHead",
     "build_backbone",
-    "cell_centers",
     "conv4",
+    "dense_size",
     "hypercolumn",
     "load_backbone_weights",
-    "normalized_to_pixels",
-    "pixels_to_normalized",
     "positive_probability",
     "representation",
     "representation_channels",
-    "size_hw",
     "soft_argmax",
+    "spatial_softmax",
 ]

@@ -4,7 +4,9 @@ One registry (``BACKBONES``) and one factory (``build_backbone``), as in timm.
 Every backbone is a torchvision ``ResNet`` built from torchvision's
 ``BasicBlock`` / ``Bottleneck`` with the parameter names of torchvision
 (``conv1``, ``bn1``, ``layer1`` .. ``layer4``, ``fc``), so torchvision ImageNet
-checkpoints and MoCo checkpoints load by name. ``fc`` is the MoCo v1 head: a
+checkpoints, MoCo checkpoints and the authors' released checkpoints (official
+``train_moco.py``: ``encoder.module.`` keys, see ``load_backbone_weights``) load
+by name. ``fc`` is the MoCo v1 head: a
 single Linear from the pooled features to ``low_dim`` (facebookresearch/moco
 builds the encoder with ``num_classes=dim``).
 
@@ -26,6 +28,7 @@ on a CPU (`make demo`), where a full ResNet18 gets too few MoCo steps to learn.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
@@ -127,7 +130,10 @@ def build_backbone(name: str, low_dim: int = 128) -> ResNetBackbone:
 # ----------------------------------------------------------------------------- weights
 
 _HEAD_PREFIX = "fc."
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.", "model.")
+# The official train_moco.py saves InsResNet*.state_dict(): a torchvision-named ResNet wrapped in
+# nn.DataParallel under ``encoder``, hence ``encoder.module.conv1.weight`` ...
+OFFICIAL_MOCO_PREFIX = "encoder.module."
+_WRAPPER_PREFIXES = (OFFICIAL_MOCO_PREFIX, "module.", "_orig_mod.", "backbone.", "model.")
 _NESTING_KEYS = ("state_dict", "model", "backbone")
 
 
@@ -150,6 +156,23 @@ class LoadReport:
         for key, why in self.skipped.items():
             parts.append(f"skipped {key}: {why}")
         return "; ".join(parts)
+
+
+# Globals a weights-only load allows besides torch's defaults (tensors, storages, OrderedDict, plain
+# containers and values). The official train_moco.py pickles its argparse options (`opt`), an
+# argparse.Namespace of str/int/float/bool/None/list values; nothing else it saves needs more.
+CHECKPOINT_SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+
+def torch_load_weights(path: str | os.PathLike, extra_globals: tuple = ()) -> object:
+    """``torch.load(path)`` weights-only on the CPU, allowing ``CHECKPOINT_SAFE_GLOBALS`` (and
+    `extra_globals`) only.
+
+    Zip (PyTorch >= 1.6) and legacy (PyTorch 1.4, the authors' version) files both load. Anything
+    else pickled (a custom class, a dict subclass, a function) raises ``pickle.UnpicklingError``.
+    """
+    with torch.serialization.safe_globals([*CHECKPOINT_SAFE_GLOBALS, *extra_globals]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _is_state_dict(obj: Mapping) -> bool:
@@ -210,10 +233,13 @@ def load_backbone_weights(
 ) -> LoadReport:
     """Load torchvision-ImageNet, MoCo, or plain backbone weights into ``backbone``.
 
-    Accepts a file path (``torch.load(weights_only=True)``, no downloads) or an
+    Accepts a file path (``torch_load_weights``: weights-only, no downloads) or an
     in-memory checkpoint: a plain state dict, a MoCo state dict (``encoder_q.``
     / ``module.encoder_q.`` keys; the key encoder and queue are ignored), or
-    either nested under ``state_dict`` / ``model`` / ``backbone``. A head whose
+    either nested under ``state_dict`` / ``model`` / ``backbone``. The authors'
+    checkpoints (``{"opt", "model", "contrast", "optimizer", "epoch",
+    "model_ema"}``) give ``model``, the query encoder, with its
+    ``encoder.module.`` prefix stripped; ``model_ema`` is ignored. A head whose
     shape differs (torchvision's 1000-class ``fc``, another ``low_dim``) is
     skipped and reported; the head keeps its initialisation.
 
@@ -230,7 +256,7 @@ def load_backbone_weights(
         source = os.fspath(path_or_state_dict)
         if not os.path.isfile(source):
             raise FileNotFoundError(f"backbone weights file not found: {source}")
-        raw = torch.load(source, map_location="cpu", weights_only=True)
+        raw = torch_load_weights(source)
     state = _extract_state_dict(raw, source)
     target = backbone.state_dict()
     body_ckpt, body_model = _body(state), _body(target)

@@ -1,62 +1,23 @@
-"""Heads over dense descriptors, and the project's one coordinate convention.
+"""Heads over dense descriptors (coordinates: ``landmarks.coords``, the official convention).
 
-Coordinate convention (used by every head, loss target and metric helper):
-landmark coordinates are **normalized to [-1, 1], x first** (``(..., 2)`` =
-(x, y)), in the ``align_corners=False`` sense of ``F.grid_sample``: -1 and +1
-are the outer *edges* of the image, and a 0-based pixel coordinate ``x``
-(pixel centres at integers, the keypoint convention of the Parquet shards)
-maps to ``u = 2 * (x + 0.5) / W - 1``. Feature-map cell ``j`` of a ``w``-wide
-map therefore sits at ``2 * (j + 0.5) / w - 1``, the same physical point as in
-the image because hypercolumns are resized with ``align_corners=False`` too.
-(The equivariance loss's correspondence grid is the one exception: the spec
-fixes it to ``align_corners=True``; see ``landmarks.losses``.)
-
-Heads:
-- ``Projector``: 1x1 conv from the hypercolumn to a 64/128/256 (.. 1280)-d descriptor (Sec. 3.2).
-- ``LandmarkRegressor``: per landmark, 50 intermediate points by spatial
-  soft-argmax over 1x1-conv heatmaps (logits x100), then a per-landmark linear
-  map of their coordinates to the landmark (SPEC "Regressor"; the
-  IntermediateKeypointPredictor of Thewlis et al.'s DVE code, which the paper uses).
+- ``Projector``: 1x1 conv from the hypercolumn to a 64/128/256 (.. 1280)-d descriptor, then a
+  spatial softmax per channel (Sec. 3.2; the official ``FeatDistiller``).
+- ``LandmarkRegressor``: per landmark, 50 intermediate points by spatial soft-argmax over
+  1x1-conv heatmaps (logits x100) on the map's ``linspace(-1, 1)`` grid, then a per-landmark
+  linear map of their coordinates to the landmark (contrast-landmark
+  ``models/keypoint_prediction.py`` ``IntermediateKeypointPredictor``, from Thewlis et al.'s DVE).
 - ``SegmentationHead``: 1x1 conv to one foreground logit, upsampled to the image (Table 6).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def size_hw(size) -> tuple[float, float]:
-    """``size`` as (height, width): an int (square) or a (height, width) pair."""
-    if isinstance(size, (int, float)):
-        return float(size), float(size)
-    h, w = size
-    return float(h), float(w)
-
-
-def pixels_to_normalized(kps_px: torch.Tensor, size) -> torch.Tensor:
-    """Pixel (x, y), 0-based, pixel centres at integers -> [-1, 1] (x, y).
-
-    kps_px: (..., 2); size: int or (height, width) of the image. u = 2 (x + 0.5) / W - 1.
-    """
-    h, w = size_hw(size)
-    scale = kps_px.new_tensor([w, h])
-    return 2.0 * (kps_px + 0.5) / scale - 1.0
-
-
-def normalized_to_pixels(norm: torch.Tensor, size) -> torch.Tensor:
-    """Inverse of ``pixels_to_normalized``: x = (u + 1) W / 2 - 0.5. norm: (..., 2)."""
-    h, w = size_hw(size)
-    scale = norm.new_tensor([w, h])
-    return (norm + 1.0) * scale / 2.0 - 0.5
-
-
-def cell_centers(h: int, w: int, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalized x of each column (w,) and y of each row (h,) of an h x w map."""
-    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * (2.0 / w) - 1.0
-    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * (2.0 / h) - 1.0
-    return xs, ys
+from landmarks.coords import cell_centers, size_hw
 
 
 def soft_argmax(logits_bnhw: torch.Tensor) -> torch.Tensor:
@@ -68,18 +29,48 @@ def soft_argmax(logits_bnhw: torch.Tensor) -> torch.Tensor:
     return prob @ grid  # one product for both coordinates
 
 
-class Projector(nn.Module):
-    """1x1 conv: (B, in_channels, h, w) -> (B, dim, h, w); trained by the equivariance loss."""
+# Official softargmax_mul of the feature projector per output dim (README "Stage 2"; searched on a
+# validation set): 7 for 128 and 256 dims, 6.5 for 64. Other dims take 7.
+SOFTARGMAX_MUL = {64: 6.5, 128: 7.0, 256: 7.0}
+DEFAULT_SOFTARGMAX_MUL = 7.0
 
-    def __init__(self, in_channels: int, dim: int) -> None:
+
+def spatial_softmax(logits_bchw: torch.Tensor, mul: float) -> torch.Tensor:
+    """softmax of mul x logits over the h x w locations of each channel: (B, C, h, w), sums to 1 per map."""
+    b, c, h, w = logits_bchw.shape
+    return torch.softmax(mul * logits_bchw.reshape(b, c, h * w), dim=-1).reshape(b, c, h, w)
+
+
+class Projector(nn.Module):
+    """The official feature projector (contrast-landmark ``models/feat_distiller.py`` ``FeatDistiller``,
+    ``mode='softmax'``, ``kernel_size=1``): a 1x1 conv with bias from the hypercolumn to `dim`
+    channels, then a spatial softmax of ``softargmax_mul`` x its output over the map, per channel.
+    The descriptor at a pixel is the vector of the `dim` maps there. ``softargmax_mul=0`` leaves
+    the conv output as it is (the official ``linear`` case, and projectors trained before).
+
+    (B, in_channels, h, w) -> (B, dim, h, w).
+    """
+
+    def __init__(self, in_channels: int, dim: int, softargmax_mul: float | None = None) -> None:
         super().__init__()
         if in_channels < 1 or dim < 1:
             raise ValueError(f"Projector needs positive sizes, got in_channels={in_channels}, dim={dim}")
         self.in_channels, self.dim = in_channels, dim
+        self.softargmax_mul = float(SOFTARGMAX_MUL.get(dim, DEFAULT_SOFTARGMAX_MUL) if softargmax_mul is None
+                                    else softargmax_mul)
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=1)
 
+    def activate(self, conv_out_bchw: torch.Tensor) -> torch.Tensor:
+        """The spatial softmax of the conv's output (computed elsewhere, e.g. block by block)."""
+        if self.softargmax_mul == 0:
+            return conv_out_bchw
+        return spatial_softmax(conv_out_bchw.float(), self.softargmax_mul)
+
     def forward(self, feats_bchw: torch.Tensor) -> torch.Tensor:
-        return self.proj(feats_bchw)
+        return self.activate(self.proj(feats_bchw))
+
+    def extra_repr(self) -> str:
+        return f"softargmax_mul={self.softargmax_mul}"
 
 
 class LandmarkRegressor(nn.Module):
@@ -87,10 +78,13 @@ class LandmarkRegressor(nn.Module):
 
     A bias-free 1x1 conv makes K x P heatmaps (P = ``points_per_landmark``, 50
     in the paper); each is turned into a point by soft-argmax of
-    ``softmax_scale * logits`` (x100, SPEC "Regressor"); landmark k is a
-    linear map (bias-free, as in DVE) of its own P points' 2P coordinates.
-    The linear map starts as the mean of the P points, so an untrained head
-    already predicts a plausible location.
+    ``softmax_scale * logits`` (x100, SPEC "Regressor") over the map's
+    ``linspace(-1, 1)`` grid; landmark k is a bias-free linear map of its own P
+    points' 2P coordinates (x0, y0, x1, y1, ...).
+
+    Initialisation as the official ``IntermediateKeypointPredictor``: heatmap
+    weights ~ N(0, 1) (``torch.randn``), each landmark's linear map
+    ``nn.Linear(2P, 2, bias=False)``'s default, U(-1/sqrt(2P), 1/sqrt(2P)).
     """
 
     def __init__(
@@ -109,11 +103,10 @@ class LandmarkRegressor(nn.Module):
         self.num_landmarks, self.points_per_landmark = num_landmarks, points_per_landmark
         self.softmax_scale = float(softmax_scale)
         self.heatmaps = nn.Conv2d(in_channels, num_landmarks * points_per_landmark, 1, bias=False)
+        nn.init.normal_(self.heatmaps.weight, mean=0.0, std=1.0)
         # weight[k] maps landmark k's P points, flattened as (x0, y0, x1, y1, ...), to (x, y).
-        init = torch.zeros(num_landmarks, 2, points_per_landmark, 2)
-        init[:, 0, :, 0] = 1.0 / points_per_landmark
-        init[:, 1, :, 1] = 1.0 / points_per_landmark
-        self.weight = nn.Parameter(init.reshape(num_landmarks, 2, 2 * points_per_landmark))
+        bound = 1.0 / math.sqrt(2 * points_per_landmark)  # nn.Linear's default (kaiming_uniform a=sqrt(5))
+        self.weight = nn.Parameter(torch.empty(num_landmarks, 2, 2 * points_per_landmark).uniform_(-bound, bound))
 
     def intermediate_points(self, feats_bchw: torch.Tensor) -> torch.Tensor:
         """The K x P soft-argmax points, (B, K, P, 2) normalized."""

@@ -213,9 +213,10 @@ def compute_pca(source: str, arch: str | None, data: str, n: int = 4, seed: int 
     import torch
 
     from ..data.manifest import Manifest
-    from ..features import feature_size, input_tensor, load_split
-    from ..models import BACKBONES, hypercolumn
-    from ..train.backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
+    from ..data.normalization import input_stats
+    from ..features import input_tensor, load_split
+    from ..models import BACKBONES, dense_size, hypercolumn
+    from ..train.backbone_source import load_backbone
     from .figures import pca_rgb
 
     manifest = Manifest.load(data)
@@ -225,12 +226,11 @@ def compute_pca(source: str, arch: str | None, data: str, n: int = 4, seed: int 
     split = load_split(data, "test", manifest.input_size, rows=range(min(n, manifest.split("test").rows)))
     maps = {}
     for name, src in (("pretrained", source), ("random", "random")):
-        backbone, info = load_backbone(src, arch, seed=seed)
-        imagenet = info["normalization"] == "imagenet"
-        x = input_tensor(split["image"], IMAGENET_MEAN if imagenet else manifest.mean,
-                         IMAGENET_STD if imagenet else manifest.std, "cpu")
+        backbone, _ = load_backbone(src, arch, seed=seed)
+        mean, std, _ = input_stats(manifest)
+        x = input_tensor(split["image"], mean, std, "cpu")
         with torch.no_grad():
-            maps[name] = pca_rgb(hypercolumn(backbone, x, size=feature_size(manifest.input_size)))
+            maps[name] = pca_rgb(hypercolumn(backbone, x, size=dense_size("hypercolumn", manifest.input_size)))
     return {"images": split["image"], **maps}
 
 

@@ -8,8 +8,14 @@
 - an MLflow run id of a pretraining run: its artifacts ``backbone/backbone.pt`` + ``backbone/meta.json``
   (written by `landmarks.train.pretrain.save_backbone`),
 - a Ray Train checkpoint directory (``state.pt`` with the MoCo state dict + ``meta.json``), local or s3://,
-- a ``.pt``/``.pth`` file: our ``backbone.pt`` (a ``meta.json`` beside it is checked) or a local
-  torchvision ImageNet weights file (Table 4/5 "ImageNet"; nothing is downloaded).
+- a ``.pt``/``.pth`` file, local or s3://: our ``backbone.pt`` (a ``meta.json`` beside it is checked), a
+  local torchvision ImageNet weights file (Table 4/5 "ImageNet"; nothing is downloaded), or one of the
+  authors' released MoCo checkpoints (``ckpt_epoch_800_resnet50_celeba.pth``, saved by their
+  ``train_moco.py``; see docs/official_checkpoints.md): its query encoder ``model`` is loaded, its
+  architecture read from the tensor shapes and checked against ``model.backbone``.
+
+Every file is read with ``torch.load(weights_only=True)``; the only global allowed beyond torch's defaults
+is ``argparse.Namespace`` (the official checkpoints' ``opt``).
 
 `info["fingerprint"]` hashes the weights that shape the dense features (the MoCo head is left
 out), so two sources with the same weights share one feature cache entry. `info["init"]` is
@@ -18,23 +24,32 @@ out), so two sources with the same weights share one feature cache entry. `info[
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import storage, tracking
 from ..errors import UserError
 from ..models import Projector, ResNetBackbone, build_backbone, load_backbone_weights
+from ..models.backbones import (
+    BACKBONES,
+    CHECKPOINT_SAFE_GLOBALS,
+    OFFICIAL_MOCO_PREFIX,
+    _extract_state_dict,
+    _identify,
+    torch_load_weights,
+)
 from .checkpoint import META, STATE
-
-# torchvision ImageNet normalisation (torchvision.models ResNet50_Weights transforms).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def fingerprint(backbone: torch.nn.Module) -> str:
@@ -94,17 +109,94 @@ def _read_meta(path: Path) -> dict:
         raise UserError(f"{path}: unreadable meta.json ({err})") from None
 
 
-def _torch_load(path: Path, where: str) -> Any:
+def _one_line(err: BaseException | str, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _torch_load(path: Path, where: str, what: str = "backbone.source", extra_globals: tuple = ()) -> Any:
+    """``path`` loaded weights-only (``torch_load_weights``); a failure is a one-line UserError naming `where`."""
+    where = storage.redact(where)
+    unreadable = f"{what} {where}: cannot read {path.name} as PyTorch weights"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as err:  # pickle / zip errors: not a weights file
-        raise UserError(f"backbone.source {where}: cannot read {path.name} as PyTorch weights ({err})") from None
+        return torch_load_weights(path, extra_globals)
+    except pickle.UnpicklingError as err:  # weights-only refused a global, or a corrupt pickle stream
+        refused = re.search(r"GLOBAL (\S+)", str(err))
+        if refused is None:  # torch's message advises weights_only=False: keep only the unpickler's reason
+            reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            detail = _one_line(reason.group(1) if reason else err)
+            raise UserError(f"{unreadable}, the file is corrupt, truncated or not a PyTorch checkpoint "
+                            f"({detail})") from None
+        allowed = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in CHECKPOINT_SAFE_GLOBALS)
+        raise UserError(f"{what} {where}: weights-only loading refused the pickled global {refused.group(1)}; "
+                        f"a MoCo checkpoint (the authors' train_moco.py or ours) pickles only tensors, plain "
+                        f"containers and {allowed}, so this is not one; if you trust the file, re-save its "
+                        "state_dict() with torch.save and pass that") from None
+    except (RuntimeError, OSError, ValueError, EOFError, TypeError, AttributeError) as err:
+        # zip / legacy-format errors: a truncated download, or not a PyTorch file at all
+        raise UserError(f"{unreadable}, the file is truncated (an incomplete download?), corrupt or not a "
+                        f"PyTorch checkpoint ({_one_line(err)})") from None
 
 
 def _is_imagenet(state: Any) -> bool:
     """torchvision ImageNet files end in a 1000-way classifier."""
     w = state.get("fc.weight") if isinstance(state, dict) else None
     return isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] == 1000
+
+
+def _is_official_moco(raw: Any) -> bool:
+    """The authors' train_moco.py layout: {"opt": Namespace, "model": {"encoder.module.*": ...}, "model_ema", ...}."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("model"), Mapping) or not raw["model"]:
+        return False
+    return isinstance(raw.get("opt"), argparse.Namespace) or all(
+        str(k).startswith(OFFICIAL_MOCO_PREFIX) for k in raw["model"])
+
+
+_OPT_FIELDS = ("model", "dataset", "image_size", "image_crop", "epochs", "nce_k", "width")
+
+
+def _from_official_moco(raw: Mapping, name: str, where: str) -> tuple[ResNetBackbone, dict]:
+    """The query encoder (``model``, as the authors' eval_face.py loads it; not ``model_ema``) of an official
+    checkpoint, with its architecture identified from the tensor shapes and cross-checked with ``opt.model``."""
+    where = storage.redact(where)
+    opt = raw.get("opt")
+    opt_vars = vars(opt) if isinstance(opt, argparse.Namespace) else {}
+    opt_model = opt_vars.get("model") if isinstance(opt_vars.get("model"), str) else None
+    try:
+        state = _extract_state_dict(raw["model"], where)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"backbone.source {where}: official MoCo checkpoint without backbone weights "
+                        f"({_one_line(err)})") from None
+    arch = _identify(state)
+    said = f"opt.model={opt_model!r}" if opt_model else "no opt.model"
+    if arch is None and opt_model not in BACKBONES:
+        raise UserError(f"backbone.source {where}: official MoCo checkpoint ({said}) holds a backbone that is none "
+                        f"of {sorted(BACKBONES)} (tensor shapes match no registered architecture); use one of the "
+                        "released ResNet18/ResNet50/ResNet50-half MoCo checkpoints")
+    if arch is not None and opt_model in BACKBONES and not _opt_model_agrees(opt_model, opt_vars.get("width"), arch):
+        raise UserError(f"backbone.source {where}: inconsistent official MoCo checkpoint: {said} but its tensor "
+                        f"shapes are a {arch!r} backbone; re-download the file")
+    if arch is not None and arch != name:
+        raise UserError(f"backbone.source {where}: official MoCo checkpoint holds a {arch!r} backbone ({said}) "
+                        f"but model.backbone={name!r}; set model.backbone={arch}")
+    head = state.get("fc.weight")
+    low_dim = int(head.shape[0]) if isinstance(head, torch.Tensor) and head.dim() == 2 else 128
+    backbone = build_backbone(name, low_dim=low_dim)
+    _load_weights(backbone, state, where)
+    meta: dict[str, Any] = {"backbone": name, "low_dim": low_dim}
+    if isinstance(raw.get("epoch"), int):
+        meta["epoch"] = raw["epoch"]
+    meta.update({f"opt.{k}": opt_vars[k] for k in _OPT_FIELDS
+                 if isinstance(opt_vars.get(k), (str, int, float, bool))})
+    return backbone, {"init": "pretrained", "type": "official_moco", "meta": meta}
+
+
+def _opt_model_agrees(opt_model: str, width: Any, arch: str) -> bool:
+    """``opt.model`` vs the identified architecture; the half-width ResNet50 (InsResNet50(width=0.5)) may be
+    recorded as 'resnet50_half' or as 'resnet50' (with or without a ``width`` option)."""
+    if opt_model == "resnet50" and arch == "resnet50_half":
+        return not isinstance(width, (int, float)) or float(width) == 0.5
+    return opt_model == arch
 
 
 def _from_path(source: str, name: str, tmp: Path) -> tuple[ResNetBackbone, dict]:
@@ -125,6 +217,8 @@ def _from_path(source: str, name: str, tmp: Path) -> tuple[ResNetBackbone, dict]
     meta = _read_meta(path.parent / META) if path.name == "backbone.pt" else {}
     _check_meta(meta, name, source)
     state = _torch_load(path, source)
+    if not meta and _is_official_moco(state):
+        return _from_official_moco(state, name, source)
     backbone = build_backbone(name, low_dim=int(meta.get("low_dim", 128)))
     _load_weights(backbone, state, source)
     init = "imagenet" if not meta and _is_imagenet(state) else "pretrained"
@@ -149,11 +243,11 @@ def load_backbone(source: str, backbone_name: str, seed: int = 0) -> tuple[ResNe
     """The frozen backbone named by `source` (module docstring), in eval mode on the CPU.
 
     Returns (backbone, info) with info keys: source, type, init, backbone, fingerprint,
-    normalization ("imagenet" for ImageNet weights, else "dataset": the eval dataset's mean/std),
     meta (the checkpoint's meta.json, possibly empty), mlflow_run_id (for a run id).
 
     Raises:
-        UserError: unknown run id, missing path, unreadable file, or weights of another backbone.
+        UserError (one line, naming the source): unknown run id, missing path, unreadable or truncated
+            file, a file pickling a class weights-only loading refuses, or weights of another backbone.
     """
     source = (source or "").strip()
     if not source:
@@ -166,18 +260,24 @@ def load_backbone(source: str, backbone_name: str, seed: int = 0) -> tuple[ResNe
                 backbone, info = _from_path(source, backbone_name, Path(tmp))
             else:  # anything else names an MLflow run (ids are 32 hex digits)
                 backbone, info = _from_run(source, backbone_name, Path(tmp))
-    info.update(source=source, backbone=backbone_name, fingerprint=fingerprint(backbone),
-                normalization="imagenet" if info["init"] == "imagenet" else "dataset")
+    info.update(source=source, backbone=backbone_name, fingerprint=fingerprint(backbone))
     return backbone.eval(), info
 
 
 # ----------------------------------------------------------------------------- projector
 
+# The official train_feature_projector.py saves {"opt": Namespace, "epoch", "feat_disiller" (sic):
+# DataParallel(FeatDistiller).state_dict() ("module.reg_conv.weight"/"bias"), "val_error" and
+# "test_error": [np.mean(...), np.mean(...)]}: numpy float64 scalars besides the Namespace.
+OFFICIAL_PROJECTOR_KEY = "feat_disiller"
+_NUMPY_SCALAR_GLOBALS = (np.dtype, type(np.dtype("float64")), np.float64(0).__reduce__()[0])
+
 
 def _projector_state(raw: Any, where: str) -> dict[str, torch.Tensor]:
     state = raw
+    nesting = ("state_dict", "projector", "model", OFFICIAL_PROJECTOR_KEY)
     while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        inner = next((state[k] for k in ("state_dict", "projector", "model") if isinstance(state.get(k), dict)), None)
+        inner = next((state[k] for k in nesting if isinstance(state.get(k), dict)), None)
         if inner is None:
             raise UserError(f"projector.source {where}: no projector weights found (keys {sorted(state)[:10]})")
         state = inner
@@ -189,6 +289,21 @@ def _projector_state(raw: Any, where: str) -> dict[str, torch.Tensor]:
     key = next(iter(weights))
     bias = state.get(key[: -len("weight")] + "bias")
     return {"proj.weight": weights[key], **({"proj.bias": bias} if bias is not None else {})}
+
+
+def _official_projector_meta(raw: Any, where: str) -> dict | None:
+    """meta for an official feature-projector checkpoint (its softmax multiplier from `opt`), else None."""
+    if not isinstance(raw, Mapping) or OFFICIAL_PROJECTOR_KEY not in raw:
+        return None
+    opt = vars(raw.get("opt") or argparse.Namespace())
+    mode, kernel = opt.get("distill_mode", "softmax"), int(opt.get("kernel_size", 1))
+    if mode not in ("softmax", "linear") or kernel != 1:
+        raise UserError(f"projector.source {where}: an official projector with distill_mode={mode!r}, kernel_size="
+                        f"{kernel}; only the paper's 1x1 softmax (or linear) projectors are supported")
+    val = raw.get("val_error")
+    return {"official": True, "epoch": raw.get("epoch"), "dim": opt.get("out_dim"),
+            "softargmax_mul": float(opt.get("softargmax_mul", 7.0)) if mode == "softmax" else 0.0,
+            "backbone": opt.get("model"), **({"val_match_diff_px": float(val[1])} if val else {})}
 
 
 def _projector_files(source: str, tmp: Path) -> tuple[Path, dict, str]:
@@ -213,18 +328,23 @@ def _projector_files(source: str, tmp: Path) -> tuple[Path, dict, str]:
 
 def load_projector(source: str, backbone_fingerprint: str, in_channels: int,
                    backbone_name: str | None = None) -> Projector:
-    """The trained 1x1 projector named by `source` (an MLflow run id of jobs/train_projector.py, a
-    directory with projector.pt + meta.json, or a projector.pt file), in eval mode on the CPU.
+    """The trained projector named by `source`, in eval mode on the CPU: an MLflow run id of
+    jobs/train_projector.py, a directory with projector.pt + meta.json, a projector.pt file, or the
+    authors' feature-projector checkpoint (train_feature_projector.py's ``{"opt", "feat_disiller", ...}``;
+    its ``softargmax_mul`` is read from ``opt``).
 
-    meta.json ({"backbone_fingerprint", "backbone", "dim", "in_channels", "layers"}) is checked
-    against this job's backbone: a projector trained on other weights is a UserError.
+    meta.json ({"backbone_fingerprint", "backbone", "dim", "in_channels", "layers", "softargmax_mul"}) is
+    checked against this job's backbone: a projector trained on other weights is a UserError. A
+    projector.pt without "softargmax_mul" in its meta.json (trained before the projector had its
+    spatial softmax) stays a plain 1x1 conv.
     """
     if not source:
         raise UserError("representation=projected needs projector.source (an MLflow run id of "
                         "jobs/train_projector.py, or a projector.pt file)")
     with tempfile.TemporaryDirectory(prefix="landmarks-projector-") as tmp:
         path, meta, where = _projector_files(source, Path(tmp))
-        raw = _torch_load(path, where)
+        raw = _torch_load(path, where, what="projector.source", extra_globals=_NUMPY_SCALAR_GLOBALS)
+    meta = _official_projector_meta(raw, where) or meta
     trained_on = meta.get("backbone_fingerprint")
     if trained_on and trained_on != backbone_fingerprint:
         named = f" ({meta['backbone']})" if meta.get("backbone") else ""
@@ -238,7 +358,7 @@ def load_projector(source: str, backbone_fingerprint: str, in_channels: int,
         raise UserError(f"projector.source {where} maps {got_in} channels (layers={meta.get('layers', '?')}) but "
                         f"this representation has {in_channels}; match `layers` and model.backbone to the projector")
     state.setdefault("proj.bias", torch.zeros(int(dim)))
-    projector = Projector(in_channels, int(dim))
+    projector = Projector(in_channels, int(dim), float(meta.get("softargmax_mul", 0.0)))
     projector.load_state_dict(state)
     projector.meta = dict(meta, source=source)
     return projector.eval()

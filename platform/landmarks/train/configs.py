@@ -45,7 +45,10 @@ class PretrainTrain(TrainConfig):
     lr: float = Field(0.03, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     sgd_momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    lr_schedule: Literal["epoch", "step"] = Field(
+        "epoch", description="epoch: the official cosine, lr x (1 + cos(pi e / epochs)) / 2 set at the start of "
+        "epoch e = 1.. (train_moco.py); step: a cosine over steps with warmup_epochs (MoCo v2/v3)")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up (lr_schedule=step only)")
     log_every_steps: int = Field(10, ge=1)
     compile: bool = Field(False, description="torch.compile both encoders (worth it on GPUs for long runs: "
                           "the first step compiles for about a minute)")
@@ -68,6 +71,9 @@ class PretrainConfig(Section):
                 f"train.batch_size={self.train.batch_size} is not divisible by ray.num_workers="
                 f"{self.ray.num_workers}; the global batch is split evenly over workers"
             )
+        if self.train.warmup_epochs and self.train.lr_schedule == "epoch":
+            raise ValueError("train.warmup_epochs needs train.lr_schedule=step (the official per-epoch cosine "
+                             "has no warm-up)")
         return self
 
 
@@ -103,15 +109,23 @@ class EvalCommon(AnnotationsMixin):
 
 
 class RegressTrain(EvalTrain):
-    samples_per_epoch: int | Literal["auto"] = Field(
-        "auto", description="auto: 1000 for limited face budgets (official --repeat --num_per_epoch 1000), "
-        "else one pass over the annotated images")
+    """The official regressor recipe (eval_face.py / eval_animal.py and the README's command lines)."""
 
-    @field_validator("samples_per_epoch")
+    epochs: int | Literal["auto"] = Field(
+        "auto", description="epochs trained; auto: the official stopping epoch, 120 / 45 / 80 of 200 for MAFL / "
+        "AFLW / 300W with all annotations (200 for other face sets), 1000 with limited face budgets, 2000 for CUB")
+    schedule_epochs: int | Literal["auto"] = Field(
+        "auto", description="T of the per-epoch cosine (CosineAnnealingLR, eta_min = lr x 8e-4); auto: 200 with "
+        "all face annotations, 1000 with limited ones, 2000 for CUB")
+    samples_per_epoch: int | Literal["auto"] = Field(
+        "auto", description="auto: limited face budgets repeat their N images 1000 // N times an epoch (official "
+        "--repeat --num_per_epoch 1000), else one pass over the annotated images")
+
+    @field_validator("epochs", "schedule_epochs", "samples_per_epoch")
     @classmethod
-    def _positive(cls, v):
+    def _positive(cls, v, info):
         if isinstance(v, int) and v < 1:
-            raise ValueError("samples_per_epoch must be a positive integer or 'auto'")
+            raise ValueError(f"{info.field_name} must be a positive integer or 'auto'")
         return v
 
 
@@ -155,25 +169,61 @@ class MatchConfig(Section):
     layers: int = Field(4, ge=1, le=4)
     split: str = "test"
     seed: int = 0
-    warp: Literal["match", "pair"] = Field(
-        "match", description="TPS strength of same-identity pairs: match = half of pair, both images warped "
-        "(contrast-landmark MAFLAligned(pair_image=True)); pair = the equivariance-loss PAIR preset")
     descriptor_size: int | None = Field(
-        None, ge=1, description="side of the descriptor maps; None: the input size (official val_out_size 96)")
+        None, ge=1, description="side of the descriptor maps; None: the input size (official val_out_size 96); "
+        "conv4 is matched at its own resolution")
     batch_size: int = Field(32, ge=2, description="images per forward pass (even: consecutive pairs)")
     mlflow: MlflowConfig = MlflowConfig(experiment="match")
 
 
 class ProjectorTrain(TrainConfig):
-    """Sec. 3.2: 10 epochs, Adam lr 1e-3, wd 5e-4, temperature 1/7, no other augmentation."""
+    """The official feature projector (train_feature_projector.py and the README's "Stage 2" command):
+    10 epochs, batch 32, Adam(beta1 0.5) lr 1e-3 wd 5e-4, per-epoch cosine (eta_min = lr x 8e-4),
+    hypercolumns of 24 x 24 (--train_out_size 24), temperature 1/7 (1/8 for 64 dims)."""
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(5e-4, ge=0.0)
-    temperature: float = Field(1 / 7, gt=0.0)
-    power: float = Field(0.5, gt=0.0)
+    adam_beta1: float = Field(0.5, ge=0.0, lt=1.0, description="Adam beta1 (official --beta1 0.5)")
+    temperature: float | Literal["auto"] = Field(
+        "auto", description="T of the loss's softmax(<f_u, f_v> / T); auto: 1/7, 1/8 for 64 dims (the official "
+        "--temperature 7 / 8 multiplies)")
+    power: float = Field(0.5, gt=0.0, description="exponent of the distance in the loss")
+    map_size: int = Field(24, ge=2, description="side of the hypercolumn maps trained on (official --train_out_size)")
     log_every_steps: int = Field(10, ge=1, description="log the step loss to MLflow every N steps")
+
+    def resolved_temperature(self, dim: int) -> float:
+        if self.temperature != "auto":
+            return float(self.temperature)
+        return 1.0 / 8.0 if dim == 64 else 1.0 / 7.0
+
+
+class ProjectorModel(ProjectorSource):
+    softargmax_mul: float | Literal["auto"] = Field(
+        "auto", description="multiplier of the projector's spatial softmax; auto: 7, 6.5 for 64 dims (official "
+        "--softargmax_mul, searched on a validation set); 0: no softmax (a plain 1x1 conv)")
+    loss: Literal["dense_corr", "tps_pair"] = Field(
+        "dense_corr", description="dense_corr: the official dense correlation loss of each image with itself, on "
+        "MoCo-augmented images; tps_pair: the equivariance loss between two TPS warps of an image (our earlier "
+        "variant, closer to the paper's text)")
+
+    def resolved_softargmax_mul(self) -> float:
+        from ..models.heads import DEFAULT_SOFTARGMAX_MUL, SOFTARGMAX_MUL
+
+        if self.softargmax_mul != "auto":
+            return float(self.softargmax_mul)
+        return SOFTARGMAX_MUL.get(self.dim, DEFAULT_SOFTARGMAX_MUL)
+
+
+class MatchValidation(Section):
+    """The epoch kept is the one with the lowest different-identity matching error on these pairs
+    (official: 2000 images of MAFL's train split, consecutive pairs)."""
+
+    path: str = Field("", description="dataset with landmarks (e.g. MAFL); empty: keep the last epoch")
+    split: str = "train"
+    images: int = Field(2000, ge=2, description="a seeded subset of the split, in consecutive pairs")
+    batch_size: int = Field(16, ge=2, description="images per forward pass")
 
 
 def _check_batch_split(cfg):
@@ -189,8 +239,9 @@ class ProjectorConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     backbone: BackboneSource = BackboneSource()
-    projector: ProjectorSource = ProjectorSource()
+    projector: ProjectorModel = ProjectorModel()
     train: ProjectorTrain = ProjectorTrain()
+    validation: MatchValidation = MatchValidation()
     ray: EvalRay = EvalRay()
     layers: int = Field(4, ge=1, le=4)
     mlflow: MlflowConfig = MlflowConfig(experiment="projector")

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from .. import storage, tracking
 from ..config import to_flat_dict
 from ..data.manifest import Manifest
+from ..data.normalization import input_stats
 from ..errors import UserError
 from ..features import FeatureSet, blocks, get_features, input_tensor
 from ..models import soft_argmax
-from .backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone, load_projector
+from .backbone_source import load_backbone, load_projector
 
 
 def in_ray_worker() -> bool:
@@ -171,12 +172,17 @@ class Representation:
             x = input_tensor(images_bhw3, self.mean, self.std, self.device)
         return self.backbone.stages(x, num_stages=4 if self.kind == "hypercolumn" else 3)
 
+    def map_size(self, stages: Sequence[torch.Tensor], size: tuple[int, int]) -> tuple[int, int]:
+        """conv4 is used at layer3's own resolution (the official conv4); the others at `size`."""
+        return tuple(stages[2].shape[-2:]) if self.kind == "conv4" else tuple(size)
+
     def dense(self, stages: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """(B, C, h, w) float32: the hypercolumn / conv4 map, or its projection."""
+        """(B, C, h, w) float32: the hypercolumn at `size` / conv4 at its own size, or the projection."""
+        size = self.map_size(stages, size)
         parts = self.stage_blocks(stages)
-        if self.projector is not None:
+        if self.projector is not None:  # its conv block by block, then its spatial softmax
             conv = self.projector.proj
-            return linear_over_blocks(parts, conv.weight, conv.bias, size)
+            return self.projector.activate(linear_over_blocks(parts, conv.weight, conv.bias, size))
         return torch.cat([p if tuple(p.shape[-2:]) == tuple(size) else
                           F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in parts], 1)
 
@@ -201,9 +207,8 @@ def load_representation(cfg: Any, manifest: Manifest, seed: int) -> Representati
             raise UserError(f"projector.source {cfg.projector.source} projects to {projector.dim} dimensions but "
                             f"projector.dim={cfg.projector.dim}; set projector.dim={projector.dim}")
         info["projector_dim"] = projector.dim
-    imagenet = info["normalization"] == "imagenet"
-    return Representation(cfg.representation, backbone, info, projector, cfg.layers,
-                          IMAGENET_MEAN if imagenet else manifest.mean, IMAGENET_STD if imagenet else manifest.std)
+    mean, std, _ = input_stats(manifest)
+    return Representation(cfg.representation, backbone, info, projector, cfg.layers, mean, std)
 
 
 # ----------------------------------------------------------------------------- running a job

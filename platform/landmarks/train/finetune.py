@@ -25,9 +25,10 @@ from .. import tracking
 from ..cli import JobArgs, print_summary
 from ..config import to_flat_dict
 from ..data.manifest import Manifest
+from ..data.normalization import input_stats
 from ..errors import UserError
 from ..features import eval_geometry
-from .backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
+from .backbone_source import load_backbone
 from .checkpoint import latest_checkpoint
 from .configs import FinetuneConfig
 from .data_source import open_manifest
@@ -70,8 +71,7 @@ def check_finetune(cfg: FinetuneConfig) -> FinetunePlan:
                         f"ray.num_workers={world} (batch norm in training mode); lower ray.num_workers or "
                         "raise annotations")
     backbone, info = load_backbone(cfg.backbone.source, cfg.model.backbone, seed=cfg.train.seed)
-    imagenet = info["normalization"] == "imagenet"
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (manifest.mean, manifest.std)
+    mean, std, _ = input_stats(manifest)
     lr = FULL_LR if cfg.train.lr == "auto" else cfg.train.lr
     wd = FULL_WD if cfg.train.weight_decay == "auto" else cfg.train.weight_decay
     meta = {"backbone_fingerprint": info["fingerprint"], "backbone": cfg.model.backbone,

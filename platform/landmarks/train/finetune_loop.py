@@ -19,17 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..coords import normalized_to_pixels, pixels_to_normalized
 from ..data.loader import device_batches
 from ..dist import all_reduce_mean
-from ..features import feature_size, input_tensor, load_split
-from ..losses import masked_smooth_l1
-from ..metrics import inter_ocular_error, pck
-from ..models import (
-    LandmarkRegressor,
-    build_backbone,
-    normalized_to_pixels,
-    pixels_to_normalized,
-)
+from ..features import input_tensor, load_split
+from ..losses import regression_loss
+from ..metrics import inter_ocular_error, pck_official
+from ..models import LandmarkRegressor, build_backbone, dense_size
 from ..progress import Progress, worker_print
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
@@ -37,8 +33,6 @@ from .configs import FinetuneConfig
 from .eval_job import landmarks_from_blocks
 from .moco_step import autocast
 from .schedules import cosine_lr, set_lr
-
-PCK_THRESHOLD = 0.05
 
 
 class LandmarkNet(nn.Module):
@@ -66,13 +60,15 @@ class LandmarkNet(nn.Module):
     def forward(self, x_b3hw: torch.Tensor) -> torch.Tensor:
         stages = self.backbone.stages(x_b3hw, num_stages=3 if self.kind == "conv4" else 4)
         blocks = [stages[2]] if self.kind == "conv4" else stages[::-1][:self.layers]
+        size = tuple(blocks[0].shape[-2:]) if self.kind == "conv4" else self.size  # conv4: its own map
         with torch.autocast(device_type=x_b3hw.device.type, enabled=False):
-            return landmarks_from_blocks(self.regressor, [b.float() for b in blocks], self.size)  # (B, K, 2)
+            return landmarks_from_blocks(self.regressor, [b.float() for b in blocks], size)  # (B, K, 2)
 
 
 def build_model(cfg: FinetuneConfig, num_landmarks: int, low_dim: int) -> LandmarkNet:
     backbone = build_backbone(cfg.model.backbone, low_dim=low_dim)
-    return LandmarkNet(backbone, num_landmarks, cfg.representation, cfg.layers, feature_size(cfg.data.image_size))
+    return LandmarkNet(backbone, num_landmarks, cfg.representation, cfg.layers,
+                       dense_size(cfg.representation, cfg.data.image_size))
 
 
 def param_groups(model: LandmarkNet, lr: float, backbone_lr: float) -> list[dict]:
@@ -89,7 +85,7 @@ def train_step(model, optimizer, images_u8, keypoints, visible, mean, std, image
     target = pixels_to_normalized(keypoints.float(), image_size)
     with autocast(x.device):
         pred = model(x)
-    loss = masked_smooth_l1(pred.float(), target, visible.bool())
+    loss = regression_loss(pred.float(), target, visible.bool())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -99,7 +95,7 @@ def train_step(model, optimizer, images_u8, keypoints, visible, mean, std, image
 @torch.no_grad()
 def evaluate(model: LandmarkNet, data_path: str, image_size: int, mean, std, eye_indices, device,
              batch_size: int = 64) -> tuple[str, float, dict[str, np.ndarray]]:
-    """(metric name, value, predictions) on the test split: IOD % with eye indices, else PCK@0.05 %."""
+    """(metric name, value, predictions) on the test split: IOD % with eye indices, else the official PCK %."""
     model.eval()
     split = load_split(data_path, "test", image_size)
     preds = []
@@ -113,7 +109,7 @@ def evaluate(model: LandmarkNet, data_path: str, image_size: int, mean, std, eye
     if eye_indices:
         value = inter_ocular_error(pred, split["keypoints"], eye_indices, visible=split["visible"])
         return "iod", value, {"pred": pred, **split}
-    value = pck(pred, split["keypoints"], split["visible"], image_size, threshold=PCK_THRESHOLD)
+    value = pck_official(pred, split["keypoints"], split["visible"], image_size)
     return "pck", value, {"pred": pred, **split}
 
 

@@ -63,16 +63,18 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
 
 def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int, verbose: bool):
     from ..data import read_dataset, shuffled_blocks
+    from ..data.normalization import input_stats
     from .pretrain_loop import train_loop_per_worker
 
     dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
                            images_only=True)
     dataset = shuffled_blocks(dataset, seed=cfg.train.seed)
+    mean, std, _ = input_stats(manifest)
     return fit_torch_trainer(
         train_loop_per_worker,
         {
             "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
-            "mean": list(manifest.mean), "std": list(manifest.std), "train_rows": train_rows,
+            "mean": list(mean), "std": list(std), "train_rows": train_rows,
             "dataset": manifest.name,
             # Views keep the manifest's eval border in proportion (20 px of 136 for 96 px faces).
             "border": round(manifest.border * cfg.data.image_size / manifest.input_size),

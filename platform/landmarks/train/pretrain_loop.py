@@ -21,7 +21,7 @@ from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import PretrainConfig
 from .moco_step import prepare_moco, queue_sha256, train_step
-from .schedules import cosine_lr, set_lr
+from .schedules import cosine_lr, epoch_cosine_lr, set_lr
 
 # Above this mean cosine between queued keys the pretraining warns that its embeddings collapse.
 COLLAPSED_KEY_SIMILARITY = 0.8
@@ -73,7 +73,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                     local_shuffle_seed=cfg.train.seed * 1000 + epoch)):
             if i >= steps_per_epoch:
                 break  # shards may differ by a batch; keep ranks in lock-step for DDP
-            lr = cosine_lr(cfg.train.lr, epoch + i / steps_per_epoch, cfg.train.epochs, cfg.train.warmup_epochs)
+            if cfg.train.lr_schedule == "epoch":  # the official: set once per epoch (1-based), down to 0
+                lr = epoch_cosine_lr(cfg.train.lr, epoch + 1, cfg.train.epochs)
+            else:
+                lr = cosine_lr(cfg.train.lr, epoch + i / steps_per_epoch, cfg.train.epochs, cfg.train.warmup_epochs)
             set_lr(optimizer, lr)
             loss, pos = train_step(ddp_model, views, optimizer, batch["image"], device)
             loss_sum += loss

@@ -1,16 +1,19 @@
-"""Equivariance projector training, the driver side (paper Sec. 3.2; Tables 4, 5 and 8).
+"""Feature projector training, the driver side (paper Sec. 3.2; Tables 4, 5 and 8).
 
     python jobs/train_projector.py --config jobs/configs/train_projector_celeba_r50.yaml backbone.source=<run id>
 
-A 1x1 conv from the frozen backbone's hypercolumn to `projector.dim` (64/128/256; up to 1280
-for CUB) is trained with the equivariance loss on TPS image pairs of the train split (10 epochs,
-Adam lr 1e-3, wd 5e-4, temperature 1/7, no other augmentation) by a Ray Train TorchTrainer of
-`ray.num_workers` DDP workers. The result is logged to MLflow as the artifact evaluation jobs
-load with `projector.source=<run id>` (`backbone_source.load_projector`):
+The official feature projector (contrast-landmark ``train_feature_projector.py``, README "Stage 2";
+`train.projector_loop` for the recipe): a 1x1 conv with a spatial softmax from the frozen backbone's
+hypercolumn to `projector.dim` (64/128/256; up to 1280 for CUB), trained with the dense correlation
+loss on MoCo-augmented images of the train split (10 epochs, Adam(beta1 0.5) lr 1e-3, wd 5e-4,
+temperature 1/7 or 1/8, 24 x 24 maps) by a Ray Train TorchTrainer of `ray.num_workers` DDP workers.
+After each epoch the different-identity matching error on `validation.*` pairs (official: 2000 MAFL
+training images) picks the epoch that is kept. The result is logged to MLflow as the artifact
+evaluation jobs load with `projector.source=<run id>` (`backbone_source.load_projector`):
 
     projector/projector.pt   Projector state dict (proj.weight (dim, C, 1, 1), proj.bias)
-    projector/meta.json      {"backbone_fingerprint", "backbone", "backbone_source", "dim",
-                              "in_channels", "layers", "dataset", "image_size", "init", "loss", ...}
+    projector/meta.json      {"backbone_fingerprint", "backbone", "backbone_source", "dim", "softargmax_mul",
+                              "in_channels", "layers", "dataset", "image_size", "init", "kept_epoch", ...}
 
 Rerunning with the same `mlflow.run_name` (the Ray Train run name; by default it names the
 dataset, backbone weights, dim and seed) resumes from the latest checkpoint under
@@ -23,14 +26,17 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import storage, tracking
 from ..cli import JobArgs, print_summary
 from ..config import to_flat_dict
+from ..data.budgets import budget_indices
+from ..data.normalization import input_stats
 from ..errors import UserError
-from ..features import blocks, feature_size
-from .backbone_source import IMAGENET_MEAN, IMAGENET_STD, load_backbone
+from ..features import blocks, load_split
+from .backbone_source import load_backbone
 from .checkpoint import latest_checkpoint, load_checkpoint_dir
 from .configs import ProjectorConfig
 from .data_source import open_manifest
@@ -74,12 +80,14 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
                         f"one batch of train.batch_size={cfg.train.batch_size}")
     backbone, info = load_backbone(cfg.backbone.source, cfg.model.backbone, seed=cfg.train.seed)
     in_channels = sum(blocks(backbone.stage_channels, "hypercolumn", cfg.layers))
-    imagenet = info["normalization"] == "imagenet"
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (manifest.mean, manifest.std)
+    mean, std, _ = input_stats(manifest)
+    validation = _validation_pairs(cfg)
     meta = {"backbone_fingerprint": info["fingerprint"], "backbone": cfg.model.backbone,
             "backbone_source": cfg.backbone.source, "init": info["init"], "dim": cfg.projector.dim,
             "in_channels": in_channels, "layers": cfg.layers, "dataset": manifest.name,
-            "image_size": cfg.data.image_size, "epochs": cfg.train.epochs}
+            "image_size": cfg.data.image_size, "epochs": cfg.train.epochs,
+            "softargmax_mul": cfg.projector.resolved_softargmax_mul(), "objective": cfg.projector.loss,
+            "temperature": cfg.train.resolved_temperature(cfg.projector.dim), "map_size": cfg.train.map_size}
     name = run_name(cfg, manifest.name, info["fingerprint"])
     previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
     _check_previous(previous, meta)
@@ -95,7 +103,9 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
     logger = tracking.start_run(cfg.mlflow.experiment, name, tags=tags,
                                 run_id=previous[1].get("mlflow_run_id") if previous else None)
     logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": info["fingerprint"],
-                       "resolved.in_channels": in_channels, "resolved.train_rows": train_rows})
+                       "resolved.in_channels": in_channels, "resolved.train_rows": train_rows,
+                       "resolved.softargmax_mul": meta["softargmax_mul"], "resolved.temperature": meta["temperature"],
+                       "resolved.validation_pairs": 0 if validation is None else len(validation["image"]) // 2})
     if previous:
         state = "already finished, nothing to train" if done else f"resuming after epoch {previous[1]['epoch'] + 1}"
         print(f"[train_projector] {name}: {state} ({previous[0]})", flush=True)
@@ -105,8 +115,8 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
 
             checkpoint, loss = Checkpoint(previous[0]), float(previous[1].get("loss", float("nan")))
         else:
-            result = _fit(cfg, name, backbone, meta, mean, std, manifest, use_gpu, logger.run_id, train_rows,
-                              args.verbose)
+            result = _fit(cfg, name, backbone, meta, mean, std, manifest, validation, use_gpu, logger.run_id,
+                          train_rows, args.verbose)
             if result.checkpoint is None:
                 raise UserError("projector training ended without a checkpoint")
             checkpoint, loss = result.checkpoint, float(result.metrics["loss"])
@@ -118,8 +128,25 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
     return metrics
 
 
-def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manifest, use_gpu: bool,
-         run_id: str, train_rows: int, verbose: bool):
+def _validation_pairs(cfg: ProjectorConfig) -> dict | None:
+    """The stored images + keypoints the epochs are chosen on (`validation.*`), or None: keep the last."""
+    if not cfg.validation.path:
+        return None
+    path = cfg.validation.path
+    if not storage.is_s3(path):
+        path = str(Path(path).expanduser().resolve())
+    val = open_manifest(path, cfg.validation.split, need_landmarks=True)
+    rows = val.splits[cfg.validation.split].rows
+    if rows < 2:
+        raise UserError(f"validation.path {path}: split {cfg.validation.split!r} has {rows} image(s); matching "
+                        "needs at least one pair")
+    subset = np.sort(budget_indices(rows, min(cfg.validation.images, rows) // 2 * 2, cfg.train.seed))
+    data = load_split(path, cfg.validation.split, cfg.data.image_size, rows=subset, stored=True)
+    return {"image": data["image"], "keypoints": data["keypoints"], "border": val.border}
+
+
+def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manifest, validation: dict | None,
+         use_gpu: bool, run_id: str, train_rows: int, verbose: bool):
     import ray
 
     from ..data import read_dataset, shuffled_blocks
@@ -136,9 +163,11 @@ def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manif
             "backbone": cfg.model.backbone, "low_dim": backbone.fc.out_features,
             "backbone_state": ray.put(state), "in_channels": meta["in_channels"], "meta": meta,
             "mean": list(mean), "std": list(std), "train_rows": train_rows,
-            "feature_size": list(feature_size(cfg.data.image_size)),
             # The eval border at the stored size (20 px of 136 for 96 px faces; 0 for CUB).
             "border": manifest.border,
+            "validation": None if validation is None else {
+                "data": ray.put({"image": validation["image"], "keypoints": validation["keypoints"]}),
+                "border": validation["border"]},
         },
         cfg, name, use_gpu, {"train": dataset}, "projector training", verbose=verbose,
     )
@@ -153,15 +182,23 @@ def save_projector(state: dict[str, torch.Tensor], meta: dict, directory: Path) 
 
 
 def _finish(checkpoint, meta: dict, loss: float, logger: tracking.RunLogger) -> dict:
-    """Log the trained projector (tied to its backbone by the fingerprint) and end the run."""
+    """Log the kept projector (the best validation epoch, else the last; tied to its backbone by the
+    fingerprint) and end the run."""
     with checkpoint.as_directory() as d:
         state, ckpt_meta = load_checkpoint_dir(d)
+    best = state.get("best")
+    kept = {"projector": state["projector"], "epoch": int(state["epoch"])} if best is None else best
+    summary = {"kept_epoch": kept["epoch"]}
+    if best is not None:
+        summary.update(val_match_same_px=float(best["val_match_same_px"]),
+                       val_match_diff_px=float(best["val_match_diff_px"]))
     with tempfile.TemporaryDirectory() as tmp:
-        save_projector(state["projector"], {**meta, "loss": loss, "mlflow_run_id": logger.run_id}, Path(tmp))
+        save_projector(kept["projector"], {**meta, **summary, "loss": loss, "mlflow_run_id": logger.run_id},
+                       Path(tmp))
         logger.log_artifact(Path(tmp), "projector")
     step = int(ckpt_meta.get("step", 0))
-    logger.log_metrics({"final_loss": loss}, step=step)
+    logger.log_metrics({"final_loss": loss, **summary}, step=step)
     logger.set_tags({"checkpoint_uri": checkpoint.path})
     logger.finish()
     return {"loss": loss, "epochs": int(ckpt_meta.get("epoch", -1)) + 1, "dim": meta["dim"],
-            "mlflow_run_id": logger.run_id, "checkpoint": checkpoint.path}
+            "mlflow_run_id": logger.run_id, "checkpoint": checkpoint.path, **summary}

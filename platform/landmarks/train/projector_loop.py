@@ -1,18 +1,22 @@
 """Projector training, the per-worker side: `train_loop_per_worker(config)` run by Ray Train.
 
-Each rank streams its shard of the train split, makes a TPS image pair of every image on its own
-device (`augment.tps.pair_warp`, the PAIR preset of the official ``Warper``), passes both through
-the frozen backbone (eval mode, no gradients, bf16 autocast + channels_last on CUDA) and steps a
-DDP-wrapped 1x1 projector of the hypercolumn with the equivariance loss (paper Sec. 3.2). Every
-rank calls `ray.train.report` each epoch; only rank 0 attaches the checkpoint and logs to MLflow.
+The official recipe (contrast-landmark ``train_feature_projector.py``, README "Stage 2"): each rank
+streams its shard of the train split through the MoCo augmentation (one view per image; the official
+projector trains on ``CelebAPrunedAligned_MAFLVal(do_augmentations=True)``, although the paper's text
+says no augmentation), takes the frozen backbone's hypercolumn at ``train.map_size`` (24 x 24), steps a
+DDP-wrapped `Projector` (1x1 conv + spatial softmax) with the dense correlation loss of each image
+with itself (`losses.dense_correlation_loss`), Adam(beta1 0.5) on the per-epoch cosine. After every
+epoch rank 0 measures the different-identity matching error on the validation pairs
+(`train.matching`, descriptors at the input size) and the checkpoint carries the best epoch's
+projector: that one is kept, not the last.
 
-Geometry: the pair is warped at the stored resolution, so the TPS pulls real image content in at
-the borders, and then loses the eval border (20 px of 136 for faces) like every evaluation
-input; the correspondence grid is computed for that crop window (`crop_window_grid`).
+``projector.loss=tps_pair`` trains on two TPS warps of each image with `losses.equivariance_loss`
+instead (the correspondence grid of `pair_warp`, cropped to the eval window).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import MoCoViews
 from ..augment.tps import (
     PAIR,
     TPSParams,
@@ -33,19 +38,21 @@ from ..augment.tps import (
 from ..augment.views import border_crop, normalize, to_float_images
 from ..data.loader import device_batches
 from ..dist import all_reduce_mean
-from ..losses import equivariance_loss
+from ..losses import dense_correlation_loss, equivariance_loss
 from ..models import Projector, build_backbone
 from ..progress import Progress, worker_print
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
 from .configs import ProjectorConfig
-from .eval_job import linear_over_blocks
+from .eval_job import Representation, linear_over_blocks
+from .matching import describer, match_pairs
 from .moco_step import autocast
+from .schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 
 
 class BlockProjector(nn.Module):
-    """A `Projector` applied to the hypercolumn's stage blocks (`linear_over_blocks`): the same
-    result as projector(hypercolumn) without building the (B, 3840, 48, 48) map."""
+    """A `Projector` applied to the hypercolumn's stage blocks (`linear_over_blocks`, then its spatial
+    softmax): the same result as projector(hypercolumn) without building the (B, 3840, h, w) map."""
 
     def __init__(self, projector: Projector) -> None:
         super().__init__()
@@ -53,7 +60,7 @@ class BlockProjector(nn.Module):
 
     def forward(self, blocks: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         conv = self.projector.proj
-        return linear_over_blocks(blocks, conv.weight, conv.bias, size)  # (B, dim, h, w)
+        return self.projector.activate(linear_over_blocks(blocks, conv.weight, conv.bias, size))  # (B, dim, h, w)
 
 
 def crop_window_grid(second: TPSParams, stored: int, border: int, feature_size: tuple[int, int]) -> torch.Tensor:
@@ -92,18 +99,32 @@ def pair_views(images_u8: torch.Tensor, border: int, image_size: int, mean: Sequ
     return out[0], out[1], grid
 
 
-def train_step(model: nn.Module, backbone: nn.Module, optimizer, img_a, img_b, grid, layers: int,
-               feature_size: tuple[int, int], temperature: float, power: float) -> float:
-    """One step: frozen hypercolumns of both images, projected by `model` (DDP), equivariance loss."""
-    device = img_a.device
-    if device.type == "cuda":
-        img_a = img_a.contiguous(memory_format=torch.channels_last)
-        img_b = img_b.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast(device):
-        both = backbone.stages(torch.cat([img_a, img_b]), num_stages=4)  # [layer1..layer4], (2B, C_s, h_s, w_s)
-    blocks = [s.float() for s in both[::-1][:layers]]  # layer4, layer3, ... (hypercolumn order)
-    with autocast(device):
-        feats = model(blocks, feature_size)  # (2B, dim, h, w)
+def _hypercolumn_blocks(backbone: nn.Module, x: torch.Tensor, layers: int) -> list[torch.Tensor]:
+    """Frozen stage outputs of normalized images, in hypercolumn order (layer4, layer3, ...), float32."""
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(x.device):
+        stages = backbone.stages(x, num_stages=4)
+    return [s.float() for s in stages[::-1][:layers]]
+
+
+def dense_corr_step(model: nn.Module, backbone: nn.Module, optimizer, x: torch.Tensor, layers: int,
+                    map_size: int, temperature: float, power: float) -> float:
+    """One official step: projected hypercolumns of the augmented images, the dense correlation loss."""
+    with autocast(x.device):
+        feats = model(_hypercolumn_blocks(backbone, x, layers), (map_size, map_size))  # (B, dim, h, w)
+    loss = dense_correlation_loss(feats.float(), temperature, power, stride=x.shape[-1] // map_size)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def tps_pair_step(model: nn.Module, backbone: nn.Module, optimizer, img_a, img_b, grid, layers: int,
+                  map_size: int, temperature: float, power: float) -> float:
+    """One `projector.loss=tps_pair` step: both warped images projected, the equivariance loss between them."""
+    with autocast(img_a.device):
+        feats = model(_hypercolumn_blocks(backbone, torch.cat([img_a, img_b]), layers), (map_size, map_size))
     feat_a, feat_b = feats.float().chunk(2)
     loss = equivariance_loss(feat_a, feat_b, grid, temperature=temperature, power=power)
     optimizer.zero_grad(set_to_none=True)
@@ -121,6 +142,30 @@ def _frozen_backbone(config: dict[str, Any], device: torch.device) -> nn.Module:
     return backbone.to(memory_format=torch.channels_last) if device.type == "cuda" else backbone
 
 
+def _validator(config: dict[str, Any], cfg: ProjectorConfig, backbone: nn.Module, projector: Projector,
+               device: torch.device):
+    """Rank 0's per-epoch matching on the validation pairs -> {val_match_same_px, val_match_diff_px}."""
+    import ray
+
+    val = config.get("validation")
+    if val is None:
+        return None
+    data = ray.get(val["data"])
+    rep = Representation("projected", backbone, {}, projector, cfg.layers, config["mean"], config["std"], device)
+    size = (cfg.data.image_size, cfg.data.image_size)  # official val_out_size: the input size
+
+    def validate() -> dict[str, float]:
+        projector.eval()
+        same, diff = match_pairs(describer(rep, size), data["image"], data["keypoints"], val["border"],
+                                 cfg.data.image_size, config["mean"], config["std"],
+                                 torch.Generator().manual_seed(cfg.train.seed), device,
+                                 max(1, cfg.validation.batch_size // 2))
+        projector.train()
+        return {"val_match_same_px": float(same.mean()), "val_match_diff_px": float(diff.mean())}
+
+    return validate
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -130,29 +175,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.train.seed)  # the same initial projector on every rank (DDP also broadcasts it)
-    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)  # TPS draws, per rank
+    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)  # augmentation draws, per rank
     logger = RunLogger(config["mlflow_run_id"], enabled=rank == 0, uri=config["tracking_uri"])
 
     backbone = _frozen_backbone(config, device)
-    projector = Projector(config["in_channels"], cfg.projector.dim).to(device)
-    optimizer = torch.optim.Adam(projector.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    start_epoch, step = 0, 0
+    dim = cfg.projector.dim
+    projector = Projector(config["in_channels"], dim, cfg.projector.resolved_softargmax_mul()).to(device)
+    optimizer = torch.optim.Adam(projector.parameters(), lr=cfg.train.lr, betas=(cfg.train.adam_beta1, 0.999),
+                                 weight_decay=cfg.train.weight_decay)
+    start_epoch, step, best = 0, 0, None  # best: {"projector", "epoch", "val_match_diff_px", ...}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             state, _ = load_checkpoint_dir(d, map_location=device)
         projector.load_state_dict(state["projector"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
+        start_epoch, step, best = state["epoch"] + 1, state["step"], state.get("best")
     model = ray.train.torch.prepare_model(BlockProjector(projector), move_to_device=False)
+    validate = _validator(config, cfg, backbone, projector, device) if rank == 0 else None
 
-    size = tuple(config["feature_size"])
+    temperature, power, size = cfg.train.resolved_temperature(dim), cfg.train.power, cfg.train.map_size
+    views = MoCoViews(cfg.data.image_size, mean=config["mean"], std=config["std"], border=config["border"]).to(device)
     local_batch = cfg.train.batch_size // world
     steps_per_epoch = max(config["train_rows"] // cfg.train.batch_size, 1)
     shard = ray.train.get_dataset_shard("train")
     bar = Progress(steps_per_epoch * (cfg.train.epochs - start_epoch), "train_projector", every=10.0,
                    enabled=rank == 0)
     for epoch in range(start_epoch, cfg.train.epochs):
+        lr = epoch_cosine_lr(cfg.train.lr, epoch + 1, cfg.train.epochs, cfg.train.lr * OFFICIAL_ETA_MIN_FACTOR)
+        set_lr(optimizer, lr)
         losses, t0 = [], time.perf_counter()
         batches = device_batches(shard, local_batch, device=device, columns=("image",),
                                  local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
@@ -160,26 +211,41 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for i, batch in enumerate(batches):
             if i >= steps_per_epoch:
                 break  # shards may differ by a batch; keep ranks in lock-step for DDP
-            img_a, img_b, grid = pair_views(batch["image"], config["border"], cfg.data.image_size, config["mean"],
-                                            config["std"], size, generator)
-            loss = train_step(model, backbone, optimizer, img_a, img_b, grid, cfg.layers, size,
-                              cfg.train.temperature, cfg.train.power)
+            if cfg.projector.loss == "dense_corr":
+                x = views.view(to_float_images(batch["image"]).contiguous(), generator)  # one MoCo view
+                loss = dense_corr_step(model, backbone, optimizer, x, cfg.layers, size, temperature, power)
+            else:
+                img_a, img_b, grid = pair_views(batch["image"], config["border"], cfg.data.image_size,
+                                                config["mean"], config["std"], (size, size), generator)
+                loss = tps_pair_step(model, backbone, optimizer, img_a, img_b, grid, cfg.layers, size, temperature,
+                                     power)
             losses.append(loss)
             step += 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:
                 rate = (i + 1) * cfg.train.batch_size / max(time.perf_counter() - t0, 1e-9)
-                logger.log_metrics({"loss": loss, "images_per_sec": rate}, step=step)
+                logger.log_metrics({"loss": loss, "images_per_sec": rate, "lr": lr}, step=step)
             bar.update(1, epoch=epoch + 1, loss=loss)
         # Mean over ranks: every rank reports the same epoch loss.
         epoch_loss = float(all_reduce_mean(torch.tensor(sum(losses) / max(len(losses), 1), device=device)))
         metrics = {"epoch": epoch, "loss": epoch_loss, "step": step}
-        logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch}, step=step)
+        if validate is not None:
+            metrics.update(validate())
+            if best is None or metrics["val_match_diff_px"] < best["val_match_diff_px"]:
+                best = {"projector": {k: v.detach().cpu().clone() for k, v in projector.state_dict().items()},
+                        "epoch": epoch, "val_match_diff_px": metrics["val_match_diff_px"],
+                        "val_match_same_px": metrics["val_match_same_px"]}
+        logger.log_metrics({"epoch_loss": epoch_loss, "epoch": epoch,
+                            **{k: v for k, v in metrics.items() if k.startswith("val_")}}, step=step)
         state = meta = None  # rank 0 attaches the checkpoint on the epochs that save one
         if rank == 0 and checkpoint_due(epoch, cfg.checkpoint.every_epochs, cfg.train.epochs):
             state = {"projector": {k: v.detach().cpu() for k, v in projector.state_dict().items()},
-                     "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
+                     "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                     **({"best": copy.deepcopy(best)} if best is not None else {})}
             meta = {**config["meta"], "epoch": epoch, "step": step, "loss": epoch_loss,
-                    "mlflow_run_id": config["mlflow_run_id"]}
+                    "mlflow_run_id": config["mlflow_run_id"],
+                    **({"best_epoch": best["epoch"], "val_match_diff_px": best["val_match_diff_px"]} if best else {})}
         report_epoch(metrics, epoch, state, meta)
         if rank == 0:
-            worker_print(f"[train_projector] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  step {step}")
+            shown = f"  val diff {metrics['val_match_diff_px']:.2f} px" if "val_match_diff_px" in metrics else ""
+            worker_print(f"[train_projector] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}{shown}  "
+                         f"step {step}")

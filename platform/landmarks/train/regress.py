@@ -4,10 +4,16 @@
 
 A `LandmarkRegressor` (50 soft-argmax points per landmark, then a linear map) is trained on the
 frozen hypercolumn / conv4 / projected map of the train split (or an `annotations`-sized
-seeded subset of it) and scored on the test split: inter-ocular error (faces) or PCK@0.05 (CUB,
-whose epoch is chosen on the val split). Without augmentation the backbone's stage outputs come
-from the feature cache (`landmarks.features`); with TPS augmentation (limited face budgets,
-`tps_augment=auto`) each batch is warped and passed through the backbone afresh.
+seeded subset of it) and scored on the test split: inter-ocular error (faces) or the official
+PCK (CUB, whose epoch is chosen on the val split). Without augmentation the backbone's stage
+outputs come from the feature cache (`landmarks.features`); with TPS augmentation (limited face
+budgets, `tps_augment=auto`) each batch is warped at the stored size and passed through the
+backbone afresh.
+
+The recipe is the official one (contrast-landmark eval_face.py / eval_animal.py and the README's
+command lines): loss `losses.regression_loss` (smooth-L1 of 10x the normalized coordinates),
+Adam (beta1 0.5), the per-epoch cosine of `schedules.epoch_cosine_lr` over `schedule_epochs`
+with eta_min = lr x 8e-4, stopped after `epochs`; TPS augmentation as `augment.tps.tps_augment`.
 """
 
 from __future__ import annotations
@@ -22,17 +28,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..augment.tps import AUGMENT, tps_augment
-from ..augment.views import normalize, to_float_images
+from ..augment.views import border_crop, normalize, to_float_images
 from ..cli import JobArgs, print_summary
+from ..coords import normalized_to_pixels, pixels_to_normalized
 from ..data.budgets import CUB_BUDGETS, budget_indices, cub_budget_ids
 from ..data.manifest import Manifest
 from ..errors import UserError
-from ..features import FeatureSet, feature_size, load_split
-from ..losses import masked_smooth_l1
-from ..metrics import inter_ocular_error, pck
-from ..models import LandmarkRegressor, normalized_to_pixels, pixels_to_normalized
+from ..features import FeatureSet, load_split
+from ..losses import regression_loss
+from ..metrics import inter_ocular_error, pck, pck_official
+from ..models import LandmarkRegressor, dense_size
 from ..progress import Progress
 from ..tracking import RunLogger
 from .configs import RegressConfig
@@ -46,14 +54,18 @@ from .eval_job import (
     run_logged,
     split_image_ids,
 )
-from .schedules import cosine_lr, set_lr
+from .schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 
 # Paper Sec. 4 / official README (eval_face.py, eval_animal.py command lines).
 FULL_LR, FULL_WD = 1e-3, 5e-4
 LIMITED_FACE_LR, LIMITED_FACE_WD = 1e-2, 5e-2
 CUB_LR, CUB_WD_SMALL, CUB_WD_LARGE = 1e-2, 5e-2, 5e-3  # wd 5e-2 up to 100 annotations, 5e-3 above
 REPEAT_PER_EPOCH = 1000  # official --repeat --num_per_epoch 1000 for limited face budgets
-PCK_THRESHOLD = 0.05
+# Cosine T (--epochs) and the epoch trained to: README "We stop the training procedure at 120th, 45th,
+# 80th epoch on MAFL, AFLW, and 300W" of --epochs 200; --epochs 1000 limited faces, 2000 CUB.
+FULL_SCHEDULE, LIMITED_SCHEDULE, CUB_SCHEDULE = 200, 1000, 2000
+STOP_EPOCH = {"mafl": 120, "aflw-mtfl": 45, "aflw": 45, "300w": 80}
+PCK_THRESHOLD = 0.05  # of the image side, for the float PCK reported beside the official one
 
 
 @dataclass
@@ -67,6 +79,8 @@ class Plan:
     weight_decay: float
     tps: bool
     samples_per_epoch: int
+    epochs: int  # trained
+    schedule_epochs: int  # cosine T
     rep: Representation
     is_cub: bool
     tags: dict = field(default_factory=dict)
@@ -103,6 +117,22 @@ def paper_lr_wd(is_cub: bool, annotations: int | str) -> tuple[float, float]:
     return (FULL_LR, FULL_WD) if annotations == "all" else (LIMITED_FACE_LR, LIMITED_FACE_WD)
 
 
+def paper_schedule(dataset: str, is_cub: bool, annotations: int | str) -> tuple[int, int]:
+    """train.epochs / train.schedule_epochs = auto: (epochs trained, cosine T) of the official recipe."""
+    if is_cub:
+        return CUB_SCHEDULE, CUB_SCHEDULE
+    if annotations != "all":
+        return LIMITED_SCHEDULE, LIMITED_SCHEDULE
+    return STOP_EPOCH.get(dataset, FULL_SCHEDULE), FULL_SCHEDULE
+
+
+def repeated_samples(n_annotated: int, n_train: int) -> int:
+    """Samples an epoch of a limited face budget: its images tiled 1000 // N times (official
+    ``restrict_annos(repeat_flag=True, num_per_epoch=1000)``, capped by the split's size)."""
+    total = min(REPEAT_PER_EPOCH, n_train)
+    return n_annotated * (total // n_annotated) if n_annotated < total else n_annotated
+
+
 def check_regression(cfg: RegressConfig) -> Plan:
     """Validate the dataset, budget, backbone and projector; resolve the paper's 'auto' settings."""
     manifest = open_manifest(cfg.data.path, "train", "test", need_landmarks=True)
@@ -117,14 +147,17 @@ def check_regression(cfg: RegressConfig) -> Plan:
     tps = (limited and not is_cub) if cfg.tps_augment == "auto" else bool(cfg.tps_augment)
     spe = cfg.train.samples_per_epoch
     if spe == "auto":
-        spe = max(REPEAT_PER_EPOCH, len(rows)) if limited and not is_cub else len(rows)
+        spe = repeated_samples(len(rows), manifest.splits["train"].rows) if limited and not is_cub else len(rows)
+    epochs, schedule = paper_schedule(manifest.name, is_cub, cfg.annotations)
+    epochs = epochs if cfg.train.epochs == "auto" else cfg.train.epochs
+    schedule = schedule if cfg.train.schedule_epochs == "auto" else cfg.train.schedule_epochs
     rep = load_representation(cfg, manifest, seed=cfg.train.seed)
     tags = {"dataset": manifest.name, "backbone": cfg.model.backbone, "representation": cfg.representation,
             "budget": cfg.annotations, "seed": cfg.train.seed, "repeat": cfg.repeat, "init": rep.info["init"],
             "backbone_source": cfg.backbone.source, "projector_dim": rep.info.get("projector_dim"),
             "image_size": cfg.data.image_size}
     return Plan(manifest, rows, "iod" if manifest.eye_indices else "pck", float(lr), float(wd), tps, int(spe),
-                rep, is_cub, tags)
+                int(epochs), int(schedule), rep, is_cub, tags)
 
 
 def run_name(cfg: RegressConfig, plan: Plan) -> str:
@@ -138,6 +171,7 @@ def run_regress(cfg: RegressConfig, args: JobArgs) -> dict:
     plan = check_regression(cfg)
     resolved = {"resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay, "resolved.tps_augment": plan.tps,
                 "resolved.samples_per_epoch": plan.samples_per_epoch, "resolved.train_rows": len(plan.rows),
+                "resolved.epochs": plan.epochs, "resolved.schedule_epochs": plan.schedule_epochs,
                 "backbone.fingerprint": plan.rep.info["fingerprint"]}
     metrics = run_logged("regress", cfg, plan.tags, run_name(cfg, plan), evaluate_regression,
                          getattr(args, "verbose", False), extra_params=resolved, plan=plan)
@@ -150,11 +184,13 @@ def run_regress(cfg: RegressConfig, args: JobArgs) -> dict:
 
 class Rows:
     """Training or evaluation rows and how to get their stage outputs: from the cache, or from the
-    images through the backbone (then optionally TPS-augmented: keypoints move, may turn invisible)."""
+    images through the backbone; with `augment`, images and keypoints are kept at the stored size
+    and every batch is TPS-warped there, then border-cropped (the official order)."""
 
     def __init__(self, rep: Representation, image_size: int, features: FeatureSet | None = None,
-                 split: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None, augment: bool = False):
-        self.rep, self.image_size, self.features, self.augment = rep, image_size, features, augment
+                 split: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None, augment: bool = False,
+                 border: int = 0):
+        self.rep, self.image_size, self.features, self.augment, self.border = rep, image_size, features, augment, border
         if features is not None:
             self.index = np.arange(len(features)) if rows is None else np.asarray(rows)
             self.keypoints, self.visible = features.keypoints[self.index], features.visible[self.index]
@@ -176,8 +212,11 @@ class Rows:
         images = torch.from_numpy(self.images[pos]).to(device)
         if not self.augment:
             return self.rep.stages(images), kps, vis
-        x = to_float_images(images).contiguous()
-        x, kps, vis = tps_augment(x, kps, vis, AUGMENT, generator)
+        x, kps = tps_augment(images.permute(0, 3, 1, 2), kps, AUGMENT, generator)  # at the stored size
+        x, kps = to_float_images(border_crop(x, self.border)).contiguous(), kps - self.border
+        if x.shape[-1] != self.image_size:  # a dataset ingested for another input size
+            kps = kps * ((self.image_size - 1) / (x.shape[-1] - 1))
+            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
         return self.rep.stages(normalize(x, self.rep.mean, self.rep.std)), kps, vis
 
 
@@ -185,7 +224,8 @@ def _source(cfg: RegressConfig, plan: Plan, split: str, rows: np.ndarray | None,
     size = cfg.data.image_size
     if cfg.features.enabled and not augment:
         return Rows(plan.rep, size, features=plan.rep.features(cfg.data.path, split, size, cfg.features.dir), rows=rows)
-    return Rows(plan.rep, size, split=load_split(cfg.data.path, split, size, rows=rows), augment=augment)
+    data = load_split(cfg.data.path, split, size, rows=rows, stored=augment)
+    return Rows(plan.rep, size, split=data, augment=augment, border=plan.manifest.border)
 
 
 # ----------------------------------------------------------------------------- model
@@ -197,7 +237,7 @@ def predict(regressor: LandmarkRegressor, rep: Representation, stages: list[torc
     the heatmap conv runs at each stage's resolution (`linear_over_blocks`)."""
     if rep.projector is not None:
         return regressor(rep.dense(stages, size))
-    return landmarks_from_blocks(regressor, rep.stage_blocks(stages), size)
+    return landmarks_from_blocks(regressor, rep.stage_blocks(stages), rep.map_size(stages, size))
 
 
 @torch.no_grad()
@@ -213,8 +253,12 @@ def predict_rows(regressor, source: Rows, size, batch_size: int = 64) -> np.ndar
 
 
 def score(metric: str, pred: np.ndarray, source: Rows, manifest: Manifest) -> float:
+    """iod: inter-ocular error %; pck: the official CUB PCK % (its evaluation batches of 32, in split
+    order); pck_float: PCK@0.05 of the input side on float distances."""
     if metric == "iod":
         return inter_ocular_error(pred, source.keypoints, manifest.eye_indices, visible=source.visible)
+    if metric == "pck":
+        return pck_official(pred, source.keypoints, source.visible, source.image_size)
     return pck(pred, source.keypoints, source.visible, source.image_size, threshold=PCK_THRESHOLD)
 
 
@@ -222,20 +266,19 @@ def score(metric: str, pred: np.ndarray, source: Rows, manifest: Manifest) -> fl
 
 
 def _epoch_order(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """`samples` positions: shuffled passes over the n rows (repeated when samples > n)."""
-    reps = math.ceil(samples / n)
-    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:samples]
+    """`samples` positions: a shuffle of the n rows tiled ceil(samples / n) times (the official
+    DataLoader(shuffle=True) over the repeated image list), cut to `samples`."""
+    return rng.permutation(np.tile(np.arange(n), math.ceil(samples / n)))[:samples]
 
 
-def train_epoch(regressor, optimizer, source: Rows, order: np.ndarray, batch_size: int, epoch: int,
-                epochs: int, base_lr: float, size, generator: torch.Generator) -> float:
-    steps = math.ceil(len(order) / batch_size)
+def train_epoch(regressor, optimizer, source: Rows, order: np.ndarray, batch_size: int, size,
+                generator: torch.Generator) -> float:
+    """One pass over `order` (the last batch may be smaller, as DataLoader's drop_last=False)."""
     total, count = 0.0, 0
-    for i in range(steps):
-        set_lr(optimizer, cosine_lr(base_lr, epoch + i / steps, epochs))
-        stages, kps, vis = source.batch(order[i * batch_size:(i + 1) * batch_size], generator)
+    for start in range(0, len(order), batch_size):
+        stages, kps, vis = source.batch(order[start:start + batch_size], generator)
         target = pixels_to_normalized(kps, source.image_size)
-        loss = masked_smooth_l1(predict(regressor, source.rep, stages, size), target, vis)
+        loss = regression_loss(predict(regressor, source.rep, stages, size), target, vis)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -251,7 +294,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     rep = plan.rep.to(device)
     seed = cfg.train.seed + cfg.repeat
     torch.manual_seed(seed)
-    size = feature_size(cfg.data.image_size)
+    size = dense_size(cfg.representation, cfg.data.image_size)
     train = _source(cfg, plan, "train", plan.rows, augment=plan.tps)
     test = _source(cfg, plan, "test", None, augment=False)
     val = _source(cfg, plan, "val", None, augment=False) if plan.is_cub else None
@@ -262,15 +305,16 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     optimizer = torch.optim.Adam(regressor.parameters(), lr=plan.lr, betas=(cfg.train.adam_beta1, 0.999),
                                  weight_decay=plan.weight_decay)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    batch_size = min(cfg.train.batch_size, plan.samples_per_epoch)
-    bar = Progress(cfg.train.epochs, "regress", every=5.0)
+    eta_min = plan.lr * OFFICIAL_ETA_MIN_FACTOR
+    bar = Progress(plan.epochs, "regress", every=5.0)
     best = (-math.inf, -1, None)  # (val pck, epoch, state) for CUB
-    for epoch in range(cfg.train.epochs):
+    for epoch in range(plan.epochs):
         t0 = time.perf_counter()
+        lr = epoch_cosine_lr(plan.lr, epoch + 1, plan.schedule_epochs, eta_min)
+        set_lr(optimizer, lr)
         order = _epoch_order(len(train), plan.samples_per_epoch, rng)
-        loss = train_epoch(regressor, optimizer, train, order, batch_size, epoch, cfg.train.epochs, plan.lr,
-                           size, generator)
-        logged = {"train_loss": loss, "images_per_sec": len(order) / (time.perf_counter() - t0)}
+        loss = train_epoch(regressor, optimizer, train, order, cfg.train.batch_size, size, generator)
+        logged = {"train_loss": loss, "lr": lr, "images_per_sec": len(order) / (time.perf_counter() - t0)}
         if val is not None:
             logged["val_pck"] = score("pck", predict_rows(regressor, val, size), val, plan.manifest)
             if logged["val_pck"] > best[0]:
@@ -278,14 +322,16 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         run_logger.log_metrics(logged, step=epoch)
         bar.update(1, loss=loss, **({"val_pck": logged["val_pck"]} if val is not None else {}))
 
-    metrics: dict[str, Any] = {"train_loss": loss, "epochs": cfg.train.epochs}
+    metrics: dict[str, Any] = {"train_loss": loss, "epochs": plan.epochs}
     if best[2] is not None:
         regressor.load_state_dict(best[2])
         metrics["best_epoch"], metrics["val_pck"] = best[1], best[0]
     pred = predict_rows(regressor, test, size)
     metrics[plan.metric] = score(plan.metric, pred, test, plan.manifest)
+    if plan.metric == "pck":
+        metrics["pck_float"] = score("pck_float", pred, test, plan.manifest)
     run_logger.log_metrics({k: v for k, v in metrics.items() if k not in ("epochs", "train_loss")},
-                           step=cfg.train.epochs)
+                           step=plan.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "predictions.npz"
         np.savez_compressed(path, image_id=np.array(test.image_ids, dtype=str), pred=pred.astype(np.float32),

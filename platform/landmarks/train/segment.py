@@ -30,9 +30,9 @@ from ..cli import JobArgs, print_summary
 from ..data.budgets import CUB_BUDGETS, budget_indices, cub_budget_ids
 from ..data.manifest import Manifest
 from ..errors import UserError
-from ..features import FeatureSet, feature_size, input_tensor, load_split
+from ..features import FeatureSet, input_tensor, load_split
 from ..metrics import mask_iou
-from ..models import SegmentationHead
+from ..models import SegmentationHead, dense_size
 from ..progress import Progress
 from ..tracking import RunLogger
 from .configs import SegmentConfig
@@ -185,7 +185,7 @@ def segment_logits(head: SegmentationHead, rep: Representation, stages: list[tor
     if rep.projector is not None:
         return head(rep.dense(stages, size), image_size)
     conv = head.classifier
-    logits = linear_over_blocks(rep.stage_blocks(stages), conv.weight, conv.bias, size)  # (B, 1, h, w)
+    logits = linear_over_blocks(rep.stage_blocks(stages), conv.weight, conv.bias, rep.map_size(stages, size))
     return F.interpolate(logits.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -244,7 +244,7 @@ def evaluate_segmentation(cfg: SegmentConfig, run_logger: RunLogger, plan: Segme
         rep.projector.requires_grad_(False)
     seed = cfg.train.seed + cfg.repeat
     torch.manual_seed(seed)
-    size, image_size = feature_size(cfg.data.image_size), cfg.data.image_size
+    size, image_size = dense_size(cfg.representation, cfg.data.image_size), cfg.data.image_size
     train = _source(cfg, plan, "train", plan.rows)
     test = _source(cfg, plan, "test", None)
     if train.features is not None:

@@ -19,13 +19,17 @@ AFLW (AFLW_R, Jakab et al. / DVE `AFLW`), under `root`:
                                         pixels; `hw`: N x 2 image (height, width)
     output/<path>                       face crops
 
-Geometry, following DVE (`data_loaders.py`: `AFLW_MTFL`, `AFLW`): both sets are already face
-crops, and the whole crop is resized to S x S, S = face_store_size(image_size) (136 at 96; the
-eval border crop then leaves the input size, as for every face set). 1-based landmarks are
-made 0-based (DVE: `keypoints -= 1`) and moved with the exact map of
-`landmarks.augment.geometry`. An MTFL image that is not square is padded to a centred square
-first (keeps the aspect ratio; the TCDCN crops are square). AFLW_R landmarks are given in the
-`hw` frame, which is the whole crop: they are rescaled to the crop's actual size if it differs.
+Geometry, as contrast-landmark `data_loader/data_loaders_face.py` (`AFLW_MTFL`, `AFLW`): both
+sets are already face crops, and the whole crop is resized to S x S, S = face_store_size(image_size)
+(136 at 96; the eval border crop then leaves the input size, as for every face set). Keypoints
+move by the official scaling, no half-pixel shift (`landmarks.augment.geometry.scale_keypoints`):
+
+* AFLW_M: `kp -= 1; kp *= imwidth / 150` after `Resize(imwidth)` of the 150x150 crops, i.e.
+  x' = (x - 1) * S / W, y' = (y - 1) * S / H for a W x H crop (150 x 150 as distributed). An
+  MTFL test image that is not square is padded to a centred square of side D = max(W, H) first
+  (keeps the aspect ratio, as `Resize(imwidth)` does) and x' = (x - 1 + (D - W) / 2) * S / D.
+* AFLW_R: `kp *= imwidth / sizes` with `Resize((imwidth, imwidth))`: x' = x * S / w,
+  y' = y * S / h with (h, w) the row's `hw`, whatever the size of the image file.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from ...augment.geometry import crop_resize
+from ...augment.geometry import crop_resize, scale_keypoints
 from ...errors import ConfigError
 from ._rawio import (
     MAT_ERRORS,
@@ -71,7 +75,7 @@ AFLW_M_LANDMARK_COL = 4  # 0-based index of x1 in facedata_cropped.csv (DVE: ilo
 
 @dataclass(frozen=True)
 class AFLWItem:
-    """One face: image path, raw landmarks as 0-based pixel centres in `frame_wh`."""
+    """One face: image path, raw landmarks made 0-based, in the image or in `frame_wh`."""
 
     image_id: str
     path: str
@@ -94,18 +98,21 @@ def _face_info(name: str, image_size: int) -> DatasetInfo:
 
 
 def _load_crop(item: AFLWItem, store: int) -> Record:
-    """Whole crop (or its centred square) -> store x store, landmarks moved alike."""
+    """Whole crop (or its centred square) -> store x store, landmarks scaled the official way."""
     image = read_image(item.path, "RGB", where(item.source, item.line))
     h, w = image.shape[:2]
     kps = np.asarray(item.keypoints, dtype=np.float64).reshape(K, 2)
-    if item.frame_wh is not None and item.frame_wh != (w, h):
-        kps = (kps + 0.5) * (w / item.frame_wh[0], h / item.frame_wh[1]) - 0.5
-    check_inside(kps, w, h, item.source, item.line)
     box = (0.0, 0.0, float(w), float(h))
     if item.square and w != h:
         side = max(w, h)
         box = ((w - side) / 2, (h - side) / 2, float(side), float(side))
-    out, moved, _ = crop_resize(image, box, (store, store), kps)
+    if item.frame_wh is None:  # landmarks in the image's pixels: they follow the box
+        check_inside(kps, w, h, item.source, item.line)
+        frame = box
+    else:  # AFLW_R: landmarks in the `hw` frame (checked against it in `splits`), scaled from it
+        frame = (0.0, 0.0, *item.frame_wh)
+    out, _, _ = crop_resize(image, box, (store, store))
+    moved = scale_keypoints(kps, frame, (store, store))
     return Record(item.image_id, out, moved.astype(np.float32), np.ones(K, bool))
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import ConfigError
+
 # Faces are stored larger than the network input and border-cropped at eval time:
 # 136 px stored for a 96 px input, 20 px border (official code, Sec. 4 of the paper).
 FACE_STORE_RATIO = 136 / 96
@@ -145,4 +147,15 @@ def parse_float(token: str, source: str, line: int) -> float:
         raise BadItem(source, line, f"not a number: {token!r}") from None
     if math.isnan(value):
         raise BadItem(source, line, "landmark coordinate is NaN")
+    return value
+
+
+def option_choice(name: str, options: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    """Converter option `key` if it is one of `choices`, else the first choice (the default).
+
+    Raises ConfigError naming the converter, the option and the valid values.
+    """
+    value = options.get(key, choices[0])
+    if value not in choices:
+        raise ConfigError(f"{name}: option {key} must be one of {', '.join(choices)}, got {value!r}")
     return value

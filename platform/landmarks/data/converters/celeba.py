@@ -2,30 +2,47 @@
 
 Layout under `root` (as distributed):
 
-    Img/img_align_celeba/*.jpg         aligned 178x218 images (or Img/img_align_celeba_hq)
-    Img/img_celeba/*.jpg               in-the-wild images (CelebAWild)
+    Img/img_align_celeba_hq/*.jpg      aligned images, the official default (`use_hq_ims=True`)
+    Img/img_align_celeba/*.jpg         aligned 178x218 images, used when there is no _hq folder
+    Img_in_the_wild/*.jpg              in-the-wild images (CelebAWild; the official folder)
+    Img/img_celeba/*.jpg               in-the-wild images, used when there is no Img_in_the_wild
     Anno/list_landmarks_align_celeba.txt, Anno/list_landmarks_celeba.txt
                                        line 1 count, line 2 header, then `name x1 y1 ... x5 y5`
     Anno/list_bbox_celeba.txt          line 1 count, line 2 header, then `name x y width height`
+                                       (only for CelebAWild with option crop=face-box)
     Anno/identity_CelebA.txt           `name identity` (optional: identity is None without it)
     Eval/list_eval_partition.txt       `name 0|1|2` (train / val / test)
     MAFL/training.txt, MAFL/testing.txt  19000 / 1000 names (required for MAFL; excluded from CelebA)
 
-Geometry (all three store S x S images, S = face_store_size(image_size): 136 at 96):
+Option `image_dir` (a folder relative to root) overrides the image folder of each converter.
 
-* Aligned (CelebA, MAFL): crop box (left 0, top 30, 178 x 178), resized to S. This is the
-  official crop (DVE `data_loaders.py`, `CelebAPrunedAligned_MAFLVal` / `MAFLAligned`:
-  `crop(im, 30, 0, 178, 178)`), which "moves the head up a bit". The aligned landmarks are
-  taken as 0-based pixel centres (DVE uses them as they are) and moved with the exact map of
-  `landmarks.augment.geometry` (DVE's `kp * S / 178` differs by 0.5 * (1 - S/178) = 0.12 px).
-  Images of another size than 178x218 (an HQ re-render) get the box and landmarks scaled alike.
-* In the wild (CelebAWild): a square box on the annotated face box (x, y, w, h): side
-  1.2 * max(w, h), centred at (x + w/2, y + h/2 - 0.1 h), zero-padded where it leaves the image.
-  The constants put the face at the aligned crop's scale and height: on the first images of
-  the dataset the inter-ocular distance is 2.1x the aligned one, so the aligned 178 px crop
-  spans ~375 px = 1.2 x the box height there, and its centre lies 0.1 h above the box centre.
-  Rotation is not undone (that is what "in the wild" means); landmarks that leave the crop
-  keep their coordinates and get visible=False.
+Geometry (all three store S x S images, S = face_store_size(image_size): 136 at 96). Keypoints
+move by the official scaling, x' = (x - left) * S / width (no half-pixel shift; see
+`landmarks.augment.geometry`). Official = contrast-landmark `data_loader/data_loaders_face.py`.
+
+* Aligned (CelebA, MAFL), official `CelebAPrunedAligned_MAFLVal` / `MAFLAligned`: crop box
+  (left 0, top 30, 178 x 178) (`crop(im, 30, 0, 178, 178)`, "move head up a bit"), resized to
+  S (`Resize(imwidth)`); landmarks `y -= 30; kp *= imwidth / 178`:
+
+      x' = x * S / 178,  y' = (y - 30) * S / 178
+
+  The landmarks are in the 178x218 frame of the annotation file. An image of another size (an
+  HQ re-render) gets the crop box scaled to its size; the landmarks keep the formula above.
+* In the wild (CelebAWild), option `crop`:
+  - `crop=none` (default), official `CelebA_MAFLVal` (pretraining in the wild, Table 5): the
+    whole W x H image resized to S x S (`Resize((imwidth, imwidth))`, aspect not kept). Its
+    landmarks are scaled alike, x' = x * S / W, y' = y * S / H; the official loader scales
+    them by the aligned size instead (S / 178, S / 218: "wrongly scaled, but we don't use
+    them"), which is wrong for these images.
+  - `crop=face-box` (ours, for evaluating landmarks in the wild): a square box on the annotated
+    face box (x, y, w, h): side 1.2 * max(w, h), centred at (x + w/2, y + h/2 - 0.1 h),
+    zero-padded where it leaves the image, landmarks x' = (x - left) * S / side. The constants
+    put the face at the aligned crop's scale and height: on the first images of the dataset
+    the inter-ocular distance is 2.1x the aligned one, so the aligned 178 px crop spans ~375 px
+    = 1.2 x the box height there, and its centre lies 0.1 h above the box centre. Rotation is
+    not undone (that is what "in the wild" means).
+  Landmarks outside the stored image ([-0.5, S - 0.5]) get visible=False and keep their
+  coordinates.
 
 Splits: CelebA and CelebAWild give train / val / test from the eval partition (0 / 1 / 2),
 each minus the MAFL images when MAFL/ is present (the pretraining split never sees MAFL);
@@ -41,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from ...augment.geometry import crop_resize
+from ...augment.geometry import crop_resize, scale_keypoints
 from ._rawio import check_inside, check_setup, read_image, read_lines, require_file, where
 from .base import (
     BadItem,
@@ -51,6 +68,7 @@ from .base import (
     check_keypoints,
     face_border,
     face_store_size,
+    option_choice,
     parse_float,
 )
 
@@ -59,7 +77,10 @@ logger = logging.getLogger(__name__)
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 NUM_LANDMARKS = len(LANDMARK_NAMES)
 ALIGNED_WH = (178, 218)  # size of img_align_celeba images
-ALIGNED_BOX = (0.0, 30.0, 178.0, 178.0)  # (left, top, width, height): DVE data_loaders.py
+ALIGNED_BOX = (0.0, 30.0, 178.0, 178.0)  # (left, top, width, height): official `crop(im, 30, 0, 178, 178)`
+ALIGNED_DIRS = ("Img/img_align_celeba_hq", "Img/img_align_celeba")  # in order of preference
+WILD_DIRS = ("Img_in_the_wild", "Img/img_celeba")
+WILD_CROPS = ("none", "face-box")  # CelebAWild option `crop`; the first is the default
 WILD_BOX_SCALE = 1.2  # square side / max(w, h) of the annotated face box (module docstring)
 WILD_BOX_SHIFT = 0.1  # box centre moved up by this fraction of the face box height
 PARTITIONS = {"0": "train", "1": "val", "2": "test"}
@@ -75,7 +96,7 @@ class FaceItem:
     source: str  # annotation file of the landmarks, for error messages
     line: int
     identity: str | None = None
-    face_box: tuple[float, float, float, float] | None = None  # in-the-wild (x, y, w, h)
+    face_box: tuple[float, float, float, float] | None = None  # (x, y, w, h): CelebAWild crop=face-box
 
 
 @dataclass
@@ -101,13 +122,17 @@ class _CelebAFiles(Converter):
     def _root(self) -> Path:
         return Path(self.root)
 
-    def _image_dir(self, *defaults: str) -> Path:
+    def _image_dir(self, defaults: tuple[str, ...]) -> Path:
+        """Option image_dir, else the first of `defaults` (relative to root) that exists."""
         if "image_dir" in self.options:
             return self._root / self.options["image_dir"]
         for sub in defaults:
             if (self._root / sub).is_dir():
                 return self._root / sub
-        raise BadItem(str(self._root / defaults[0]), None, "image folder not found")
+        raise BadItem(
+            str(self._root), None, f"image folder not found: looked for {', '.join(defaults)} "
+            "(or set option image_dir)"
+        )
 
     def _table(self, path: Path, ncols: int, header: bool) -> list[tuple[int, list[str]]]:
         """Lines of `name v1 .. v{ncols-1}`; CelebA's Anno files start with a count and a header."""
@@ -232,14 +257,15 @@ class _CelebAFiles(Converter):
         return None
 
     def _load_aligned(self, item: FaceItem) -> Record:
+        """Official aligned crop (module docstring); landmarks in the 178x218 annotation frame."""
         image = read_image(item.path, "RGB", where(item.source, item.line))
         h, w = image.shape[:2]
-        sx, sy = w / ALIGNED_WH[0], h / ALIGNED_WH[1]  # 1, 1 for img_align_celeba
+        sx, sy = w / ALIGNED_WH[0], h / ALIGNED_WH[1]  # 1, 1 for 178x218 images
         left, top, bw, bh = ALIGNED_BOX
-        kps = np.asarray(item.keypoints, dtype=np.float64).reshape(NUM_LANDMARKS, 2)
-        kps = (kps + 0.5) * (sx, sy) - 0.5
         size = self.info.image_size
-        out, moved, _ = crop_resize(image, (left * sx, top * sy, bw * sx, bh * sy), (size, size), kps)
+        out, _, _ = crop_resize(image, (left * sx, top * sy, bw * sx, bh * sy), (size, size))
+        kps = np.asarray(item.keypoints, dtype=np.float64).reshape(NUM_LANDMARKS, 2)
+        moved = scale_keypoints(kps, ALIGNED_BOX, (size, size))
         return Record(
             item.image_id, out, moved.astype(np.float32), np.ones(NUM_LANDMARKS, bool), item.identity
         )
@@ -253,7 +279,7 @@ class CelebA(_CelebAFiles):
         self._setup("celeba")
 
     def splits(self) -> dict[str, list[Any]]:
-        image_dir = self._image_dir("Img/img_align_celeba", "Img/img_align_celeba_hq")
+        image_dir = self._image_dir(ALIGNED_DIRS)
         path = self._root / "Anno" / "list_landmarks_align_celeba.txt"
         return self._partition_items(image_dir, path, self._landmarks(path, ALIGNED_WH))
 
@@ -269,7 +295,7 @@ class MAFL(_CelebAFiles):
         self._setup("mafl")
 
     def splits(self) -> dict[str, list[Any]]:
-        image_dir = self._image_dir("Img/img_align_celeba", "Img/img_align_celeba_hq")
+        image_dir = self._image_dir(ALIGNED_DIRS)
         lm_path = self._root / "Anno" / "list_landmarks_align_celeba.txt"
         landmarks, identities = self._landmarks(lm_path, ALIGNED_WH), self._identities()
         out: dict[str, list[Any]] = {}
@@ -302,15 +328,19 @@ class MAFL(_CelebAFiles):
 
 @dataclass
 class CelebAWild(_CelebAFiles):
-    """In-the-wild CelebA: the original photos, square-cropped on the annotated face box."""
+    """In-the-wild CelebA: the original photos, whole (default) or cropped on the face box."""
+
+    OPTIONS = ("image_dir", "crop")  # crop: "none" (official whole-image resize) or "face-box"
 
     def __post_init__(self) -> None:
         self._setup("celeba-wild")
+        self.crop = option_choice("celeba-wild", self.options, "crop", WILD_CROPS)
 
     def splits(self) -> dict[str, list[Any]]:
-        image_dir = self._image_dir("Img/img_celeba")
+        image_dir = self._image_dir(WILD_DIRS)
         lm_path = self._root / "Anno" / "list_landmarks_celeba.txt"
-        return self._partition_items(image_dir, lm_path, self._landmarks(lm_path, None), self._face_boxes())
+        boxes = self._face_boxes() if self.crop == "face-box" else None
+        return self._partition_items(image_dir, lm_path, self._landmarks(lm_path, None), boxes)
 
     def _face_boxes(self) -> dict[str, tuple[float, float, float, float]]:
         path = self._root / "Anno" / "list_bbox_celeba.txt"
@@ -332,7 +362,8 @@ class CelebAWild(_CelebAFiles):
         kps = np.asarray(item.keypoints, dtype=np.float64).reshape(NUM_LANDMARKS, 2)
         check_inside(kps, w, h, item.source, item.line)
         size = self.info.image_size
-        out, moved, _ = crop_resize(image, wild_box(item.face_box), (size, size), kps)
+        box = wild_box(item.face_box) if self.crop == "face-box" else (0.0, 0.0, float(w), float(h))
+        out, moved, _ = crop_resize(image, box, (size, size), kps)
         visible = np.all((moved >= -0.5) & (moved <= size - 0.5), axis=1)
         return Record(item.image_id, out, moved.astype(np.float32), visible, item.identity)
 

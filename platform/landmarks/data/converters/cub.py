@@ -6,7 +6,7 @@ Layout under `root` (as distributed; segmentations from the separate download):
     images/<class>/<file>.jpg
     parts/parts.txt                    `part_id name` (optional: standard names otherwise)
     parts/part_locs.txt                `image_id part_id x y visible`, 15 parts, 1-based ids;
-                                       x, y taken as 0-based pixel centres; invisible parts are `0 0`
+                                       x, y in image pixels; invisible parts are `0 0`
     segmentations/<class>/<file>.png   soft masks, 0..255
     bounding_boxes.txt                 not used: the canonical geometry has no crop
 
@@ -16,11 +16,18 @@ there are selections of train made by the evaluation jobs, not separate splits).
 image that images.txt does not have is not part of the dataset on disk: it is left out and
 counted in `self.absent` (a subset of CUB works).
 
-Geometry: the whole image is resized to image_size x image_size (no crop, aspect not kept,
-as in the paper); landmarks move with the exact map of `landmarks.augment.geometry`; the soft
-mask is thresholded at 0.5 (value >= 128) and resized with nearest neighbour. Invisible parts
-get visible=False and coordinates (0, 0). Images are stored as PNG: at 96 px JPEG artefacts
-are a sizeable part of the signal, and the set is small (2006 images).
+Geometry, as contrast-landmark `data_loader/data_loaders_animal.py` `CUB`: the whole image is
+resized to S x S, S = image_size (`transforms.Resize((imwidth, imwidth))`: no crop, aspect not
+kept). The official annotations are fractions x / W, y / H of the W x H image, multiplied by the
+stored side (`kp_unnormalize`); with part_locs x, y as the fractions' numerators a part moves to
+
+    x' = x * S / W,  y' = y * S / H
+
+(`landmarks.augment.geometry.scale_keypoints`, no half-pixel shift). The soft mask is
+thresholded at 0.5 (value >= 128) and resized with nearest neighbour. Invisible parts get
+visible=False and coordinates (0, 0), as the official loader gives them. Images are stored as
+PNG: at 96 px JPEG artefacts are a sizeable part of the signal, and the set is small (2006
+images).
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ class CUBItem:
     image_id: str  # relative path, as in images.txt
     path: str
     mask_path: str
-    keypoints: tuple[float, ...]  # x0, y0, ... 0-based image pixels; 0 for invisible parts
+    keypoints: tuple[float, ...]  # x0, y0, ... as in part_locs.txt; 0 for invisible parts
     visible: tuple[bool, ...]
     parts_file: str  # part_locs.txt, for error messages
     lines: tuple[int, ...]  # its line of each part

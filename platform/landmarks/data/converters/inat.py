@@ -5,8 +5,13 @@ images to use come from a list file with one relative path a line (the 100K Aves
 option `list_file` (absolute, or relative to root); by default the single `*.txt` file in
 root. A leading `train_val_images/` on a path (as in the iNat JSON `file_name`) is dropped.
 
-Geometry: centred square crop of side min(w, h), resized to image_size x image_size, like
-the CUB images the representation is evaluated on (border 0). No landmarks: K = 0.
+Geometry (option `crop`), border 0, no landmarks (K = 0):
+
+* `crop=none` (default): the whole image resized to image_size x image_size, aspect not kept,
+  as contrast-landmark `data_loader/data_loaders_animal.py` `InatAve` does
+  (`transforms.Resize((imwidth, imwidth))`) and as the CUB images are stored.
+* `crop=center`: a centred square of side min(w, h), resized alike (aspect kept; not the
+  official geometry).
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import numpy as np
 
 from ...augment.geometry import crop_resize
 from ._rawio import check_setup, read_image, read_lines, require_file, safe_relpath
-from .base import BadItem, Converter, DatasetInfo, Record
+from .base import BadItem, Converter, DatasetInfo, Record, option_choice
 
 ROOT_NAME = "train_val_images"
+CROPS = ("none", "center")  # option `crop`; the first is the default
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,8 @@ class INatAves(Converter):
     """Unlabeled iNat-2017 Aves images listed in a text file, split "train"."""
 
     def __post_init__(self) -> None:
-        check_setup("inat-aves", self.root, self.options, ("list_file",))
+        check_setup("inat-aves", self.root, self.options, ("list_file", "crop"))
+        self.crop = option_choice("inat-aves", self.options, "crop", CROPS)
         self.info = DatasetInfo(
             name="inat-aves",
             landmark_names=(),
@@ -82,7 +89,9 @@ class INatAves(Converter):
     def load(self, item: INatItem) -> Record:
         image = read_image(item.path, "RGB", item.listed_at)
         h, w = image.shape[:2]
-        side = min(w, h)
-        box = ((w - side) / 2, (h - side) / 2, float(side), float(side))
+        box = (0.0, 0.0, float(w), float(h))
+        if self.crop == "center":
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, float(side), float(side))
         out, _, _ = crop_resize(image, box, (self.image_size, self.image_size))
         return Record(item.image_id, out, np.zeros((0, 2), np.float32), np.zeros(0, bool))

@@ -15,14 +15,18 @@ IBUG (689). As in DVE, only IBUG box entries named `image*` are used (the others
 images). A box entry whose .pts file is absent is not part of the dataset on disk: it is
 counted in `self.absent` and left out, so that a subset of the images works.
 
-Geometry (DVE `ThreeHundredW.__getitem__`, "copied from matlab code"): the ground-truth box
-is scaled so that its width becomes 52 px, and a 100 x 100 window around its centre is cut
-(shifted 2 px up); in the image scaled by fac = 52 / bw that window is
-    left = floor(fac * bcx) - 50,  top = floor(fac * bcy) - 52  (0-based edge coordinates)
-with bw = xmax - xmin + 1, bcx = xmin + (bw + 1) / 2, bcy = ymin + (bh + 1) / 2. We cut the
-same window from the original image, (left / fac, top / fac, 100 / fac, 100 / fac), zero-padded,
-and resize it once to S x S, S = face_store_size(image_size). The .pts landmarks are made
-0-based (DVE: `kp - 1`) and moved with the exact map of `landmarks.augment.geometry`.
+Geometry, as contrast-landmark `data_loader/data_loaders_face.py` `ThreeHundredW.__getitem__`
+("basically copied from matlab code"), in 1-based (MATLAB) coordinates: with
+bw = xmax - xmin + 1, bh = ymax - ymin + 1, bcx = xmin + (bw + 1) / 2, bcy = ymin + (bh + 1) / 2,
+the image is resized by fac = 52 / bw (face 52 px wide) to int(W * fac) x int(H * fac), and the
+100 x 100 window from (cutl, cutt) = (floor(fac * bcx) - 50, floor(fac * bcy) - 52) (0-based edge
+coordinates; `pad_and_crop`, zero padding) is resized to S x S, S = face_store_size(image_size)
+(`Resize(imwidth)`). We cut the same window from the original image, through the resize's
+actual scale int(W * fac) / W (not fac), and resize it once. The .pts landmarks (1-based) move
+as the official ones do, `kp * fac - cut`, then `- 1` ("from matlab to python style"), then
+`* imwidth / 100` (no half-pixel shift):
+
+    x' = (x * fac - cutl - 1) * S / 100,  y' = (y * fac - cutt - 1) * S / 100
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from ...augment.geometry import crop_resize
+from ...augment.geometry import Box, crop_resize, scale_keypoints
 from ._rawio import MAT_ERRORS, check_inside, check_setup, read_image, read_lines
 from .base import (
     BadItem,
@@ -74,23 +78,48 @@ LANDMARK_NAMES = tuple(
 class W300Item:
     image_id: str
     path: str
-    keypoints: tuple[float, ...]  # x0, y0, ..., 0-based
+    keypoints: tuple[float, ...]  # x0, y0, ... as in the .pts file (1-based)
     source: str  # the .pts file
     lines: tuple[int, ...]  # .pts line of each landmark
-    box: tuple[float, float, float, float]  # crop window (left, top, width, height) in the image
+    bb: tuple[float, float, float, float]  # bb_ground_truth [xmin ymin xmax ymax], 1-based
     listed_at: str  # "<bounding box file>:<entry>" that names the image
 
 
-def crop_window(bb_ground_truth: np.ndarray) -> tuple[float, float, float, float]:
-    """DVE's 100 px window around a 52 px face, as a box in original-image edge coordinates."""
+@dataclass(frozen=True)
+class Window:
+    """The official crop of one face: the image is scaled by `fac`, then 100 x 100 px are cut
+    from (left, top) of the scaled image (0-based edge coordinates: official `cutl`, `cutt`)."""
+
+    fac: float
+    left: int
+    top: int
+
+
+def official_window(bb_ground_truth: tuple[float, ...] | np.ndarray) -> Window:
+    """The official 100 px window around a face made 52 px wide (module docstring)."""
     xmin, ymin, xmax, ymax = (float(v) for v in bb_ground_truth)
     bw, bh = xmax - xmin + 1, ymax - ymin + 1
     bcx, bcy = xmin + (bw + 1) / 2, ymin + (bh + 1) / 2
     fac = FACE_PX / bw
     half = CROP_PX // 2
-    left = math.floor(fac * bcx) - half
-    top = math.floor(fac * bcy) - half - SHIFT_UP_PX
-    return (left / fac, top / fac, CROP_PX / fac, CROP_PX / fac)
+    return Window(fac, math.floor(fac * bcx) - half, math.floor(fac * bcy) - half - SHIFT_UP_PX)
+
+
+def image_box(window: Window, width: int, height: int) -> Box:
+    """The window as a box of the width x height original image (edge coordinates).
+
+    The official code resizes the image to int(width * fac) x int(height * fac) before cutting
+    the window, so the scale that maps the original onto the window is that size over the
+    original's, not `fac`.
+    """
+    sx, sy = int(width * window.fac) / width, int(height * window.fac) / height
+    return (window.left / sx, window.top / sy, CROP_PX / sx, CROP_PX / sy)
+
+
+def window_keypoints(kps_1based: np.ndarray, window: Window, size: int) -> np.ndarray:
+    """Official keypoint map: `kp * fac - cut`, `- 1` (MATLAB to 0-based), `* size / 100`."""
+    scaled = np.asarray(kps_1based, dtype=np.float64) * window.fac - 1.0
+    return scale_keypoints(scaled, (window.left, window.top, CROP_PX, CROP_PX), (size, size))
 
 
 def read_pts(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -208,10 +237,10 @@ class W300(Converter):
         return W300Item(
             f"{folder}/{name}",
             str(image_path),
-            tuple((kps - 1.0).ravel().tolist()),
+            tuple(kps.ravel().tolist()),
             str(pts_path),
             lines,
-            crop_window(bb),
+            (float(bb[0]), float(bb[1]), float(bb[2]), float(bb[3])),
             f"{mat_path}:{n}",
         )
 
@@ -219,7 +248,11 @@ class W300(Converter):
         image = read_image(item.path, "RGB", item.listed_at)
         h, w = image.shape[:2]
         kps = np.asarray(item.keypoints, dtype=np.float64).reshape(K, 2)
-        check_inside(kps, w, h, item.source, item.lines)
+        check_inside(kps - 1.0, w, h, item.source, item.lines)
+        window = official_window(item.bb)
+        if int(w * window.fac) < 1 or int(h * window.fac) < 1:
+            raise BadItem(item.listed_at, None, f"face box {item.bb} is too wide for the {w}x{h} image")
         size = self.info.image_size
-        out, moved, _ = crop_resize(image, item.box, (size, size), kps)
+        out, _, _ = crop_resize(image, image_box(window, w, h), (size, size))
+        moved = window_keypoints(kps, window, size)
         return Record(item.image_id, out, moved.astype(np.float32), np.ones(K, bool))
