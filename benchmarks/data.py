@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     path = ensure_dataset(args.num_images, args.rows_per_shard)
     manifest = load_manifest(str(path))
     files = export_jpegs(path, "train")
-    print(f"dataset {path}: {len(files)} train images of {manifest.image_size} px; Ray up in {ray_startup:.1f} s",
+    print(f"dataset {path}: {len(files)} train images of {manifest.stored_size} px; Ray up in {ray_startup:.1f} s",
           flush=True)
 
     rows: list[dict[str, Any]] = []
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[f"ratio_e2e.{label}"] = row["ratio_e2e"]
     params = {"num_images": args.num_images, "rows_per_shard": args.rows_per_shard, "view_images": args.view_images,
               "batch_size": args.batch_size, "warmup_batches": args.warmup, "cpus": cpus, "quick": args.quick,
-              "image_size": manifest.image_size, "input_size": manifest.input_size}
+              "stored_size": manifest.stored_size, "input_size": manifest.input_size}
     finish(args, "data", rows, params=params, summary=summary, label_keys=("workload", "pipeline", "cpus"),
            columns=["workload", "pipeline", "cpus", "images", "startup_s", "images_per_s", "ratio",
                     "e2e_images_per_s", "ratio_e2e", "total_s"],

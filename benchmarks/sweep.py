@@ -16,7 +16,7 @@ synthetic-faces dataset generated once under runs/bench/. It runs twice:
   cache-interpolate (optional) "cache" with the regressor's resize done by F.interpolate, as
             before linear_over_blocks used two matrix products (patched in this process, job runner)
 
-  --runner job   each trial is `landmarks.train.regress.run_regress(cfg, ...)` called in this
+  --runner job   each trial is `landmarks.evaluate.regress.run_regress(cfg, ...)` called in this
                  process, one after the other: what a Tune trial runs (landmarks.sweep.run_trial),
                  MLflow run included (a throw-away local store), without Ray
   --runner tune  the whole grid through `landmarks.sweep.run_sweep` (Ray Tune; trials as
@@ -74,7 +74,7 @@ def job_overrides(data: Path, cache: bool, cache_dir: str, epochs: int, image_si
 
 
 def interpolate_linear_over_blocks(blocks_bchw, weight, bias, size):
-    """`landmarks.train.eval_job.linear_over_blocks` as it was before: each block's (B, O, h, w)
+    """`landmarks.models.representation.linear_over_blocks` as it was before: each block's (B, O, h, w)
     conv output resized by F.interpolate rather than two matrix products (the same numbers)."""
     out, start = None, 0
     for block in blocks_bchw:
@@ -91,14 +91,14 @@ def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any], interpolat
              ) -> dict[str, Any]:
     """Every grid point as `run_regress` in this process; per-trial seconds and metrics."""
     from landmarks.cli import JobArgs
-    from landmarks.config import load_config, with_overrides
-    from landmarks.train import eval_job, regress
-    from landmarks.train.configs import RegressConfig
+    from landmarks.config import RegressConfig, load_config, with_overrides
+    from landmarks.evaluate import regress
+    from landmarks.models import representation as rep_module
 
     base = with_overrides(load_config(RegressConfig, PRESET), overrides)
-    original = eval_job.linear_over_blocks  # what regress's head (eval_job.landmarks_from_blocks) calls
+    original = rep_module.linear_over_blocks  # what regress's head (landmarks_from_blocks) calls
     if interpolate_resize:
-        eval_job.linear_over_blocks = interpolate_linear_over_blocks
+        rep_module.linear_over_blocks = interpolate_linear_over_blocks
     os.environ["LANDMARKS_IN_PROCESS"] = "1"  # evaluate here, as inside a Tune trial, not as a Ray task
     seconds, iods = [], []
     t0 = time.perf_counter()
@@ -111,7 +111,7 @@ def run_jobs(points: list[dict[str, Any]], overrides: dict[str, Any], interpolat
             seconds.append(time.perf_counter() - start)
             iods.append(metrics["iod"])
     finally:
-        eval_job.linear_over_blocks = original
+        rep_module.linear_over_blocks = original
     return {"wall_s": time.perf_counter() - t0, "trial_s": seconds, "iod": iods}
 
 
@@ -144,7 +144,7 @@ def median_ms(fn, repeats: int) -> float:
 def cache_bound(backbone: str, image_size: int, batch_size: int, repeats: int) -> dict[str, Any]:
     """Per-batch cost of what the cache saves (backbone forward) and what it leaves (the head)."""
     from landmarks.models import LandmarkRegressor, build_backbone
-    from landmarks.train.eval_job import landmarks_from_blocks
+    from landmarks.models.representation import landmarks_from_blocks
 
     net = build_backbone(backbone).eval()
     images = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))

@@ -63,7 +63,7 @@ def main() -> None:
     for i, t in enumerate(tiles):
         grid.paste(t, ((i % cols) * (w + 4), (i // cols) * (w + 4)))
     grid.save(args.out)
-    print(f"wrote {args.out}: {len(tiles)} images of {conv.info.image_size} px")
+    print(f"wrote {args.out}: {len(tiles)} images of {conv.info.stored_size} px")
     if args.time:
         wall, cpu = time.perf_counter(), time.process_time()
         for it in items[args.num:args.num + args.time]:

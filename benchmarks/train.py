@@ -74,8 +74,8 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: str, devi
                world: int = 1, compile_mode: str = "off") -> tuple[Any, Any, Any, torch.Tensor]:
     """(model, views, optimizer, images) as pretrain_loop builds them; images (B, S, S, 3) uint8."""
     from landmarks.augment import MoCoViews
+    from landmarks.config import PretrainConfig
     from landmarks.data.converters.base import face_border, face_store_size
-    from landmarks.train.configs import PretrainConfig
     from landmarks.train.moco_step import compile_encoders, prepare_moco
 
     cfg = PretrainConfig.model_validate({
@@ -132,7 +132,7 @@ def flops_per_image(backbone: str, image_size: int, batch_size: int, device: tor
     """FLOPs of the network part of one step (query fwd+bwd, key fwd, logits) per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from landmarks.train.moco_step import autocast
+    from landmarks.precision import autocast
 
     model, views, _, images = build_step(backbone, image_size, batch_size, "off", device)
     im_q, im_k = views(images)

@@ -6,7 +6,7 @@
 
 import sys
 
-from landmarks.demo import main
+from landmarks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("demo", __doc__))

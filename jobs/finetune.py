@@ -6,9 +6,7 @@
 
 import sys
 
-from landmarks.cli import job_main
-from landmarks.train.configs import FinetuneConfig
-from landmarks.train.finetune import run_finetune
+from landmarks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main(FinetuneConfig, run_finetune, __doc__))
+    sys.exit(main("finetune", __doc__))

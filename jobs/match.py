@@ -7,9 +7,7 @@
 
 import sys
 
-from landmarks.cli import job_main
-from landmarks.train.configs import MatchConfig
-from landmarks.train.match import run_match
+from landmarks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main(MatchConfig, run_match, __doc__))
+    sys.exit(main("match", __doc__))

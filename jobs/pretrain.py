@@ -6,9 +6,7 @@
 
 import sys
 
-from landmarks.cli import job_main
-from landmarks.train.configs import PretrainConfig
-from landmarks.train.pretrain import run_pretrain
+from landmarks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main(PretrainConfig, run_pretrain, __doc__))
+    sys.exit(main("pretrain", __doc__))

@@ -6,9 +6,7 @@
 
 import sys
 
-from landmarks.cli import job_main
-from landmarks.train.configs import RegressConfig
-from landmarks.train.regress import run_regress
+from landmarks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main(RegressConfig, run_regress, __doc__))
+    sys.exit(main("regress", __doc__))

@@ -6,9 +6,7 @@
 
 import sys
 
-from landmarks.cli import job_main
-from landmarks.train.configs import SegmentConfig
-from landmarks.train.segment import run_segment
+from landmarks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main(SegmentConfig, run_segment, __doc__))
+    sys.exit(main("segment", __doc__))

@@ -8,7 +8,7 @@ Rerun the same command after an interruption to resume: finished trials are not 
 
 import sys
 
-from landmarks.sweep import sweep_main
+from landmarks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(sweep_main(__doc__))
+    sys.exit(main("sweep", __doc__))

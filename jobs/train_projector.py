@@ -6,9 +6,7 @@
 
 import sys
 
-from landmarks.cli import job_main
-from landmarks.train.configs import ProjectorConfig
-from landmarks.train.projector import run_projector
+from landmarks.cli import main
 
 if __name__ == "__main__":
-    sys.exit(job_main(ProjectorConfig, run_projector, __doc__))
+    sys.exit(main("train_projector", __doc__))

@@ -36,7 +36,7 @@ class Dots(Converter):
         n, cub = self.image_size, self.options.get("name") == "cub"
         border = 0 if cub else n // 8
         self.info = DatasetInfo(name="cub" if cub else "dots", landmark_names=("le", "re", "nose", "lm", "rm"),
-                                eye_indices=None if cub else (0, 1), image_size=n + 2 * border,
+                                eye_indices=None if cub else (0, 1), stored_size=n + 2 * border,
                                 input_size=n, border=border, image_format="png")
 
     def splits(self):
@@ -68,7 +68,7 @@ class Blank(Converter):
     """Unlabelled grey images (like inat-aves): K = 0."""
 
     def __post_init__(self) -> None:
-        self.info = DatasetInfo(name="blank", landmark_names=(), eye_indices=None, image_size=self.image_size,
+        self.info = DatasetInfo(name="blank", landmark_names=(), eye_indices=None, stored_size=self.image_size,
                                 input_size=self.image_size, border=0, image_format="png")
 
     def splits(self):
@@ -90,7 +90,7 @@ def build_all(base: Path) -> dict[str, Path]:
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
         kw = {"image_size": 32, "progress": False, "overwrite": True}
         ingest("synthetic-faces", None, str(paths["faces"]), options={"num_images": 48, "seed": 0}, **kw)
-        ingest(f"{__name__}:Dots", None, str(paths["dots"]), options={"num_images": 80, "seed": 0}, **kw)
+        ingest(f"{__name__}:Dots", None, str(paths["dots"]), options={"num_images": 240, "seed": 0}, **kw)
         ingest(f"{__name__}:Dots", None, str(paths["cub"]), options={"num_images": 40, "seed": 1, "name": "cub"}, **kw)
         ingest(f"{__name__}:Blank", None, str(paths["blank"]), **kw)
         (base / "complete").write_text("ok")

@@ -19,7 +19,7 @@ from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscali
 from ray.autoscaler._private.util import check_legacy_fields, prepare_config, validate_config
 
 from landmarks.config import load_config
-from landmarks.jobs_registry import config_class_for_preset
+from landmarks.registry import config_class_for_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -6,9 +6,16 @@ import sys
 import pytest
 
 from conftest import ROOT
-from landmarks.config import load_config, parse_override, to_flat_dict, valid_keys, with_overrides
+from landmarks.config import (
+    PretrainConfig,
+    RegressConfig,
+    load_config,
+    parse_override,
+    to_flat_dict,
+    valid_keys,
+    with_overrides,
+)
 from landmarks.errors import ConfigError
-from landmarks.train.configs import PretrainConfig, RegressConfig
 
 CONFIGS = ROOT / "jobs" / "configs"
 
@@ -78,7 +85,7 @@ def test_flat_dict_roundtrip():
 
 
 def test_every_preset_parses():
-    from landmarks.jobs_registry import JOBS, config_class_for_preset
+    from landmarks.registry import JOBS, config_class_for_preset
 
     presets = sorted(CONFIGS.glob("*.yaml"))
     assert presets, "no presets in jobs/configs"

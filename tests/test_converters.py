@@ -246,7 +246,7 @@ def test_celeba_aligned_geometry_splits_and_mafl_exclusion(tmp_path):
     splits = conv.splits()
     assert {s: [i.image_id for i in v] for s, v in splits.items()} == {
         "train": ["000001.jpg", "000002.jpg"], "val": ["000004.jpg"], "test": []}
-    assert conv.excluded_mafl == 3 and conv.info.image_size == S and conv.info.border == 20
+    assert conv.excluded_mafl == 3 and conv.info.stored_size == S and conv.info.border == 20
     for name, rec in _load_all(conv, splits["train"] + splits["val"]).items():
         assert rec.image.shape == (S, S, 3) and rec.image.dtype == np.uint8
         assert rec.keypoints.dtype == np.float32 and rec.visible.all()
@@ -263,7 +263,7 @@ def test_mafl_splits_and_geometry_at_128(tmp_path):
     splits = conv.splits()
     assert [i.image_id for i in splits["train"]] == ["000003.jpg", "000006.jpg"]
     assert [i.image_id for i in splits["test"]] == ["000005.jpg"]
-    size = conv.info.image_size
+    size = conv.info.stored_size
     assert size == 182 and conv.info.border == 27  # 128 + 2 * round(128 * 20 / 96)
     rec = conv.load(splits["test"][0])
     # keypoints *= imwidth / 178 at imwidth 182

@@ -36,6 +36,11 @@ def test_tiny_demo_end_to_end(tmp_path):
     sources = {r.data.params["backbone.source"] for r in regress}
     assert "random" in sources and len(sources) == 2  # pretrained vs random, compared
     assert all("iod" in r.data.metrics for r in regress)
+    # The sweep of the real regress job: every grid point (budgets x inits) a finished child of its parent.
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.data.tags.get("mlflow.parentRunId") for r in regress} == {parents[0].info.run_id}
+    assert sorted({r.data.tags["budget"] for r in regress}) == ["5", "all"] and len(regress) == 4
 
 
 def test_budget_table_averages_this_demos_sweep_only(tmp_path, monkeypatch):

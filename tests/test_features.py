@@ -11,11 +11,12 @@ import torch
 
 from landmarks import features
 from landmarks.data.normalization import CELEBA_MEAN, CELEBA_STD
+from landmarks.data.reader import eval_geometry, load_split
 from landmarks.errors import UserError
-from landmarks.features import assemble, eval_geometry, get_features, load_split
-from landmarks.models import build_backbone, hypercolumn
-from landmarks.models.hypercolumn import conv4
-from landmarks.train.backbone_source import fingerprint, load_backbone, load_projector
+from landmarks.features import get_features
+from landmarks.models import build_backbone
+from landmarks.models.representation import assemble, conv4, hypercolumn
+from landmarks.sources import fingerprint, load_backbone, load_projector
 from landmarks.train.pretrain import save_backbone
 
 

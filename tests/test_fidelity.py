@@ -17,8 +17,9 @@ from landmarks.coords import pixels_to_normalized
 from landmarks.data.normalization import CELEBA_MEAN, CELEBA_STD, IMAGENET_MEAN, IMAGENET_STD, input_stats
 from landmarks.losses import regression_loss
 from landmarks.metrics import pck_official
-from landmarks.models import LandmarkRegressor, build_backbone, dense_size
-from landmarks.train.schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr
+from landmarks.models import LandmarkRegressor, build_backbone
+from landmarks.models.representation import dense_size
+from landmarks.schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr
 
 
 def _official_selected_loss(pred, kp, visible, alpha=10.0):
@@ -143,7 +144,7 @@ def test_hand_computed_official_pck():
 def test_conv4_map_and_grid_at_96_px():
     """eval_face.py without --use_hypercol: model(x, layer=4) is layer3's output (6 x 6 at 96 px), and the
     regressor's grid is linspace(-1, 1, 6) over it."""
-    from landmarks.train.eval_job import landmarks_from_blocks
+    from landmarks.models.representation import landmarks_from_blocks
 
     torch.manual_seed(0)
     backbone = build_backbone("resnet18").eval()
@@ -177,7 +178,7 @@ def test_limited_budget_tps_is_applied_at_the_stored_size_before_the_border_crop
     keypoints snapped to the nearest sample (KD-tree) and shifted by the crop, none dropped."""
     from scipy.spatial import cKDTree
 
-    from landmarks.train.regress import Rows
+    from landmarks.evaluate.regress import Rows
 
     stored, border, side = 40, 6, 28
     rng = np.random.default_rng(0)
@@ -202,7 +203,7 @@ def test_limited_budget_tps_is_applied_at_the_stored_size_before_the_border_crop
 
 
 def test_paper_schedule_and_repeats():
-    from landmarks.train.regress import paper_schedule, repeated_samples
+    from landmarks.config import paper_schedule, repeated_samples
 
     assert paper_schedule("mafl", False, "all") == (120, 200)
     assert paper_schedule("aflw-mtfl", False, "all") == (45, 200)
@@ -287,7 +288,7 @@ def test_matching_protocol_on_a_known_pair():
     """Identity warps and an image pair whose second face is the first moved 1 px right: the same-identity
     error is 0, and a ground truth 2 px right costs 1 px of the 11 px span of the 12 px input = 69 / 11."""
     from landmarks.augment.tps import TPSStrength
-    from landmarks.train.matching import match_pairs
+    from landmarks.matching import match_pairs
 
     stored, border = 16, 2
     ids = np.arange(stored * stored, dtype=np.uint8).reshape(stored, stored)  # a unique value per pixel

@@ -14,12 +14,13 @@ from mlflow.tracking import MlflowClient
 
 import _eval_data
 from landmarks.cli import job_main
+from landmarks.config import FinetuneConfig
 from landmarks.data import load_manifest, read_split_numpy
-from landmarks.features import assemble, load_split
+from landmarks.data.reader import load_split
 from landmarks.models import LandmarkRegressor, build_backbone
-from landmarks.train.backbone_source import load_backbone
+from landmarks.models.representation import assemble
+from landmarks.sources import load_backbone
 from landmarks.train.checkpoint import load_checkpoint_dir
-from landmarks.train.configs import FinetuneConfig
 from landmarks.train.finetune import run_finetune, train_view
 from landmarks.train.finetune_loop import LandmarkNet, param_groups
 

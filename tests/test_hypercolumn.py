@@ -4,15 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landmarks.models import (
-    BACKBONES,
-    build_backbone,
-    conv4,
-    dense_size,
-    hypercolumn,
-    representation,
-    representation_channels,
-)
+from landmarks.models import BACKBONES, assemble, block_channels, build_backbone
+from landmarks.models.representation import conv4, dense_size, hypercolumn
 
 HYPERCOLUMN_CHANNELS = {"resnet18": 960, "resnet50": 3840, "resnet50_half": 1920, "resnet18_quarter": 240}
 CONV4_CHANNELS = {"resnet18": 256, "resnet50": 1024, "resnet50_half": 512, "resnet18_quarter": 64}
@@ -33,8 +26,8 @@ def test_shapes_at_paper_resolution(models, name):
         c4 = conv4(model, images)
     assert hc.shape == (1, HYPERCOLUMN_CHANNELS[name], 48, 48)
     assert c4.shape == (1, CONV4_CHANNELS[name], 6, 6)  # layer3's own map, as the official conv4
-    assert representation_channels(model, "hypercolumn") == HYPERCOLUMN_CHANNELS[name]
-    assert representation_channels(model, "conv4") == CONV4_CHANNELS[name]
+    assert sum(block_channels(model.stage_channels, "hypercolumn")) == HYPERCOLUMN_CHANNELS[name]
+    assert sum(block_channels(model.stage_channels, "conv4")) == CONV4_CHANNELS[name]
 
 
 def test_stage_order_and_bilinear_resize(models):
@@ -52,7 +45,7 @@ def test_stage_order_and_bilinear_resize(models):
     assert hc.shape == (2, 960, 20, 24)
     torch.testing.assert_close(hc, expected)
     torch.testing.assert_close(two, expected[:, : 512 + 256])
-    assert representation_channels(model, "hypercolumn", layers=2) == 768
+    assert block_channels(model.stage_channels, "hypercolumn", layers=2) == [512, 256]
 
 
 def test_conv4_skips_layer4_and_is_layer3_at_its_own_resolution(models):
@@ -61,7 +54,7 @@ def test_conv4_skips_layer4_and_is_layer3_at_its_own_resolution(models):
     handle = model.layer4.register_forward_hook(lambda *a: calls.append(1))
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        c4 = representation(model, images, kind="conv4", size=16)
+        c4 = assemble(model.stages(images, num_stages=3), "conv4", 4, (16, 16))
         layer3 = model.stages(images, num_stages=3)[2]
     handle.remove()
     assert calls == []
@@ -83,8 +76,8 @@ def test_bad_arguments(models):
     model = models["resnet18"]
     images = torch.randn(1, 3, 32, 32)
     with pytest.raises(ValueError, match="valid choices"):
-        representation(model, images, kind="projected")
+        assemble(model.stages(images), "conv5", 4, (8, 8))
     with pytest.raises(ValueError, match="layers"):
         hypercolumn(model, images, layers=5)
     with pytest.raises(ValueError, match="valid choices"):
-        representation_channels(model, "conv5")
+        block_channels(model.stage_channels, "conv5")

@@ -9,7 +9,6 @@ Ray tests run under `flock /tmp/landmarks-ray.lock`.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,10 +24,9 @@ import pytest
 
 from landmarks.data.converters.base import BadItem, Converter, DatasetInfo, Record, parse_float
 from landmarks.data.ingest import STATE_NAME, IngestError, ingest, verify_dataset
-from landmarks.data.manifest import GEOMETRY_VERSION, Manifest, ManifestError, check_geometry
+from landmarks.data.manifest import GEOMETRY_VERSION, Manifest, ManifestError, check_geometry, open_manifest
 from landmarks.data.shards import SCHEMA
 from landmarks.errors import UserError
-from landmarks.train.data_source import open_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -46,7 +44,7 @@ class ToyFaces(Converter):
         self.k = k
         self.info = DatasetInfo(
             name="toy-faces", landmark_names=tuple(f"p{i}" for i in range(k)),
-            eye_indices=(0, 1) if k >= 2 else None, image_size=TOY_SIZE, input_size=TOY_SIZE - 8,
+            eye_indices=(0, 1) if k >= 2 else None, stored_size=TOY_SIZE, input_size=TOY_SIZE - 8,
             border=4, has_masks=bool(self.options.get("masks", True)),
             image_format=self.options.get("format", "jpeg"),
         )
@@ -142,10 +140,10 @@ def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 def load_cli_module():
-    spec = importlib.util.spec_from_file_location("ingest_cli", REPO / "jobs" / "ingest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """jobs/ingest.py's command line, in this process (`landmarks.data.ingest_cli`)."""
+    from landmarks.data import ingest_cli
+
+    return ingest_cli
 
 
 # --- no Ray ---------------------------------------------------------------------------------
@@ -189,7 +187,7 @@ def test_out_holding_something_else_is_refused_in_one_line(tmp_path, capsys):
 
 def test_manifest_round_trip_and_validation(tmp_path):
     data = {
-        "name": "x", "K": 2, "landmark_names": ["a", "b"], "eye_indices": [0, 1], "image_size": 8,
+        "name": "x", "K": 2, "landmark_names": ["a", "b"], "eye_indices": [0, 1], "stored_size": 8,
         "input_size": 8, "border": 0, "mean": [0.5] * 3, "std": [0.2] * 3, "has_masks": False,
         "image_format": "png", "source": {"dataset": "x"},
         "splits": {"train": {"rows": 3, "shards": [{"path": "train/part-00000.parquet", "rows": 3,
@@ -210,6 +208,18 @@ def test_manifest_round_trip_and_validation(tmp_path):
         Manifest.load(str(tmp_path / "nothing"))
     with pytest.raises(ManifestError, match="no split 'val'"):
         m.split("val")
+
+
+def test_manifest_written_before_stored_size_reads():
+    """dataset.json files written before the stored side was named `stored_size` call it "image_size"."""
+    new = {"name": "x", "K": 0, "landmark_names": [], "eye_indices": None, "stored_size": 136, "input_size": 96,
+           "border": 20, "mean": [0.5] * 3, "std": [0.2] * 3, "has_masks": False, "image_format": "jpeg",
+           "splits": {}, "ingest_params": {"image_size": 96}}
+    old = {("image_size" if k == "stored_size" else k): v for k, v in new.items()}
+    m = Manifest.from_dict(old)
+    assert (m.stored_size, m.input_size, m.border) == (136, 96, 20) and m == Manifest.from_dict(new)
+    assert m.extra == {"ingest_params": {"image_size": 96}}  # the network input it was ingested for
+    assert m.to_dict()["stored_size"] == 136 and "image_size" not in m.to_dict()
 
 
 def _old_manifest(name: str, k: int, **extra) -> Manifest:
@@ -254,10 +264,10 @@ def test_schema_manifest_and_stats(ray_local, tmp_path):
         "train/part-00000.parquet", "train/part-00001.parquet", "train/part-00002.parquet"]
     assert [sh.rows for sh in m.splits["train"].shards] == [5, 5, 2]
     on_disk = json.loads((out / "dataset.json").read_text())
-    for key in ("name", "K", "landmark_names", "eye_indices", "image_size", "input_size", "border", "mean",
+    for key in ("name", "K", "landmark_names", "eye_indices", "stored_size", "input_size", "border", "mean",
                 "std", "has_masks", "image_format", "splits", "source", "created_at", "skipped"):
         assert key in on_disk, key
-    assert on_disk["K"] == 3 and on_disk["image_size"] == TOY_SIZE and on_disk["border"] == 4
+    assert on_disk["K"] == 3 and on_disk["stored_size"] == TOY_SIZE and on_disk["border"] == 4
     assert on_disk["geometry_version"] == GEOMETRY_VERSION == 2
     check_geometry(m, str(out))  # a fresh dataset passes
     assert not (out / STATE_NAME).exists()
@@ -353,7 +363,7 @@ def test_synthetic_faces_through_cli(tmp_path):
     assert set(m.splits) == {"train", "val", "test"} and sum(s.rows for s in m.splits.values()) == 30
     for split, s in m.splits.items():
         assert f"{split}: {s.rows} rows in {len(s.shards)} shard(s)" in proc.stdout
-    assert m.has_masks and m.image_size == 136 and m.input_size == 96 and m.border == 20
+    assert m.has_masks and m.stored_size == 136 and m.input_size == 96 and m.border == 20
     ids = {s: set(pq.read_table(out / s, columns=["identity"]).column("identity").to_pylist())
            for s in m.splits}
     assert ids["train"].isdisjoint(ids["val"]) and ids["train"].isdisjoint(ids["test"])

@@ -1,7 +1,8 @@
 """The development recipes, run for real: cluster/local_up.sh brings up a head and a worker
-Ray node on this machine, a `ray job submit --working-dir` job lands a task on the worker,
-cluster/local_down.sh leaves no process behind; cluster/mlflow_server.sh serves MLflow with
-basic auth on 127.0.0.1 and accepts the Host names the Kubernetes manifest allows.
+Ray node on this machine, a `ray job submit --working-dir` job lands a task on the worker, a
+pretraining job submitted there survives a killed training worker, cluster/local_down.sh leaves no
+process behind; cluster/mlflow_server.sh serves MLflow with basic auth on 127.0.0.1 and accepts the
+Host names the Kubernetes manifest allows.
 
 Slow (minutes on 2 cores). Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
 """
@@ -12,17 +13,19 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, VENV_BIN, free_port, stop_group, wait_http
 
@@ -119,10 +122,26 @@ TASK = textwrap.dedent("""
 """)
 
 
+def _train_worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _job_logs(address: str, job_id: str, env: dict, follow: bool = False) -> str:
+    out = subprocess.run([str(VENV_BIN / "ray"), "job", "logs", "--address", address,
+                          *(["--follow"] if follow else []), job_id],
+                         env=env, capture_output=True, text=True, timeout=600 if follow else 120, check=False)
+    return out.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_local_cluster_up_job_down(cluster_env, tmp_path):
+def test_two_node_cluster_runs_jobs_survives_a_killed_worker_and_goes_down(cluster_env, tiny_faces, tmp_path):
+    """The one two-node test: cluster/local_up.sh, a `ray job submit --working-dir` task placed on the worker
+    node, then pretraining submitted with `ray job submit` whose training worker is killed after a checkpoint
+    (restarted from it by max_failures; the job succeeds), then cluster/local_down.sh leaves nothing behind."""
     state = Path(cluster_env["LANDMARKS_RAY_DIR"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     up = None
     try:
         up = run(["bash", str(UP)], cluster_env, timeout=420)
@@ -138,18 +157,11 @@ def test_local_cluster_up_job_down(cluster_env, tmp_path):
         client_env = {**cluster_env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": address}
         status = run([str(VENV_BIN / "ray"), "status"], client_env, timeout=120)
         assert status.returncode == 0, status.stderr
-        assert sum(ln.strip().startswith("1 node_") for ln in status.stdout.split("Pending:")[0].splitlines()) == 2
+        nodes = [ln for ln in status.stdout.split("Pending:")[0].splitlines() if ln.strip().startswith("1 node_")]
+        assert len(nodes) == 2
+        assert "/2.0 CPU" in status.stdout, "each node advertises --num-cpus 1"
 
-        nodes_code = ("import json, ray; ray.init(logging_level='ERROR'); "
-                      "print(json.dumps([n['Resources'] for n in ray.nodes() if n['Alive']]))")
-        listed = run([sys.executable, "-c", nodes_code], client_env, timeout=180, cwd=tmp_path)
-        assert listed.returncode == 0, listed.stderr
-        alive = json.loads(listed.stdout.strip().splitlines()[-1])
-        assert len(alive) == 2
-        assert sorted("head_node" in r for r in alive) == [False, True]
-        assert sorted("worker_node" in r for r in alive) == [False, True]
-        assert all(r["CPU"] == 1 for r in alive), "each node advertises --num-cpus 1"
-
+        # A task with the worker node's resource lands there, with the job's working dir unpacked.
         job_dir = tmp_path / "job"
         job_dir.mkdir()
         (job_dir / "task.py").write_text(TASK)
@@ -158,6 +170,40 @@ def test_local_cluster_up_job_down(cluster_env, tmp_path):
                    "python", "task.py"], client_env, timeout=300, cwd=tmp_path)
         assert job.returncode == 0, f"job failed:\n{job.stdout[-3000:]}\n{job.stderr[-3000:]}"
         assert "TASK_NODE" in job.stdout and "PAYLOAD shipped-with-the-job" in job.stdout
+
+        # Pretraining submitted to the cluster; a training worker killed after the first checkpoint.
+        job_id = f"landmarks-test-{os.getpid()}"
+        submit = run(
+            [str(VENV_BIN / "ray"), "job", "submit", "--submission-id", job_id, "--no-wait", "--working-dir", str(ROOT),
+             "--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}}), "--",
+             "python", "jobs/pretrain.py", "--config", "jobs/configs/pretrain_synthetic_cpu.yaml",
+             f"data.path={tiny_faces}", f"checkpoint.storage_path={tmp_path}/ray", "mlflow.run_name=fault",
+             "data.image_size=32", "train.batch_size=32", "moco.queue_size=64", "moco.jpeg=false",
+             "train.log_every_steps=1", "ray.num_workers=2", "train.epochs=5", "max_failures=2",
+             "ray.cpus_per_worker=0.25", f"--metrics-out={tmp_path}/m.json"], client_env, timeout=300)
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+        dashboard_address = dashboard
+        first = tmp_path / "ray" / "fault" / "checkpoint_epoch00001"
+        deadline = time.monotonic() + 400
+        while not first.exists():
+            assert time.monotonic() < deadline, "no checkpoint: " + _job_logs(dashboard_address, job_id, client_env)
+            time.sleep(0.5)
+        pids = _train_worker_pids()
+        assert pids, "no Ray Train worker process found"
+        os.kill(pids[-1], signal.SIGKILL)
+        logs = _job_logs(dashboard_address, job_id, client_env, follow=True)  # returns when the job ends
+        job_status = run([str(VENV_BIN / "ray"), "job", "status", "--address", dashboard_address, job_id],
+                         client_env, timeout=120).stdout
+        assert "succeeded" in job_status.lower(), job_status + logs[-4000:]
+        metrics = json.loads((tmp_path / "m.json").read_text())
+        assert metrics["epochs"] == 5
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("pretrain-synthetic").experiment_id])
+        assert len(runs) == 1 and runs[0].info.run_id == metrics["mlflow_run_id"]
+        epochs = [int(m.value) for m in client.get_metric_history(metrics["mlflow_run_id"], "epoch")]
+        assert epochs[-1] == 4 and set(epochs) == set(range(5))
+        # Restarted from a checkpoint (epoch 0 or 1, whichever Ray had registered when the worker died).
+        assert int(runs[0].data.tags["resumed_from_epoch"]) in (0, 1)
     finally:
         pgids = {int((state / f"{n}.pid").read_text()) for n in ("head", "worker") if (state / f"{n}.pid").exists()}
         down = run(["bash", str(DOWN)], cluster_env, timeout=180)

@@ -11,13 +11,12 @@ from mlflow.tracking import MlflowClient
 
 import _eval_data
 from landmarks.cli import JobArgs, job_main
-from landmarks.config import load_config
+from landmarks.config import MatchConfig, load_config
+from landmarks.evaluate.match import run_match
+from landmarks.matching import describer
 from landmarks.models import Projector, build_backbone
-from landmarks.train.backbone_source import load_backbone
-from landmarks.train.configs import MatchConfig
-from landmarks.train.eval_job import Representation
-from landmarks.train.match import run_match
-from landmarks.train.matching import describer
+from landmarks.models.representation import Representation
+from landmarks.sources import load_backbone
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "match_synthetic_cpu.yaml")
 

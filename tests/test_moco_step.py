@@ -6,16 +6,10 @@ import pytest
 import torch
 
 from landmarks.augment import MoCoViews
+from landmarks.config import PretrainConfig
 from landmarks.models import MoCo
-from landmarks.train.configs import PretrainConfig
-from landmarks.train.moco_step import (
-    autocast,
-    build_moco,
-    compile_encoders,
-    prepare_moco,
-    queue_sha256,
-    train_step,
-)
+from landmarks.precision import autocast
+from landmarks.train.moco_step import build_moco, compile_encoders, prepare_moco, queue_sha256, train_step
 
 
 def _setup(device: torch.device, batch: int = 8, size: int = 32):

@@ -28,8 +28,9 @@ import pytest
 import torch
 
 from landmarks.errors import UserError
-from landmarks.models import build_backbone, hypercolumn, load_backbone_weights
-from landmarks.train.backbone_source import fingerprint, load_backbone
+from landmarks.models import build_backbone, load_backbone_weights
+from landmarks.models.representation import hypercolumn
+from landmarks.sources import fingerprint, load_backbone
 
 ARCHS = ("resnet18", "resnet50", "resnet50_half")
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -336,8 +337,8 @@ def _official_projector_checkpoint(projector, out_dim: int, mul: float) -> dict:
 def test_official_projector_equals_our_format(trained, tmp_path):
     """projector.source=<official projector checkpoint>: the same projected descriptors as our own format."""
     from landmarks.models import Projector
-    from landmarks.train.backbone_source import load_projector
-    from landmarks.train.eval_job import Representation
+    from landmarks.models.representation import Representation
+    from landmarks.sources import load_projector
 
     backbone = trained["resnet18"]
     fp = fingerprint(backbone)

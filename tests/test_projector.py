@@ -19,11 +19,11 @@ from landmarks.augment import MoCoViews
 from landmarks.augment.tps import PAIR, normalized_grid, pair_warp, sample_pair_params
 from landmarks.augment.views import to_float_images
 from landmarks.cli import job_main
+from landmarks.config import ProjectorConfig
 from landmarks.data import load_manifest, read_split_numpy
-from landmarks.features import assemble
 from landmarks.models import Projector, build_backbone
-from landmarks.train.backbone_source import load_backbone, load_projector
-from landmarks.train.configs import ProjectorConfig
+from landmarks.models.representation import assemble
+from landmarks.sources import load_backbone, load_projector
 from landmarks.train.projector import run_projector
 from landmarks.train.projector_loop import (
     BlockProjector,
@@ -121,7 +121,9 @@ def test_train_projector_end_to_end_and_resume(eval_data, ray_address, tmp_path,
     steps = 3 * (28 // 8)  # epochs x steps per epoch of the 28-image train split
     assert len(client.get_metric_history(run.info.run_id, "loss")) == steps
     assert len(client.get_metric_history(run.info.run_id, "epoch_loss")) == 3
-    assert run.data.params["resolved.softargmax_mul"] == "7.0" and run.data.params["resolved.validation_pairs"] == "4"
+    val_rows = json.loads((eval_data["faces"] / "dataset.json").read_text())["splits"]["val"]["rows"]
+    assert run.data.params["resolved.softargmax_mul"] == "7.0"
+    assert run.data.params["resolved.validation_pairs"] == str(val_rows // 2)
     # The epoch kept is the one with the lowest validation (different identity) matching error.
     history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_match_diff_px"),
                                        key=lambda m: m.step)]

@@ -1,7 +1,7 @@
 """jobs/report.py: our runs beside the paper's numbers (tables), PNG figures, the report run.
 
 The fast tests log runs by hand with the tags, params, metrics and artifacts the jobs log
-(landmarks.train.regress, pretrain); the slow one computes the hypercolumn PCA from a
+(landmarks.evaluate.regress, pretrain); the slow one computes the hypercolumn PCA from a
 backbone file and a tiny ingested dataset (Ray, under `flock /tmp/landmarks-ray.lock`).
 """
 
@@ -91,7 +91,7 @@ def _log_runs(exp: str) -> str:
                                                                  "backbone": "resnet18", "budget": "all",
                                                                  "init": "random", "finetuned": 0})
     segment.log_metrics({"iou": 0.7})
-    with tempfile.TemporaryDirectory() as tmp:  # the figure landmarks.train.segment logs itself
+    with tempfile.TemporaryDirectory() as tmp:  # the figure landmarks.evaluate.segment logs itself
         Image.new("RGB", (300, 200), (10, 200, 30)).save(Path(tmp) / "masks.png")
         segment.log_artifact(Path(tmp) / "masks.png", "segmentation")
     segment.finish()
@@ -156,7 +156,7 @@ def test_report_tables_figures_and_run(logged, tmp_path):
             img.load()
             assert img.size == size and img.format == "PNG", name
 
-    report = tracking.search_runs("reports", "tags.job = 'report'")
+    report = tracking.find_runs("reports", tags={"job": "report"})
     assert len(report) == 1 and report[0].info.status == "FINISHED"
     assert tracking.download_artifact(report[0].info.run_id, "tables/table7_aflw_m_budget.csv", tmp_path).is_file()
     assert tracking.download_artifact(report[0].info.run_id, "figures/landmarks_mafl.png", tmp_path).is_file()
@@ -174,10 +174,10 @@ def test_empty_or_missing_experiment_is_a_clear_error(in_tmp_cwd):
 
 def test_only_files_without_logging(logged):
     experiment, root = logged
-    before = len(tracking.search_runs("reports"))
+    before = len(tracking.find_runs("reports"))
     metrics = run_report([experiment], root / "files-only", mlflow_experiment=None)
     assert "mlflow_run_id" not in metrics and metrics["matched"] == 11
-    assert len(tracking.search_runs("reports")) == before
+    assert len(tracking.find_runs("reports")) == before
     assert (root / "files-only" / "tables" / "table9_pretrain_fraction.md").is_file()
 
 
@@ -212,7 +212,7 @@ def test_pca_from_a_backbone_file_and_dataset(tiny_faces, in_tmp_cwd):
         pixels = np.asarray(img.convert("RGB"))
     assert pixels.std() > 10  # the maps are not blank
     assert "blank canvas" not in (out / "summary.md").read_text()
-    logged_pca = tracking.download_artifact(tracking.search_runs("reports")[0].info.run_id, PCA_ARTIFACT,
+    logged_pca = tracking.download_artifact(tracking.find_runs("reports")[0].info.run_id, PCA_ARTIFACT,
                                             in_tmp_cwd / "downloaded")
     with np.load(logged_pca) as arrays:
         assert arrays["pretrained"].shape == (3, 16, 16, 3) and arrays["images"].shape == (3, 32, 32, 3)
@@ -220,7 +220,7 @@ def test_pca_from_a_backbone_file_and_dataset(tiny_faces, in_tmp_cwd):
 
 
 def _test_ids(data: Path) -> list[str]:
-    from landmarks.features import load_split
+    from landmarks.data.reader import load_split
 
     return [str(i) for i in load_split(str(data), "test", 32)["image_id"]]
 
@@ -230,10 +230,10 @@ def test_representation_dims_cover_every_registered_backbone():
     the models for every backbone in the registry, so that a new backbone gets its Table 5 `dim`."""
     import torch
 
-    from landmarks.models import BACKBONES, build_backbone, representation_channels
+    from landmarks.models import BACKBONES, block_channels, build_backbone
     from landmarks.report.runs import CONV4_DIMS, HYPERCOLUMN_DIMS
 
     with torch.device("meta"):
         models = {name: build_backbone(name) for name in BACKBONES}
-    assert HYPERCOLUMN_DIMS == {n: representation_channels(m, "hypercolumn") for n, m in models.items()}
-    assert CONV4_DIMS == {n: representation_channels(m, "conv4") for n, m in models.items()}
+    assert HYPERCOLUMN_DIMS == {n: sum(block_channels(m.stage_channels, "hypercolumn")) for n, m in models.items()}
+    assert CONV4_DIMS == {n: sum(block_channels(m.stage_channels, "conv4")) for n, m in models.items()}

@@ -17,15 +17,13 @@ from PIL import Image
 
 import _eval_data
 from landmarks.cli import job_main
-from landmarks.config import load_config
+from landmarks.config import SegmentConfig, load_config
 from landmarks.data import load_manifest
-from landmarks.data.budgets import budget_indices
+from landmarks.data.budgets import annotated_rows, budget_indices
 from landmarks.errors import UserError
-from landmarks.features import assemble
+from landmarks.evaluate.segment import mask_figure, run_segment, segment_logits
 from landmarks.models import Projector, SegmentationHead, build_backbone
-from landmarks.train.configs import SegmentConfig
-from landmarks.train.eval_job import Representation
-from landmarks.train.segment import annotated_rows, mask_figure, run_segment, segment_logits
+from landmarks.models.representation import Representation, assemble
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "segment_synthetic_cpu.yaml")
 MISSING_RUN = "0123456789abcdef0123456789abcdef"

@@ -37,7 +37,7 @@ def test_registered_and_info():
     info = make().info
     assert info.landmark_names == LANDMARK_NAMES and info.num_landmarks == 5
     assert info.eye_indices == (0, 1) and info.has_masks
-    assert (info.image_size, info.input_size, info.border) == (136, 96, 20)
+    assert (info.stored_size, info.input_size, info.border) == (136, 96, 20)
 
 
 @pytest.mark.parametrize("image_size, stored", [(96, 136), (128, 182)])
@@ -50,7 +50,7 @@ def test_record_shapes_and_types(image_size, stored):
     assert rec.keypoints.shape == (5, 2) and rec.keypoints.dtype == np.float32
     assert rec.visible.dtype == bool and rec.visible.all()
     # the eval border crop leaves exactly the input size
-    assert conv.info.image_size == stored and stored - 2 * conv.info.border == image_size
+    assert conv.info.stored_size == stored and stored - 2 * conv.info.border == image_size
 
 
 def test_same_seed_same_bytes_different_seed_different():
@@ -114,7 +114,7 @@ def test_small_datasets_still_have_every_split(n):
 
 def test_landmarks_inside_crop_and_in_mafl_order(normal_records):
     conv, records = normal_records
-    size, border = conv.info.image_size, conv.info.border
+    size, border = conv.info.stored_size, conv.info.border
     for rec in records:
         kp = rec.keypoints.astype(np.float64)
         assert kp.min() >= border and kp.max() <= size - 1 - border, rec.image_id
@@ -159,7 +159,7 @@ def test_eyes_darker_than_the_cheek_below(normal_records):
 def test_difficulty_controls_pose_range_and_keeps_the_guarantees():
     def eye_angles(difficulty):
         conv = make(num_images=60, seed=9, difficulty=difficulty)
-        lo, hi = conv.info.border, conv.info.image_size - 1 - conv.info.border
+        lo, hi = conv.info.border, conv.info.stored_size - 1 - conv.info.border
         records = [conv.load(it) for it in all_items(conv)]
         for rec in records:  # extreme poses and occluders still leave every landmark inside and on the head
             x, y = np.round(rec.keypoints).astype(int).T

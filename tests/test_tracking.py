@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from landmarks import tracking
+from landmarks.config import PretrainConfig
 from landmarks.errors import UserError
-from landmarks.train.configs import PretrainConfig
 
 
 def _roundtrip(run_name: str):
@@ -82,8 +82,27 @@ def test_missing_run_is_user_error(in_tmp_cwd):
         tracking.get_run("0123456789abcdef0123456789abcdef")
 
 
+def test_find_runs_by_tags_name_status_and_parent(in_tmp_cwd):
+    parent = tracking.start_run("find", "sweep-parent", tags={"sweep_role": "parent", "sweep_path": "/x/it's"})
+    child = tracking.start_run("find", "trial_a=1", tags={"job": "regress", "pca_artifact": "pca/a.npz"},
+                               parent_run_id=parent.run_id)
+    child.finish()
+    other = tracking.start_run("find", "trial_a=2", tags={"job": "regress"})
+
+    def ids(runs):
+        return {r.info.run_id for r in runs}
+
+    assert ids(tracking.find_runs("find")) == {parent.run_id, child.run_id, other.run_id}
+    assert ids(tracking.find_runs("find", tags={"sweep_path": "/x/it's", "sweep_role": "parent"})) == {parent.run_id}
+    assert ids(tracking.find_runs("find", parent=parent.run_id)) == {child.run_id}
+    assert ids(tracking.find_runs("find", tags={"job": "regress"}, status="FINISHED")) == {child.run_id}
+    assert ids(tracking.find_runs("find", name="trial_a=2", status="RUNNING")) == {other.run_id}
+    assert ids(tracking.find_runs("find", has_tag="pca_artifact")) == {child.run_id}
+    assert tracking.find_runs("no-such-experiment", tags={"job": "regress"}) == []
+
+
 def test_redact_and_safe_uri():
-    assert tracking.redact({"a.secret_key": 1, "Token": 2, "x": 3}) == {"a.secret_key": "***", "Token": "***", "x": 3}
+    assert tracking.redact_params({"a.secret_key": 1, "Token": 2, "x": 3}) == {"a.secret_key": "***", "Token": "***", "x": 3}
     assert tracking.safe_uri("http://user:pw@host:5000") == "http://host:5000"
 
 

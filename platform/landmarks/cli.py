@@ -1,6 +1,9 @@
-"""The shared command line of every job: `--config PRESET [key=value ...] [--metrics-out PATH]`.
+"""The command line of every script in jobs/: `main(name)` runs the registered job or command.
 
-    sys.exit(job_main(RegressConfig, run_regress, __doc__))
+    sys.exit(main("regress", __doc__))     # jobs/regress.py
+
+A job (`registry.JOBS`) takes `--config PRESET [key=value ...] [--metrics-out PATH] [--verbose]`
+(`job_main`); a command (`registry.COMMANDS`: ingest, sweep, report, demo) parses its own arguments.
 
 `run(cfg, args)` returns the final metrics dict (with `mlflow_run_id`). User errors
 (`landmarks.errors.UserError`) become one line on stderr and a non-zero exit code:
@@ -72,6 +75,15 @@ def job_main(config_cls: type, run: Callable[[Any, JobArgs], dict], description:
         return 130
     write_metrics(args.metrics_out, metrics)
     return 0
+
+
+def main(name: str, description: str | None = None, argv: list[str] | None = None) -> int:
+    """Run job or command `name` of the registry with `argv` (default: sys.argv[1:]) -> exit code."""
+    from . import registry
+
+    if name in registry.COMMANDS:
+        return registry.command(name)(argv=argv)
+    return job_main(registry.config_class(name), registry.run_function(name), description, argv)
 
 
 def print_summary(title: str, metrics: dict[str, Any]) -> None:

@@ -1,18 +1,24 @@
-"""Connecting to Ray: the one place that calls `ray.init`.
+"""The Ray glue, in one place: connecting (`connect`, the one call of `ray.init`), the resources of a
+job's `ray.*` section checked before any work (`join_cluster`), a Ray task or a Ray Train TorchTrainer
+with them (`task_options`, `fit_torch_trainer`), and whether this process is a Ray worker.
 
-Order: an explicit address, then `RAY_ADDRESS` (set by `ray job submit`), then the
-cluster a `ray start` on this machine recorded in /tmp/ray/ray_current_cluster (only
-if its GCS port still answers: a `ray start` killed with -9 leaves that file behind),
-else a fresh local instance sized to the machine.
+Connecting, in order: an explicit address, then `RAY_ADDRESS` (set by `ray job submit`), then the
+cluster a `ray start` on this machine recorded in /tmp/ray/ray_current_cluster (only if its GCS port
+still answers: a `ray start` killed with -9 leaves that file behind), else a fresh local instance
+sized to the machine.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
-import sys
 import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +82,6 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         try:
             ray.init(**kwargs)
         except ConnectionError as err:
-            from .errors import UserError
-
             raise UserError(f"cannot connect to the Ray cluster at {target}: {err}") from None
         _quiet_data(verbose)
     return ray.cluster_resources()
@@ -94,12 +98,6 @@ def _quiet_data(verbose: bool) -> None:
         log.debug("could not configure Ray Data progress: %s", err)
 
 
-def cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
 def connected() -> bool:
     """Whether this process is connected to Ray (by `connect` or anything else)."""
     import ray
@@ -114,5 +112,201 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def is_interactive() -> bool:
-    return sys.stderr.isatty()
+def in_ray_worker() -> bool:
+    """True inside a Ray task or actor (e.g. a Tune trial): run there, do not start another task."""
+    if os.environ.get("LANDMARKS_IN_PROCESS") == "1":
+        return True
+    try:
+        import ray
+    except ImportError:
+        return False
+    if not ray.is_initialized():
+        return False
+    from ray._private.worker import WORKER_MODE  # no public constant; ray.get_runtime_context uses it
+
+    return ray.get_runtime_context().worker.mode == WORKER_MODE
+
+
+# ----------------------------------------------------------------------------- a job's resources
+
+
+HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+
+
+def resolve_use_gpu(use_gpu: bool | str, resources: dict[str, float]) -> bool:
+    """'auto' -> True when the cluster has GPUs."""
+    if use_gpu == "auto":
+        return resources.get("GPU", 0) > 0
+    return bool(use_gpu)
+
+
+def check_resources(ray_cfg: Any, use_gpu: bool, resources: dict[str, float], what: str = "job") -> None:
+    """Refuse, with a hint, a request the running cluster cannot place (instead of pending forever)."""
+    if getattr(ray_cfg, "wait_for_resources", False):
+        return
+    workers = getattr(ray_cfg, "num_workers", 1)
+    cpus_needed = workers * ray_cfg.cpus_per_worker
+    cpus = resources.get("CPU", 0)
+    if cpus_needed > cpus:
+        raise UserError(
+            f"{what} asks for {workers} worker(s) x {ray_cfg.cpus_per_worker:g} CPU = {cpus_needed:g} CPUs "
+            f"but the Ray cluster has {cpus:g}; lower ray.num_workers / ray.cpus_per_worker, or add nodes "
+            f"(set ray.wait_for_resources=true on an autoscaling cluster)"
+        )
+    if use_gpu:
+        gpus_needed = workers * ray_cfg.gpus_per_worker
+        gpus = resources.get("GPU", 0)
+        if gpus_needed > gpus:
+            raise UserError(
+                f"{what} asks for {workers} worker(s) x {ray_cfg.gpus_per_worker:g} GPU = {gpus_needed:g} GPUs "
+                f"but the Ray cluster has {gpus:g}; lower ray.num_workers, set ray.use_gpu=false, or add "
+                f"GPU nodes (ray.wait_for_resources=true on an autoscaling cluster)"
+            )
+
+
+def join_cluster(ray_cfg: Any, what: str, verbose: bool = False) -> bool:
+    """Connect to Ray (landmarks.cluster.connect), check it can hold the job's workers -> use_gpu."""
+    resources = connect(verbose=verbose)
+    use_gpu = resolve_use_gpu(ray_cfg.use_gpu, resources)
+    check_resources(ray_cfg, use_gpu, resources, what)
+    return use_gpu
+
+
+def scaling_config(ray_cfg: Any, use_gpu: bool):
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": ray_cfg.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = ray_cfg.gpus_per_worker
+    return ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
+
+
+def task_options(ray_cfg: Any, use_gpu: bool) -> dict[str, float]:
+    """Options for a single Ray task running a whole (evaluation) job."""
+    opts = {"num_cpus": ray_cfg.cpus_per_worker}
+    if use_gpu:
+        opts["num_gpus"] = ray_cfg.gpus_per_worker
+    return opts
+
+
+def _run_worker(loop: Callable[[dict], None], verbose: bool, config: dict[str, Any]) -> None:
+    """A Train worker: unless `verbose`, hide the "Reporting training result ..." line that Ray 2.60
+    logs at INFO per report and worker through a logger named after its file (so the `ray.train`
+    level misses it); then run the job's loop."""
+    if not verbose:
+        try:
+            from ray.train.v2._internal.execution import context
+        except ImportError:  # another Ray layout: its lines show, nothing else changes
+            pass
+        else:
+            logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    loop(config)
+
+
+def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: Any, name: str, use_gpu: bool,
+                      datasets: dict[str, Any], what: str, verbose: bool = False):
+    """Run `loop` as a Ray Train TorchTrainer with the job's scaling (cfg.ray), checkpoint storage and
+    retention (cfg.checkpoint) and failure policy (cfg.max_failures) -> ray.train.Result.
+
+    A worker's error reaches the user as one line, "<what> failed: <the cause>". Ray Train's own
+    INFO lines (worker group started, checkpoint created, results reported) are shown only with
+    `verbose`; the ray-train-*.log files of the session keep the first two either way.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    from .train.checkpoint import absolute_storage
+
+    # The controller polls its workers at this interval (Ray 2.60: 2 s) and needs two polls to see
+    # the end of training: 0.5 s makes every fit return ~3 s sooner and notices a lost worker sooner,
+    # for a few more tiny actor calls a second. An explicit setting wins.
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
+
+    trainer = TorchTrainer(
+        functools.partial(_run_worker, loop, verbose),
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg.ray, use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=absolute_storage(cfg.checkpoint.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+        ),
+        datasets=datasets,
+    )
+    try:
+        return trainer.fit()
+    except TrainingFailedError as err:  # Ray wraps worker errors; surface the cause in one line
+        raise UserError(f"{what} failed: {str(err).strip().splitlines()[-1]}") from err
+
+
+def run_task(fn: Callable[..., Any], args: tuple, ray_cfg: Any, what: str, verbose: bool = False) -> Any:
+    """`fn(*args)` as one Ray task with the resources of `ray_cfg` (`task_options`) -> its result.
+
+    A `UserError` raised in the task reaches the caller as itself (one line, no Ray traceback);
+    Ctrl-C cancels the task.
+    """
+    import ray
+
+    use_gpu = join_cluster(ray_cfg, what, verbose)
+    ref = ray.remote(max_retries=0, **task_options(ray_cfg, use_gpu))(fn).remote(*args)
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+    except KeyboardInterrupt:
+        ray.cancel(ref, force=True)
+        raise
+
+
+def map_tasks(fn: Callable[..., Any], calls: Iterable[tuple[Any, tuple]], shared: tuple = (),
+              num_cpus: float = 1, per_cpu: int = 2,
+              passthrough: tuple[type[BaseException], ...] = (UserError,),
+              verbose: bool = False) -> Iterator[tuple[Any, Any]]:
+    """`fn(*shared, *args)` as one Ray task of `num_cpus` CPUs per `(key, args)` of `calls`; yields
+    `(key, result)` as each task finishes (in no fixed order), e.g. ingest's one task per shard.
+
+    Connects first (`connect`). `shared` (e.g. a converter) goes into the object store once for
+    all tasks. At most `per_cpu` tasks per cluster CPU (at least 2) are submitted at a time, and
+    `calls` is read only as tasks are submitted. An exception of a `passthrough` type raised in a
+    task is raised here as itself (one line, no Ray traceback). The tasks still running are
+    cancelled when the generator ends early: on an error, Ctrl-C, or `close()`; iterate it inside
+    `with contextlib.closing(map_tasks(...)) as results:` so that an error in the loop's body
+    cancels them at once too.
+    """
+    import ray
+
+    resources = connect(verbose=verbose)
+    remote = ray.remote(num_cpus=num_cpus)(fn)
+    shared_refs = [ray.put(value) for value in shared]
+    in_flight = max(2, per_cpu * int(resources.get("CPU", 1)))
+    todo, pending, submitting = iter(calls), {}, True
+    try:
+        while True:
+            while submitting and len(pending) < in_flight:
+                call = next(todo, None)
+                if call is None:
+                    submitting = False
+                else:
+                    key, args = call
+                    pending[remote.remote(*shared_refs, *args)] = key
+            if not pending:
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                key = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, passthrough):
+                        raise cause from None
+                    raise
+                yield key, result
+    finally:
+        for ref in pending:
+            ray.cancel(ref)

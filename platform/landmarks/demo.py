@@ -22,7 +22,7 @@ from . import tracking
 from .cli import JobArgs, setup_logging
 from .config import load_config
 from .errors import UserError
-from .jobs_registry import config_class, run_function
+from .registry import config_class, run_function
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
@@ -142,7 +142,7 @@ def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: b
         "segment_iou": seg["iou"], "iod_by_budget": table, "report": str(out / "report"),
         "report_run_id": report.get("mlflow_run_id"), "minutes": (time.monotonic() - started) / 60,
     }
-    print_summary(summary, experiment)
+    print_demo_summary(summary, experiment)
     return summary
 
 
@@ -175,8 +175,8 @@ def budget_table(experiment: str, backbone: str) -> dict[str, dict[str, float]]:
     """budget -> {"pretrained": mean IOD, "random": mean IOD} over this demo's sweep's finished regress
     runs (tagged with its name: random-init runs of earlier demos in the experiment stay out)."""
     cells: dict[str, dict[str, list[float]]] = {}
-    query = f"tags.job = 'regress' and tags.sweep = '{sweep_name(backbone)}' and attributes.status = 'FINISHED'"
-    for run in tracking.search_runs(experiment, query):
+    runs = tracking.find_runs(experiment, tags={"job": "regress", "sweep": sweep_name(backbone)}, status="FINISHED")
+    for run in runs:
         source = run.data.params.get("backbone.source")
         iod = run.data.metrics.get("iod")
         if iod is None or source not in (backbone, "random"):
@@ -186,7 +186,8 @@ def budget_table(experiment: str, backbone: str) -> dict[str, dict[str, float]]:
     return {budget: {init: statistics.fmean(v) for init, v in by_init.items()} for budget, by_init in cells.items()}
 
 
-def print_summary(summary: dict, experiment: str) -> None:
+def print_demo_summary(summary: dict, experiment: str) -> None:
+    """The demo's closing table (IOD per budget, pretrained vs random init), matching, segmentation, where to look."""
     table = summary["iod_by_budget"]
     print("\n=== summary ===")
     print("inter-ocular error (%) on the synthetic test split, lower is better")

@@ -50,12 +50,6 @@ def rank_zero_only(fn: Callable[..., T]) -> Callable[..., T | None]:
     return wrapped
 
 
-def barrier() -> None:
-    """Synchronise all processes; no-op in a single process."""
-    if is_initialized():
-        tdist.barrier()
-
-
 @torch.no_grad()
 def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, in rank order.

@@ -30,130 +30,29 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import storage
-from .augment.views import normalize, to_float_images
+from .augment.views import input_tensor
 from .data.manifest import Manifest, dataset_dir
 from .data.normalization import input_stats
+from .data.reader import iter_split
 from .errors import UserError
-from .models import dense_size
+from .models.representation import Representation, assemble, block_channels, dense_size
 
 CACHE_VERSION = 1
 CACHE_STATS = {"hits": 0, "misses": 0}  # per process; tests assert on it
-KINDS = ("hypercolumn", "conv4")
+KINDS = ("hypercolumn", "conv4")  # what the stored stages serve (projected: the hypercolumn's)
 _META = "meta.json"
 
 
-# ----------------------------------------------------------------------------- images
-
-
-def eval_geometry(batch: dict[str, np.ndarray], border: int, image_size: int) -> dict[str, np.ndarray]:
-    """Decoded rows at the stored size -> the network input: eval border crop, then (only when the
-    dataset was ingested for another input size) a resize to `image_size`. Keypoints move along."""
-    images = batch["image"]
-    if images.dtype == object:
-        raise UserError("dataset images differ in size; evaluation needs the square images ingest writes")
-    out = dict(batch)
-    stored = images.shape[1]
-    side = stored - 2 * border
-    if side < 1:
-        raise UserError(f"eval border {border} does not fit images of {stored} px")
-    out["image"] = images[:, border:stored - border, border:stored - border]
-    out["keypoints"] = batch["keypoints"] - np.float32(border)
-    if "mask" in batch:
-        out["mask"] = batch["mask"][:, border:stored - border, border:stored - border]
-    if side != image_size:
-        x = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-        out["image"] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        scale = image_size / side  # pixel centres at integers: x' = (x + 0.5) s - 0.5
-        out["keypoints"] = ((out["keypoints"] + 0.5) * scale - 0.5).astype(np.float32)
-        if "mask" in out:
-            m = torch.from_numpy(np.ascontiguousarray(out["mask"]))[:, None].float()
-            out["mask"] = F.interpolate(m, size=(image_size, image_size), mode="nearest")[:, 0].to(torch.uint8).numpy()
-    out["image"] = np.ascontiguousarray(out["image"])
-    return out
-
-
-def iter_split(data_path: str, split: str, image_size: int, batch_size: int = 64,
-               rows: Sequence[int] | None = None, stored: bool = False) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of a split after `eval_geometry`, shard by shard (never the whole split in RAM).
-
-    rows: row indices (in ingest order) to keep; batches then hold them in ascending order.
-    Each batch also has "row" (B,) int64, the rows it holds. stored: the images and keypoints as
-    stored, before the eval border crop (for augmentations the official code applies first).
-    """
-    import pyarrow.parquet as pq
-
-    from .data.shards import decode_batch
-
-    manifest = Manifest.load(data_path)
-    fs, base = storage.resolve(dataset_dir(data_path))
-    columns = ["image_id", "image", "keypoints", "visible", "identity"] + (["mask"] if manifest.has_masks else [])
-    wanted = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
-    offset = 0
-    for shard in manifest.split(split).shards:
-        lo, offset = offset, offset + shard.rows
-        positions = np.arange(shard.rows) if wanted is None else wanted[(wanted >= lo) & (wanted < offset)] - lo
-        if len(positions) == 0:
-            continue
-        table = pq.read_table(storage.join(base, shard.path), filesystem=fs, columns=columns)
-        if wanted is not None:
-            table = table.take(positions)
-        for start in range(0, table.num_rows, batch_size):
-            decoded = decode_batch(table.slice(start, batch_size), manifest.K, manifest.has_masks)
-            decoded["row"] = positions[start:start + batch_size] + lo
-            yield decoded if stored else eval_geometry(decoded, manifest.border, image_size)
-
-
-def load_split(data_path: str, split: str, image_size: int, rows: Sequence[int] | None = None,
-               stored: bool = False) -> dict[str, np.ndarray]:
-    """`iter_split` concatenated: for small selections (an annotation budget, a test split)."""
-    parts = list(iter_split(data_path, split, image_size, rows=rows, stored=stored))
-    if not parts:
-        raise UserError(f"{data_path}: split {split!r} has no rows to load")
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def input_tensor(images_bhw3: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 device: torch.device | str) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> normalized float (B, 3, H, W) on `device` (copied as uint8: 4x less traffic)."""
-    x = torch.as_tensor(images_bhw3).to(device, non_blocking=True)
-    return normalize(to_float_images(x).contiguous(), mean, std)
-
-
-# ----------------------------------------------------------------------------- representations
-
-
-def assemble(stages: Sequence[torch.Tensor], kind: str, layers: int, size: tuple[int, int]) -> torch.Tensor:
-    """[layer1..layer4] stage outputs -> (B, C, h, w): the same bilinear resize (align_corners=False)
-    and order (layer4, layer3, ...) as `landmarks.models.hypercolumn`; conv4 = layer3 alone, as it is."""
-    def resize(x: torch.Tensor) -> torch.Tensor:
-        return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(
-            x, size=size, mode="bilinear", align_corners=False)
-
-    if kind == "hypercolumn":
-        return torch.cat([resize(s) for s in list(stages)[::-1][:layers]], dim=1)
-    if kind == "conv4":
-        return stages[2]
-    raise ValueError(f"unknown representation kind {kind!r}; valid: {list(KINDS)}")
-
-
-def blocks(stage_channels: Sequence[int], kind: str, layers: int) -> list[int]:
-    """Channel counts of the stage blocks of a representation, in its channel order."""
-    if kind == "hypercolumn":
-        return list(stage_channels)[::-1][:layers]
-    if kind == "conv4":
-        return [stage_channels[2]]
-    raise ValueError(f"unknown representation kind {kind!r}; valid: {list(KINDS)}")
+# ----------------------------------------------------------------------------- the cached split
 
 
 @dataclass
@@ -186,7 +85,7 @@ class FeatureSet:
 
     @property
     def channels(self) -> int:
-        return sum(blocks(self.stage_channels, self.kind, self.layers))
+        return sum(block_channels(self.stage_channels, self.kind, self.layers))
 
     def stage_batch(self, idx: Sequence[int] | np.ndarray, device: torch.device | str = "cpu") -> list[torch.Tensor]:
         """Stage outputs of rows `idx` as float32 tensors on `device`."""
@@ -224,6 +123,13 @@ def default_cache_root(data_path: str, cache_dir: str | None = None) -> Path:
         if os.access(local, os.W_OK):
             return local / "_features"
     return Path("runs/features").resolve()
+
+
+def features_for(rep: Representation, data_path: str, split: str, image_size: int,
+                 cache_dir: str | None = None) -> FeatureSet:
+    """The cached stage outputs of a split for `rep`'s backbone and input normalisation."""
+    return get_features(rep.backbone, rep.info["fingerprint"], data_path, split, rep.backbone_kind, image_size,
+                        rep.layers, cache_dir=cache_dir or None, device=rep.device, mean=rep.mean, std=rep.std)
 
 
 def _load(directory: Path, key: str, image_size: int, kind: str, layers: int) -> FeatureSet:

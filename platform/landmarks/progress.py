@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+from . import storage
 
 
 def format_seconds(seconds: float) -> str:
@@ -66,30 +65,7 @@ def worker_print(line: str, warning: bool = False) -> None:
     logging.getLogger("landmarks.train").log(logging.WARNING if warning else logging.INFO, line)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def write_metrics(path: str | os.PathLike | None, metrics: dict[str, Any]) -> None:
     """`--metrics-out`: the job's final metrics as one JSON object (no-op when path is None)."""
     if path:
-        write_json_atomic(path, metrics)
+        storage.write_json_atomic(os.fspath(path), metrics, sort_keys=True)

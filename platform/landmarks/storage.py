@@ -206,8 +206,22 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes, display: str | Non
         raise _wrap(err, display or path, "write") from None
 
 
-def write_json_atomic(uri: str, obj: Any) -> None:
-    write_bytes_atomic(uri, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+def write_json_atomic(uri: str, obj: Any, sort_keys: bool = False) -> None:
+    """`obj` as indented JSON, written with `write_bytes_atomic`: readers never see half a file.
+
+    numpy scalars and paths are written as numbers and strings.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default)
+    write_bytes_atomic(uri, (text + "\n").encode())
+
+
+def _json_default(value: Any) -> Any:
+    """`json.dumps(default=...)`: what JSON has no type for."""
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def read_json(uri: str) -> Any:

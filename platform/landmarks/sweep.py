@@ -2,7 +2,7 @@
 
     python jobs/sweep.py --config jobs/configs/sweep_budget_synthetic_cpu.yaml data.path=data/faces
 
-A sweep names a job of `landmarks.jobs_registry.JOBS`, a preset of that job (`base_config`,
+A sweep names a job of `landmarks.registry.JOBS`, a preset of that job (`base_config`,
 found next to the sweep preset or from the working directory) plus `overrides`, and a `grid`
 of dotted keys of the job's config. The Tuner's trainable is a *driver function* (the Ray
 Train V2 + Tune pattern): it builds the job config with `with_overrides`, names the run
@@ -45,18 +45,19 @@ from . import tracking
 from .cli import JobArgs, build_parser, print_summary, setup_logging
 from .config import (
     Section,
-    _set_dotted,
     build_config,
+    flatten,
     load_config,
     parse_override,
     read_preset,
+    set_dotted,
     valid_keys,
     with_overrides,
 )
 from .errors import ConfigError, UserError
 from .progress import write_metrics
+from .registry import METRIC_GOALS
 from .sweep_aggregate import (
-    METRIC_MODES,
     adopt_failed_runs,
     cell_label,
     close_stale_runs,
@@ -89,7 +90,7 @@ class SweepMlflow(Section):
 class SweepConfig(Section):
     """A Tune grid over the config keys of one job (see the module doc)."""
 
-    job: str = Field(..., description="a job of landmarks.jobs_registry.JOBS")
+    job: str = Field(..., description="a job of landmarks.registry.JOBS")
     base_config: str | None = Field(None, description="preset of that job (jobs/configs/<job>_*.yaml)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted job keys set in every trial")
     grid: dict[str, list[Any]] = Field(..., description="dotted job key -> values; trials = product")
@@ -109,7 +110,7 @@ class SweepConfig(Section):
     @field_validator("job")
     @classmethod
     def _known_job(cls, job: str) -> str:
-        from .jobs_registry import JOBS
+        from .registry import JOBS
 
         if job not in JOBS or job == "sweep":
             raise ValueError(f"unknown job {job!r}; valid jobs: {', '.join(j for j in JOBS if j != 'sweep')}")
@@ -120,7 +121,7 @@ class SweepConfig(Section):
     def _flat(cls, tree: Any, info: Any) -> Any:
         if not isinstance(tree, dict):
             return tree
-        tree = tracking.flatten(tree)
+        tree = flatten(tree)
         if info.field_name == "grid" and not tree:
             raise ValueError("the grid is empty: give at least one key, e.g. grid: {train.lr: [0.01, 0.001]}")
         for key, values in tree.items() if info.field_name == "grid" else ():
@@ -137,7 +138,7 @@ class SweepConfig(Section):
 
     @model_validator(mode="after")
     def _metric_mode(self):
-        if self.metric and self.mode is None and self.metric not in METRIC_MODES:
+        if self.metric and self.mode is None and self.metric not in METRIC_GOALS:
             raise ValueError(f"metric {self.metric!r} has no default mode; set mode: min or mode: max")
         return self
 
@@ -155,13 +156,13 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     for text in overrides:
         key, value = parse_override(text)
         if key in sweep_keys:
-            _set_dotted(tree, key, value)
+            set_dotted(tree, key, value)
         elif key.startswith("grid."):
             tree.setdefault("grid", {})[key[len("grid."):]] = value
         else:
             job_overrides[key.removeprefix("overrides.")] = value
     if job_overrides:
-        tree["overrides"] = {**tracking.flatten(tree.get("overrides") or {}), **job_overrides}
+        tree["overrides"] = {**flatten(tree.get("overrides") or {}), **job_overrides}
     if path:
         tree.setdefault("name", Path(path).stem)
         base = tree.get("base_config")
@@ -209,7 +210,7 @@ def trial_run_name(sweep: str, point: dict[str, Any]) -> str:
 
 def plan_sweep(cfg: SweepConfig) -> SweepPlan:
     """Resolve the job, build the base config and every grid point; ConfigError on any bad key/value."""
-    from .jobs_registry import config_class, run_function
+    from .registry import config_class, run_function
     from .train.checkpoint import absolute_storage
 
     name = cfg.name or f"sweep-{cfg.job}"
@@ -259,7 +260,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     run_name = spec["run_names"][point_id(point)]
     cfg = with_overrides(spec["job_cls"].model_validate(spec["base"]),
                          {**point, "mlflow.experiment": spec["experiment"], "mlflow.run_name": run_name})
-    tags = {"mlflow.parentRunId": spec["parent_run_id"], "sweep": spec["name"],
+    tags = {tracking.PARENT_RUN_TAG: spec["parent_run_id"], "sweep": spec["name"],
             "sweep_cell": cell_label(point, spec["repeat_key"]), "sweep_trial_id": tune.get_context().get_trial_id()}
     previous = finished_run(spec["experiment"], run_name, spec["parent_start_ms"])
     if previous is not None:  # the job finished, but an interruption came before Tune recorded it

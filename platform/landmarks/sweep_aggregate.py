@@ -31,10 +31,8 @@ from typing import Any
 
 from . import tracking
 from .errors import ConfigError, UserError
+from .registry import METRIC_GOALS
 
-# Headline metrics (SPEC "--metrics-out") and whether lower or higher is better.
-METRIC_MODES = {"iod": "min", "pck": "max", "iou": "max", "loss": "min",
-                "match_same_px": "min", "match_diff_px": "min"}
 # Per job, the metrics to rank by, first found in the trials' results wins (faces: iod, CUB: pck).
 JOB_METRICS = {
     "pretrain": ("loss",), "train_projector": ("loss",), "regress": ("iod", "pck"),
@@ -91,8 +89,7 @@ def open_parent_run(experiment: str, run_name: str, restoring: bool, params: dic
     """The sweep's run: when Tune restores, the parent run of the same Tune dir (`sweep_path` tag,
     which must have the same `sweep_spec`, i.e. job and grid), else a new run."""
     if restoring:
-        path = str(tags["sweep_path"]).replace("'", "\\'")
-        runs = tracking.search_runs(experiment, f"tags.sweep_path = '{path}' and tags.sweep_role = 'parent'")
+        runs = tracking.find_runs(experiment, tags={"sweep_path": tags["sweep_path"], "sweep_role": "parent"})
         if runs:
             previous = max(runs, key=lambda r: r.info.start_time)
             if previous.data.tags.get("sweep_spec") not in (None, tags["sweep_spec"]):
@@ -105,14 +102,9 @@ def open_parent_run(experiment: str, run_name: str, restoring: bool, params: dic
     return parent
 
 
-def _runs_named(experiment: str, run_name: str, extra: str = "") -> list:
-    quoted = run_name.replace("'", "\\'")
-    return tracking.search_runs(experiment, f"attributes.run_name = '{quoted}'{extra}")
-
-
 def close_stale_runs(experiment: str, run_name: str, tags: dict) -> None:
     """A trial cut off by an interruption left its run RUNNING: nest it, mark it KILLED, then rerun."""
-    for run in _runs_named(experiment, run_name, " and attributes.status = 'RUNNING'"):
+    for run in tracking.find_runs(experiment, name=run_name, status="RUNNING"):
         logger = tracking.RunLogger(run.info.run_id)
         logger.set_tags({k: v for k, v in tags.items() if k != "sweep_trial_id"})
         logger.finish("KILLED")
@@ -120,7 +112,7 @@ def close_stale_runs(experiment: str, run_name: str, tags: dict) -> None:
 
 def adopt_failed_runs(experiment: str, run_name: str, since_ms: int, tags: dict, message: str) -> None:
     """Nest the run a failing job created (if any) under the sweep, and mark it FAILED."""
-    for run in _runs_named(experiment, run_name):
+    for run in tracking.find_runs(experiment, name=run_name):
         if run.info.start_time >= since_ms:
             logger = tracking.RunLogger(run.info.run_id)
             logger.set_tags(tags)
@@ -130,7 +122,7 @@ def adopt_failed_runs(experiment: str, run_name: str, since_ms: int, tags: dict,
 
 def finished_run(experiment: str, run_name: str, since_ms: int) -> Any | None:
     """The FINISHED run of this trial's name since the sweep began, if an earlier attempt got that far."""
-    runs = [r for r in _runs_named(experiment, run_name, " and attributes.status = 'FINISHED'")
+    runs = [r for r in tracking.find_runs(experiment, name=run_name, status="FINISHED")
             if r.info.start_time >= since_ms]
     return max(runs, key=lambda r: r.info.start_time) if runs else None
 
@@ -150,7 +142,7 @@ def resolve_metric(job: str, metric: str | None, mode: str | None,
     """The configured metric, else the job's headline metric found in the finished trials."""
     reported = sorted({k for o in outcomes if o.finished for k in o.metrics})
     if metric is None:
-        candidates = JOB_METRICS.get(job, tuple(METRIC_MODES))
+        candidates = JOB_METRICS.get(job, tuple(METRIC_GOALS))
         metric = next((m for m in candidates if any(m in o.metrics for o in outcomes)), None)
         if metric is None:
             raise UserError(f"no finished trial reported any of {', '.join(candidates)}; set `metric` "
@@ -158,7 +150,7 @@ def resolve_metric(job: str, metric: str | None, mode: str | None,
     elif not any(metric in o.metrics for o in outcomes if o.finished):
         raise UserError(f"metric {metric!r} was not reported by any finished trial; reported: "
                         f"{', '.join(reported) or 'none'}")
-    return metric, mode or METRIC_MODES[metric]
+    return metric, mode or METRIC_GOALS[metric]
 
 
 def aggregate(outcomes: list[TrialOutcome], metric: str, repeat_key: str = "repeat") -> list[CellStats]:

@@ -8,25 +8,32 @@ workers share a process with other runs.
 
 Tracking URI: `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` with artifacts in
 `<cwd>/mlartifacts`: what `mlflow ui`, started in the same directory, opens by default.
+
+Finding runs: `find_runs(experiment, tags=..., name=..., status=..., has_tag=..., parent=...)`
+builds MLflow's filter string; no other module writes one. Runs come back as MLflow `Run`
+objects (`run.info.run_id`, `run.info.start_time`, `run.data.tags`, `run.data.params`, ...).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .config.base import flatten
 from .errors import UserError
 
 SECRET_WORDS = ("secret", "password", "token", "access_key")
 REDACTED = "***"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's tag that nests a run under another in the UI
 
 
 def tracking_uri() -> str:
@@ -64,19 +71,12 @@ def _client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
-def redact(params: dict[str, Any]) -> dict[str, Any]:
-    """Replace the value of any key that looks like a credential."""
+def redact_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with the value of any key that looks like a credential (secret, token, ...) replaced by ***.
+
+    Not `storage.redact`, which scrubs credentials out of a text (URL userinfo, AWS secret values).
+    """
     return {k: (REDACTED if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in params.items()}
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def git_commit() -> str:
@@ -126,7 +126,7 @@ class RunLogger:
         from mlflow.entities import Param
 
         existing = self._client.get_run(self.run_id).data.params
-        flat = redact(flatten(params))
+        flat = redact_params(flatten(params))
         new = [Param(k, str(v)[:6000]) for k, v in flat.items() if k not in existing]
         for i in range(0, len(new), 100):
             self._client.log_batch(self.run_id, params=new[i : i + 100])
@@ -146,7 +146,7 @@ class RunLogger:
             return
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in redact(tags).items() if v is not None]
+        items = [RunTag(k, str(v)) for k, v in redact_params(tags).items() if v is not None]
         if items:
             self._client.log_batch(self.run_id, tags=items)
 
@@ -243,9 +243,9 @@ def start_run(
         exp_id = get_or_create_experiment(experiment)
         all_tags = {"git_commit": git_commit()}
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[PARENT_RUN_TAG] = parent_run_id
         all_tags.update({k: v for k, v in (tags or {}).items() if v is not None})
-        run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in redact(all_tags).items()})
+        run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in redact_params(all_tags).items()})
         logger = RunLogger(run.info.run_id)
     return logger
 
@@ -276,8 +276,42 @@ def download_artifact(run_id: str, artifact_path: str, dst: str | Path) -> Path:
     return Path(path)
 
 
-def search_runs(experiment: str, filter_string: str = "", max_results: int = 5000) -> list:
-    """All runs of an experiment (empty list if the experiment does not exist)."""
+def find_runs(experiment: str, *, tags: dict[str, Any] | None = None, name: str | None = None,
+              status: str | None = None, has_tag: str | None = None, parent: str | None = None,
+              max_results: int = 5000) -> list:
+    """The runs of `experiment` that match every condition given (all its runs for none; an empty
+    list if the experiment does not exist), as MLflow `Run` objects, newest first (MLflow's default order).
+
+    tags: tag -> value, each equal; name: the run name; status: RUNNING, FINISHED, FAILED or
+    KILLED; has_tag: a tag the run has with a non-empty value; parent: the run id it is nested
+    under (`start_run(parent_run_id=...)`, or the `PARENT_RUN_TAG` tag).
+    """
+    conditions = [f"tags.{_filter_key(k)} = {_filter_value(v)}" for k, v in (tags or {}).items()]
+    if parent is not None:
+        conditions.append(f"tags.{_filter_key(PARENT_RUN_TAG)} = {_filter_value(parent)}")
+    if has_tag is not None:
+        conditions.append(f"tags.{_filter_key(has_tag)} != ''")
+    if name is not None:
+        conditions.append(f"attributes.run_name = {_filter_value(name)}")
+    if status is not None:
+        conditions.append(f"attributes.status = {_filter_value(status)}")
+    return _search_runs(experiment, " and ".join(conditions), max_results)
+
+
+def _filter_key(key: str) -> str:
+    """A tag name in an MLflow filter: backquoted unless a plain identifier (`mlflow.parentRunId`)."""
+    return key if re.fullmatch(r"\w+", key) else f"`{key}`"
+
+
+def _filter_value(value: Any) -> str:
+    """A quoted value in an MLflow filter. MLflow has no escape inside quotes: a value with a single
+    quote goes in double quotes (one with both kinds cannot be matched)."""
+    text = str(value)
+    quote = '"' if "'" in text and '"' not in text else "'"
+    return f"{quote}{text}{quote}"
+
+
+def _search_runs(experiment: str, filter_string: str, max_results: int) -> list:
     client = _client()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -314,9 +348,3 @@ def run_links(run_id: str) -> list[str]:
         lines.append(f"Open the UI: mlflow ui --backend-store-uri {safe_uri(uri)}  (then http://127.0.0.1:5000)")
     return lines
 
-
-def log_lines(lines: Iterable[str]) -> None:
-    import sys
-
-    for line in lines:
-        print(line, file=sys.stderr, flush=True)

@@ -17,8 +17,8 @@ _EXPORTS = {
             "normalized_to_pixels",
             "pair_keypoints", "pair_warp", "pixels_to_normalized", "sample_pair_params", "snap_keypoints",
             "tps_augment", "warp_images", "warp_keypoints"),
-    "views": ("IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC", "MoCoViews", "border_crop", "normalize",
-              "to_float_images"),
+    "views": ("IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC", "MoCoViews", "border_crop", "input_tensor",
+              "normalize", "to_float_images"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -32,6 +32,7 @@ __all__ = [
     "TPSParams",
     "TPSStrength",
     "border_crop",
+    "input_tensor",
     "jpeg_round_trip",
     "match_pair_warp",
     "normalize",

@@ -13,11 +13,19 @@ from __future__ import annotations
 # `from .ingest import ingest` binds the function over the submodule of the same name.
 from .ingest import IngestError, ingest, verify_dataset
 from .manifest import Manifest, ManifestError
-from .reader import load_manifest, read_dataset, read_split_numpy, shuffled_blocks
+from .reader import (
+    iter_split,
+    load_manifest,
+    load_split,
+    read_dataset,
+    read_split_numpy,
+    shuffled_blocks,
+    split_image_ids,
+)
 
 __all__ = [
-    "IngestError", "Manifest", "ManifestError", "device_batches", "ingest", "load_manifest",
-    "read_dataset", "read_split_numpy", "shuffled_blocks", "verify_dataset",
+    "IngestError", "Manifest", "ManifestError", "device_batches", "ingest", "iter_split", "load_manifest",
+    "load_split", "read_dataset", "read_split_numpy", "shuffled_blocks", "split_image_ids", "verify_dataset",
 ]
 
 

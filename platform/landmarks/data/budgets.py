@@ -2,7 +2,8 @@
 
 Generic datasets (Table 7: AFLW_M with 1..100 annotations, repeated over seeds): the
 first N rows of a seeded permutation, so a budget is reproducible from its seed and
-smaller budgets of one seed are nested in larger ones (the 10 are among the 50).
+smaller budgets of one seed are nested in larger ones (the 10 are among the 50). An epoch
+of a limited budget repeats its N images (`repeated_samples`, the official ``--repeat``).
 
 CUB (Tables 6 and 8): the fixed lists of the official code
 (cvl-umass/contrast-landmark ``datasets/CUB_200_2011/split/train_{N}.txt``), shipped in
@@ -13,12 +14,18 @@ they were drawn independently: the 10 are not all among the 50, and so on.
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import numpy as np
+
+from ..errors import UserError
+from .manifest import Manifest
+from .reader import split_image_ids
 
 Budget = int | str  # a positive number of annotated rows, or "all"
 
 CUB_BUDGETS = (10, 50, 100, 250, 500, 1241)
+REPEAT_PER_EPOCH = 1000  # official --repeat --num_per_epoch 1000 for limited face budgets
 
 
 def _check_budget(budget: Budget) -> None:
@@ -63,3 +70,42 @@ def cub_budget_ids(budget: Budget) -> list[str]:
     if len(ids) != count:
         raise ValueError(f"landmarks/resources/cub_splits/{name} lists {len(ids)} images, expected {count}")
     return ids
+
+
+def repeated_samples(n_annotated: int, n_train: int) -> int:
+    """Samples an epoch of a limited budget: its images tiled 1000 // N times (official
+    ``restrict_annos(repeat_flag=True, num_per_epoch=1000)``, capped by the split's size)."""
+    total = min(REPEAT_PER_EPOCH, n_train)
+    return n_annotated * (total // n_annotated) if n_annotated < total else n_annotated
+
+
+def annotated_rows(cfg: Any, manifest: Manifest) -> np.ndarray:
+    """Sorted indices into the train split of a job's `annotations` budget (`data.fraction` for 'all').
+
+    CUB budgets of 10/50/100/250/500/1241 are the official fixed lists (`cub_budget_ids`); other
+    budgets are the seeded `budget_indices` of seed train.seed + repeat.
+
+    Raises:
+        UserError: a budget larger than the split, a CUB list that does not match the split, or
+            annotations=N together with data.fraction < 1.
+    """
+    n = manifest.splits["train"].rows
+    seed = cfg.train.seed + cfg.repeat
+    if cfg.annotations == "all":
+        if cfg.data.fraction < 1.0:
+            return np.sort(budget_indices(n, max(1, round(cfg.data.fraction * n)), seed))
+        return np.arange(n)
+    if cfg.data.fraction < 1.0:
+        raise UserError("set either annotations=N or data.fraction<1, not both")
+    if cfg.annotations > n:
+        raise UserError(f"annotations={cfg.annotations} is more than the {n} rows of the train split of "
+                        f"{cfg.data.path}; use at most {n} or annotations=all")
+    if manifest.name == "cub" and cfg.annotations in CUB_BUDGETS:
+        where = {image_id: i for i, image_id in enumerate(split_image_ids(cfg.data.path, "train"))}
+        wanted = cub_budget_ids(cfg.annotations)
+        missing = [i for i in wanted if i not in where]
+        if missing:
+            raise UserError(f"{cfg.data.path}: {len(missing)} images of the CUB train_{cfg.annotations} list are not "
+                            f"in its train split (first: {missing[0]}); re-ingest cub with the shipped splits")
+        return np.array(sorted(where[i] for i in wanted))
+    return np.sort(budget_indices(n, cfg.annotations, seed))

@@ -4,7 +4,7 @@
 
 The converter parses the annotations on the driver (bad lines fail here, before
 any work); the items of each split are cut into shards of `rows_per_shard`, and a
-Ray task per shard loads, encodes and writes it (`shards.records_to_table`). The
+Ray task per shard (`cluster.map_tasks`) loads, encodes and writes it (`shards.records_to_table`). The
 driver records each finished shard (path, rows, SHA-256, pixel sums) in
 `OUT/_ingest_state.json`, so a rerun of an interrupted ingest only does the
 shards that are missing. Files appear under their final name only when complete
@@ -14,7 +14,7 @@ dataset.json is a finished dataset.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import copy
 import datetime as _dt
 import hashlib
@@ -174,68 +174,28 @@ def verify_dataset(out: str, split: str | None = None, check_hashes: bool = True
 
 def _run_tasks(conv: Converter, items: dict[str, list], todo: list[ShardTask], out: str,
                skip_bad: bool, state: dict, progress: bool, verbose: bool) -> None:
-    import ray
-
+    from ..cluster import map_tasks
     from ..progress import Progress
 
-    resources = _connect(verbose)
     fs, base = storage.resolve(out)
-    remote = ray.remote(num_cpus=1)(write_shard)
     shipped = copy.copy(conv)
     shipped.skipped = []  # the driver reports these; BadItem instances do not unpickle
-    conv_ref = ray.put(shipped)
-    in_flight = max(2, 2 * int(resources.get("CPU", 1)))
+    calls = ((t, (items[t.split][t.start:t.stop], t, fs, base, skip_bad)) for t in todo)
     bar = Progress(len(todo), "ingest", every=2.0, enabled=progress)
-    queue, pending = collections.deque(todo), {}
     rows = skipped = 0
-    try:
-        while queue or pending:
-            while queue and len(pending) < in_flight:
-                t = queue.popleft()
-                pending[remote.remote(conv_ref, items[t.split][t.start:t.stop], t, fs, base, skip_bad)] = t
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                task = pending.pop(ref)
-                result = _get(ref)
-                if "bad" in result:
-                    raise BadItem(*result["bad"])
-                for msg in result["skipped"]:
-                    _say(f"skipped: {storage.redact(msg)}")
-                skipped += len(result["skipped"])
-                state["done"][task.path] = result
-                storage.write_json_atomic(storage.join(out, STATE_NAME), state)
-                remember_hash(storage.join(out, task.path), result["sha256"])
-                rows += result["rows"]
-                bar.update(1, rows=rows, skipped=skipped)
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
-
-
-def _get(ref):
-    """ray.get, turning a task's user-fixable error back into the error itself (no Ray traceback)."""
-    import ray
-
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as err:
-        cause = getattr(err, "cause", None)
-        if isinstance(cause, (UserError, BadItem)):
-            raise cause from None
-        raise
-
-
-def _connect(verbose: bool) -> dict:
-    try:
-        from .. import cluster
-    except ImportError:
-        cluster = None
-    if cluster is not None:
-        return cluster.connect(verbose=verbose)
-    import ray
-
-    ray.init(ignore_reinit_error=True)
-    return ray.cluster_resources()
+    with contextlib.closing(map_tasks(write_shard, calls, shared=(shipped,), passthrough=(UserError, BadItem),
+                                      verbose=verbose)) as results:
+        for task, result in results:
+            if "bad" in result:
+                raise BadItem(*result["bad"])
+            for msg in result["skipped"]:
+                _say(f"skipped: {storage.redact(msg)}")
+            skipped += len(result["skipped"])
+            state["done"][task.path] = result
+            storage.write_json_atomic(storage.join(out, STATE_NAME), state)
+            remember_hash(storage.join(out, task.path), result["sha256"])
+            rows += result["rows"]
+            bar.update(1, rows=rows, skipped=skipped)
 
 
 def _prepare_out(out: str, params: dict, counts: dict, overwrite: bool) -> dict | Manifest:
@@ -294,7 +254,7 @@ def _manifest(info, plan: list[ShardTask], state: dict, parse_skipped: list, dat
     return Manifest(
         name=info.name, K=info.num_landmarks, landmark_names=list(info.landmark_names),
         eye_indices=None if info.eye_indices is None else list(info.eye_indices),
-        image_size=info.image_size, input_size=info.input_size, border=info.border,
+        stored_size=info.stored_size, input_size=info.input_size, border=info.border,
         mean=mean, std=std, has_masks=info.has_masks, image_format=info.image_format, splits=splits,
         extra={
             "source": {"dataset": dataset, "root": _display_root(root)},

@@ -1,13 +1,16 @@
 """`dataset.json`: what a dataset directory holds, and the check that it still does.
 
     {"name": "mafl", "K": 5, "landmark_names": [...], "eye_indices": [0, 1],
-     "image_size": 136, "input_size": 96, "border": 20,
+     "stored_size": 136, "input_size": 96, "border": 20,
      "mean": [r, g, b], "std": [r, g, b],          # over the train split, [0, 1] units
      "has_masks": false, "image_format": "jpeg",
      "splits": {"train": {"rows": 19000, "shards": [
          {"path": "train/part-00000.parquet", "rows": 1000, "sha256": "...", "bytes": 1234}, ...]}},
      "geometry_version": 2,
      ... free keys: source, options, created_at, ingest_version, skipped ...}
+
+`stored_size` is the side of the stored images (not the network input, `input_size`). Datasets
+ingested before it had that name hold it under "image_size"; `Manifest.from_dict` still reads them.
 
 `Manifest.verify` compares a dataset directory (local or s3://) with it: a missing,
 extra or altered shard is a `ManifestError` that names the shard. `check_geometry` flags a
@@ -40,7 +43,7 @@ _OLD_GEOMETRY_NOTE = {
     "celeba-wild": "its images are face-box crops (now the converter option crop=face-box; the "
                    "default is the official whole image)",
 }
-_REQUIRED = ("name", "K", "landmark_names", "eye_indices", "image_size", "input_size", "border",
+_REQUIRED = ("name", "K", "landmark_names", "eye_indices", "stored_size", "input_size", "border",
              "mean", "std", "has_masks", "image_format", "splits")
 
 # sha256 of shards already hashed in this process, keyed by (uri, size, mtime): re-reading a
@@ -79,7 +82,7 @@ class Manifest:
     K: int
     landmark_names: list[str]
     eye_indices: list[int] | None
-    image_size: int  # stored side in pixels
+    stored_size: int  # stored side in pixels; the network input is `input_size`
     input_size: int  # network input side after the eval border crop
     border: int  # eval-time border crop in stored pixels
     mean: list[float]  # per channel (R, G, B) over the train split, [0, 1] units
@@ -105,6 +108,8 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{source}: expected a JSON object")
+        if "stored_size" not in data and "image_size" in data:  # written before the key was renamed
+            data = {("stored_size" if k == "image_size" else k): v for k, v in data.items()}
         missing = [k for k in _REQUIRED if k not in data]
         if missing:
             raise ManifestError(f"{source}: missing key(s) {', '.join(missing)}")
@@ -127,7 +132,7 @@ class Manifest:
         return cls(
             name=str(data["name"]), K=int(data["K"]), landmark_names=list(data["landmark_names"]),
             eye_indices=None if eye is None else [int(i) for i in eye],
-            image_size=int(data["image_size"]), input_size=int(data["input_size"]),
+            stored_size=int(data["stored_size"]), input_size=int(data["input_size"]),
             border=int(data["border"]), mean=[float(x) for x in data["mean"]],
             std=[float(x) for x in data["std"]], has_masks=bool(data["has_masks"]),
             image_format=str(data["image_format"]), splits=splits,
@@ -138,7 +143,7 @@ class Manifest:
         out: dict[str, Any] = {
             "name": self.name, "K": self.K, "landmark_names": list(self.landmark_names),
             "eye_indices": None if self.eye_indices is None else list(self.eye_indices),
-            "image_size": self.image_size, "input_size": self.input_size, "border": self.border,
+            "stored_size": self.stored_size, "input_size": self.input_size, "border": self.border,
             "mean": list(self.mean), "std": list(self.std), "has_masks": self.has_masks,
             "image_format": self.image_format,
         }
@@ -292,3 +297,29 @@ def _reingest_command(manifest: Manifest, out: str) -> str:
     size = params.get("image_size", 96)
     extra = "" if size == 96 else f" --image-size {size}"
     return f"python jobs/ingest.py {dataset} --root {root} --out {out}{extra} --overwrite"
+
+
+def open_manifest(path: str, *splits: str, need_landmarks: bool = True, need_masks: bool = False) -> Manifest:
+    """Load `dataset.json` at `path` and verify the named splits' shards (row counts and SHA-256).
+
+    With `need_landmarks`, also `check_geometry`: a dataset whose keypoints predate the official
+    scaling is refused (cub) or flagged in the log (the others).
+    Raises UserError naming the path, the split or the shard, and what to do.
+    """
+    if not path:
+        raise UserError("data.path is not set: pass data.path=DIR (a dataset written by jobs/ingest.py)")
+    manifest = Manifest.load(path)
+    for split in splits:
+        if split not in manifest.splits:
+            raise UserError(f"{path}: dataset {manifest.name!r} has no split {split!r} "
+                            f"(it has {', '.join(manifest.splits)})")
+        manifest.verify(path, split=split)
+    if need_landmarks and manifest.num_landmarks == 0:
+        raise UserError(f"{path}: dataset {manifest.name!r} has no landmarks; this job needs a labelled "
+                        "dataset (e.g. mafl, aflw-mtfl, 300w, cub, synthetic-faces)")
+    if need_landmarks:
+        check_geometry(manifest, path)
+    if need_masks and not manifest.has_masks:
+        raise UserError(f"{path}: dataset {manifest.name!r} has no foreground masks (segmentation needs "
+                        "cub or synthetic-faces)")
+    return manifest

@@ -1,6 +1,8 @@
-"""Reading an ingested dataset: `read_dataset` (Ray Data) and `read_split_numpy` (small splits).
+"""Reading an ingested dataset, the one place that reads its Parquet shards: `read_dataset` (Ray Data),
+`read_split_numpy` (a small split without Ray), and the evaluation reads (`iter_split` /
+`load_split`: numpy batches after the eval border crop, `split_image_ids`).
 
-    ds = read_dataset("s3://bucket/mafl", "train", fraction=0.1, seed=0)
+    ds = read_dataset("s3://bucket/mafl", "train", fraction=0.1, seed=0)   # after connecting to Ray
     # rows: image_id, image (H, W, 3) uint8, keypoints (K, 2) float32, visible (K,) bool,
     #       identity (str or None), mask (H, W) uint8 where the dataset has masks
 
@@ -18,12 +20,14 @@ image ids), and a smaller fraction is a subset of a larger one with the same see
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from .. import storage
+from ..errors import UserError
 from .manifest import Manifest, ManifestError, dataset_dir
 from .shards import decode_batch, decode_images
 
@@ -52,17 +56,12 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
     `TORCHVISION_DECODE_MIN_ROWS` rows are decoded by torchvision straight from the Arrow
     buffer (`shards.decode_jpeg_images`), smaller ones by PIL.
 
-    Raises ManifestError (naming the shard) before any work if the split's shards do not
-    match dataset.json; with `verify=False` only their presence is checked by Ray.
+    Connecting to Ray is the caller's job (`landmarks.cluster.connect`). Raises ManifestError (naming
+    the shard) before any work if the split's shards do not match dataset.json; with `verify=False`
+    only their presence is checked by Ray.
     """
-    import ray
-
-    from ..cluster import connect
-
     manifest, fs, paths = _prepare(path, split, verify)
     threshold = fraction_threshold(_image_ids(fs, paths), fraction, seed) if _partial(fraction) else None
-    if not ray.is_initialized():
-        connect()
     columns, decoder = _columns(manifest), None
     if images_only:
         columns = ["image_id", "image"] if threshold is not None else ["image"]
@@ -72,7 +71,7 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
     # shard's read into one task (a map with a batch size is not fused with a read in Ray 2.60).
     return _read_parquet_per_file(paths, fs, columns).map_batches(
         _decode, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
-        fn_kwargs={"k": manifest.K, "has_masks": manifest.has_masks, "size": manifest.image_size,
+        fn_kwargs={"k": manifest.K, "has_masks": manifest.has_masks, "size": manifest.stored_size,
                    "seed": seed, "threshold": threshold,
                    "images": decoder},
     )
@@ -127,12 +126,12 @@ def read_split_numpy(path: str, split: str, fraction: float | None = None, seed:
 
     def read_one(p: str) -> dict[str, np.ndarray]:
         table = pq.read_table(p, filesystem=fs, columns=_columns(manifest))
-        return _decode(table, manifest.K, manifest.has_masks, manifest.image_size, seed, threshold)
+        return _decode(table, manifest.K, manifest.has_masks, manifest.stored_size, seed, threshold)
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(paths)))) as pool:
         parts = list(pool.map(read_one, paths))
     if not parts:
-        return _decode_empty(manifest.K, manifest.has_masks, manifest.image_size)
+        return _decode_empty(manifest.K, manifest.has_masks, manifest.stored_size)
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -210,3 +209,81 @@ def _decode_empty(k: int, has_masks: bool, size: int) -> dict[str, np.ndarray]:
     if has_masks:
         out["mask"] = np.zeros((0, size, size), np.uint8)
     return out
+
+
+# ----------------------------------------------------------------------------- evaluation reads
+
+
+def eval_geometry(batch: dict[str, np.ndarray], border: int, image_size: int) -> dict[str, np.ndarray]:
+    """Decoded rows at the stored size -> the network input: eval border crop, then (only when the
+    dataset was ingested for another input size) a resize to `image_size`. Keypoints move along."""
+    images = batch["image"]
+    if images.dtype == object:
+        raise UserError("dataset images differ in size; evaluation needs the square images ingest writes")
+    out = dict(batch)
+    stored = images.shape[1]
+    side = stored - 2 * border
+    if side < 1:
+        raise UserError(f"eval border {border} does not fit images of {stored} px")
+    out["image"] = images[:, border:stored - border, border:stored - border]
+    out["keypoints"] = batch["keypoints"] - np.float32(border)
+    if "mask" in batch:
+        out["mask"] = batch["mask"][:, border:stored - border, border:stored - border]
+    if side != image_size:
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        out["image"] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        scale = image_size / side  # pixel centres at integers: x' = (x + 0.5) s - 0.5
+        out["keypoints"] = ((out["keypoints"] + 0.5) * scale - 0.5).astype(np.float32)
+        if "mask" in out:
+            m = torch.from_numpy(np.ascontiguousarray(out["mask"]))[:, None].float()
+            out["mask"] = F.interpolate(m, size=(image_size, image_size), mode="nearest")[:, 0].to(torch.uint8).numpy()
+    out["image"] = np.ascontiguousarray(out["image"])
+    return out
+
+
+def iter_split(data_path: str, split: str, image_size: int, batch_size: int = 64,
+               rows: Sequence[int] | None = None, stored: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of a split after `eval_geometry`, shard by shard (never the whole split in RAM).
+
+    rows: row indices (in ingest order) to keep; batches then hold them in ascending order.
+    Each batch also has "row" (B,) int64, the rows it holds. stored: the images and keypoints as
+    stored, before the eval border crop (for augmentations the official code applies first).
+    """
+    import pyarrow.parquet as pq
+
+    manifest = Manifest.load(data_path)
+    fs, base = storage.resolve(dataset_dir(data_path))
+    columns = _columns(manifest)
+    wanted = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+    offset = 0
+    for shard in manifest.split(split).shards:
+        lo, offset = offset, offset + shard.rows
+        positions = np.arange(shard.rows) if wanted is None else wanted[(wanted >= lo) & (wanted < offset)] - lo
+        if len(positions) == 0:
+            continue
+        table = pq.read_table(storage.join(base, shard.path), filesystem=fs, columns=columns)
+        if wanted is not None:
+            table = table.take(positions)
+        for start in range(0, table.num_rows, batch_size):
+            decoded = decode_batch(table.slice(start, batch_size), manifest.K, manifest.has_masks)
+            decoded["row"] = positions[start:start + batch_size] + lo
+            yield decoded if stored else eval_geometry(decoded, manifest.border, image_size)
+
+
+def load_split(data_path: str, split: str, image_size: int, rows: Sequence[int] | None = None,
+               stored: bool = False) -> dict[str, np.ndarray]:
+    """`iter_split` concatenated: for small selections (an annotation budget, a test split)."""
+    parts = list(iter_split(data_path, split, image_size, rows=rows, stored=stored))
+    if not parts:
+        raise UserError(f"{data_path}: split {split!r} has no rows to load")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def split_image_ids(data_path: str, split: str) -> list[str]:
+    """image_id of every row of a split, in ingest order (reads one column only)."""
+    _, fs, paths = _prepare(data_path, split, verify=False)
+    return _image_ids(fs, paths)

@@ -1,4 +1,4 @@
-"""Pure-torch model core: backbones, dense representations, MoCo, and heads.
+"""Pure-torch model core: backbones, the dense representations (`representation.py`), MoCo, and heads.
 
 Imports no Ray / MLflow / S3 and never moves tensors between devices: callers
 pass tensors on the device they want.
@@ -6,7 +6,6 @@ pass tensors on the device they want.
 
 from landmarks.models.backbones import (
     BACKBONES,
-    BackboneSpec,
     LoadReport,
     ResNetBackbone,
     build_backbone,
@@ -19,32 +18,35 @@ from landmarks.models.heads import (
     soft_argmax,
     spatial_softmax,
 )
-from landmarks.models.hypercolumn import (
+from landmarks.models.moco import MoCo, positive_probability
+from landmarks.models.representation import (
+    Representation,
+    assemble,
+    block_channels,
     conv4,
     dense_size,
     hypercolumn,
-    representation,
-    representation_channels,
+    stage_blocks,
 )
-from landmarks.models.moco import MoCo, positive_probability
 
 __all__ = [
     "BACKBONES",
-    "BackboneSpec",
     "LandmarkRegressor",
     "LoadReport",
     "MoCo",
     "Projector",
+    "Representation",
     "ResNetBackbone",
     "SegmentationHead",
+    "assemble",
+    "block_channels",
     "build_backbone",
     "conv4",
     "dense_size",
     "hypercolumn",
     "load_backbone_weights",
     "positive_probability",
-    "representation",
-    "representation_channels",
     "soft_argmax",
     "spatial_softmax",
+    "stage_blocks",
 ]

@@ -1,6 +1,7 @@
 """Backbone registry and factory: ResNets with a MoCo v1 embedding head.
 
-One registry (``BACKBONES``) and one factory (``build_backbone``), as in timm.
+One registry (``landmarks.registry.ARCHITECTURES``, here ``BACKBONES``) and one factory
+(``build_backbone``), as in timm.
 Every backbone is a torchvision ``ResNet`` built from torchvision's
 ``BasicBlock`` / ``Bottleneck`` with the parameter names of torchvision
 (``conv1``, ``bn1``, ``layer1`` .. ``layer4``, ``fc``), so torchvision ImageNet
@@ -39,36 +40,19 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from landmarks.registry import ARCHITECTURES, Architecture
+
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Architecture of one registered backbone."""
-
-    block: type[BasicBlock | Bottleneck]
-    blocks_per_stage: tuple[int, int, int, int]
-    widths: tuple[int, int, int, int]  # ``planes`` of each stage (bottleneck width)
-    stem_width: int
-    params_m_table2: float | None  # with the 128-d head, Table 2 of the paper (None: not in it)
-
-    @property
-    def stage_channels(self) -> tuple[int, int, int, int]:
-        return tuple(w * self.block.expansion for w in self.widths)  # type: ignore[return-value]
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64, 11.24),
-    "resnet50": BackboneSpec(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), 64, 23.77),
-    "resnet50_half": BackboneSpec(Bottleneck, (3, 4, 6, 3), (32, 64, 128, 256), 64, 6.03),
-    "resnet18_quarter": BackboneSpec(BasicBlock, (2, 2, 2, 2), (16, 32, 64, 128), 16, None),
-}
+BACKBONES: dict[str, Architecture] = ARCHITECTURES  # the registry (landmarks.registry), by name
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNetBackbone(ResNet):
     """torchvision ResNet with configurable stem/stage widths and the shared interface."""
 
-    def __init__(self, name: str, spec: BackboneSpec, low_dim: int = 128) -> None:
+    def __init__(self, name: str, spec: Architecture, low_dim: int = 128) -> None:
         # ResNet.__init__ hard-codes the stage widths, so build the same modules here
         # (same names, same initialisation) with ``spec.widths``.
         nn.Module.__init__(self)
@@ -84,10 +68,11 @@ class ResNetBackbone(ResNet):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         n1, n2, n3, n4 = spec.blocks_per_stage
-        self.layer1 = self._make_layer(spec.block, spec.widths[0], n1)
-        self.layer2 = self._make_layer(spec.block, spec.widths[1], n2, stride=2)
-        self.layer3 = self._make_layer(spec.block, spec.widths[2], n3, stride=2)
-        self.layer4 = self._make_layer(spec.block, spec.widths[3], n4, stride=2)
+        block = _BLOCKS[spec.block]
+        self.layer1 = self._make_layer(block, spec.widths[0], n1)
+        self.layer2 = self._make_layer(block, spec.widths[1], n2, stride=2)
+        self.layer3 = self._make_layer(block, spec.widths[2], n3, stride=2)
+        self.layer4 = self._make_layer(block, spec.widths[3], n4, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.stage_channels: tuple[int, int, int, int] = spec.stage_channels
         self.fc = nn.Linear(self.stage_channels[-1], low_dim)

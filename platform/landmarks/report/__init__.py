@@ -40,7 +40,7 @@ from .tables import LOWER_IS_BETTER, TableResult, build_tables, write_tables
 PCA_ARTIFACT = "pca/hypercolumn_pca.npz"
 PREDICTIONS_ARTIFACT = "predictions/predictions.npz"
 MASKS_ARTIFACT = "predictions/masks.npz"
-MASKS_FIGURE = "segmentation/masks.png"  # what landmarks.train.segment logs
+MASKS_FIGURE = "segmentation/masks.png"  # what landmarks.evaluate.segment logs
 
 
 def run_report(experiments: list[str], out: str | Path, pca_backbone: str | None = None,
@@ -137,7 +137,7 @@ def _images(record: RunRecord, data: str | None, ids: np.ndarray, size: int, not
             manifest = Manifest.load(path)
             if manifest.name not in (record.dataset, {"aflw_m": "aflw-mtfl", "aflw_r": "aflw"}.get(record.dataset)):
                 continue
-            from ..features import load_split  # torch: only once there is a dataset to read
+            from ..data.reader import load_split
 
             split = load_split(path, "test", size)
         except (UserError, OSError, ValueError) as err:
@@ -198,7 +198,7 @@ def _pca_arrays(experiments: list[str], source: str | None, arch: str | None, da
         if not (source and data):
             raise UserError("--pca-backbone and --data go together (a backbone and the images to run it on)")
         return compute_pca(source, arch, data, n)
-    tagged = [run for exp in experiments for run in tracking.search_runs(exp, "tags.pca_artifact != ''")]
+    tagged = [run for exp in experiments for run in tracking.find_runs(exp, has_tag="pca_artifact")]
     for run in sorted(tagged, key=lambda r: -r.info.start_time):
         arrays = _artifact(run.info.run_id, run.data.tags["pca_artifact"])
         if arrays is not None and {"images", "pretrained", "random"} <= set(arrays):
@@ -212,11 +212,13 @@ def compute_pca(source: str, arch: str | None, data: str, n: int = 4, seed: int 
     """Hypercolumn PCA maps of `n` test images for the backbone `source` and a seeded random init."""
     import torch
 
+    from ..augment.views import input_tensor
     from ..data.manifest import Manifest
     from ..data.normalization import input_stats
-    from ..features import input_tensor, load_split
-    from ..models import BACKBONES, dense_size, hypercolumn
-    from ..train.backbone_source import load_backbone
+    from ..data.reader import load_split
+    from ..models import BACKBONES
+    from ..models.representation import dense_size, hypercolumn
+    from ..sources import load_backbone
     from .figures import pca_rgb
 
     manifest = Manifest.load(data)

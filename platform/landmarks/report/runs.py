@@ -1,7 +1,7 @@
 """MLflow runs -> `RunRecord`s: one flat description of each finished job run, as the tables need it.
 
 The jobs tag their runs (`job`, `dataset`, `backbone`, `representation`, `budget`, `init`,
-`projector_dim`, `repeat`, `image_size`, `backbone_source`; see `landmarks.train.regress`) and
+`projector_dim`, `repeat`, `image_size`, `backbone_source`; see `landmarks.evaluate.regress`) and
 log their flattened config as params; where a tag is missing the param of the same setting is
 used. Two settings live on the *pretraining* run a backbone came from, found through
 `backbone_source` when it is an MLflow run id: whether it saw in-the-wild CelebA (Tables 4/5)
@@ -16,13 +16,14 @@ from typing import Any
 
 from .. import tracking
 from ..errors import UserError
+from ..registry import ARCHITECTURES
 
-# Channels of the representations (SPEC "Represent"; models.hypercolumn: conv4 = layer3).
-HYPERCOLUMN_DIMS = {"resnet50": 3840, "resnet50_half": 1920, "resnet18": 960, "resnet18_quarter": 240}
-CONV4_DIMS = {"resnet50": 1024, "resnet50_half": 512, "resnet18": 256, "resnet18_quarter": 64}
+# Channels of the representations (SPEC "Represent"; conv4 = layer3), from the one registry.
+HYPERCOLUMN_DIMS = {name: arch.hypercolumn_channels for name, arch in ARCHITECTURES.items()}
+CONV4_DIMS = {name: arch.conv4_channels for name, arch in ARCHITECTURES.items()}
 # Our dataset names (jobs/ingest.py DATASET) -> the paper CSVs' column prefixes.
 PAPER_DATASETS = {"mafl": "mafl", "aflw-mtfl": "aflw_m", "aflw": "aflw_r", "300w": "300w", "cub": "cub"}
-# Our `init` tag (backbone_source.load_backbone) -> the paper's name for it.
+# Our `init` tag (sources.load_backbone) -> the paper's name for it.
 INIT_NAMES = {"pretrained": "ours", "random": "random", "imagenet": "imagenet"}
 METRICS = ("iod", "pck", "iou", "match_same_px", "match_diff_px", "loss")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -55,7 +56,7 @@ def load_records(experiments: list[str]) -> list[RunRecord]:
     records: list[RunRecord] = []
     lookup = _SourceLookup()
     for name in experiments:
-        runs = tracking.search_runs(name)
+        runs = tracking.find_runs(name)
         if not runs:
             raise UserError(f"MLflow experiment {name!r} has no runs at {tracking.safe_uri(tracking.tracking_uri())} "
                             "(check the name and MLFLOW_TRACKING_URI)")

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..registry import METRIC_GOALS
 from .runs import HYPERCOLUMN_DIMS, RunRecord
 
 FACES = ("mafl", "aflw_m", "aflw_r", "300w")
 LABELS = {"iod": "IOD %", "pck": "PCK %", "iou": "IoU", "match_same_px": "same id px", "match_diff_px": "diff id px"}
-LOWER_IS_BETTER = {"iod": True, "pck": False, "iou": False, "match_same_px": True, "match_diff_px": True}
+LOWER_IS_BETTER = {metric: goal == "min" for metric, goal in METRIC_GOALS.items()}
 METHOD_INIT = {"ours": "ours", "ours_proj": "ours", "contrastive": "ours", "none": "random", "dve": "dve"}
 
 

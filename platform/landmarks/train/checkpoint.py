@@ -56,6 +56,25 @@ def report_epoch(metrics: dict[str, Any], epoch: int, state: dict[str, Any] | No
                      delete_local_checkpoint_after_upload=True)
 
 
+def resume(device: torch.device, **restore: Any) -> tuple[dict | None, int, int]:
+    """Inside a Ray Train worker: restore from the checkpoint the run starts from, if there is one.
+
+    Each keyword names a key of the checkpoint's state and the module or optimizer that loads it
+    (``resume(device, model=model, optimizer=optimizer)``). Returns (state or None, the epoch to start
+    at, the step count so far).
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return None, 0, 0
+    with checkpoint.as_directory() as d:
+        state, _ = load_checkpoint_dir(d, map_location=device)
+    for key, target in restore.items():
+        target.load_state_dict(state[key])
+    return state, state["epoch"] + 1, state["step"]
+
+
 def load_checkpoint_dir(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
     directory = Path(directory)
     state = torch.load(directory / STATE, map_location=map_location, weights_only=True)

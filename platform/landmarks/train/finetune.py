@@ -23,20 +23,16 @@ import numpy as np
 
 from .. import tracking
 from ..cli import JobArgs, print_summary
-from ..config import to_flat_dict
-from ..data.manifest import Manifest
+from ..cluster import fit_torch_trainer, join_cluster
+from ..config import FinetuneConfig, absolute_paths, to_flat_dict
+from ..data.budgets import annotated_rows
+from ..data.manifest import Manifest, open_manifest
 from ..data.normalization import input_stats
+from ..data.reader import eval_geometry, split_image_ids
 from ..errors import UserError
-from ..features import eval_geometry
-from .backbone_source import load_backbone
+from ..sources import load_backbone
 from .checkpoint import latest_checkpoint
-from .configs import FinetuneConfig
-from .data_source import open_manifest
-from .eval_job import absolute_paths, split_image_ids
-from .ray_setup import fit_torch_trainer, join_cluster
-from .segment import annotated_rows
 
-FULL_LR, FULL_WD = 1e-3, 5e-4  # train.lr / weight_decay = auto: the full-annotation regressor (SPEC)
 COMPATIBLE = ("backbone_fingerprint", "representation", "layers", "num_landmarks", "train_rows")
 
 
@@ -72,8 +68,7 @@ def check_finetune(cfg: FinetuneConfig) -> FinetunePlan:
                         "raise annotations")
     backbone, info = load_backbone(cfg.backbone.source, cfg.model.backbone, seed=cfg.train.seed)
     mean, std, _ = input_stats(manifest)
-    lr = FULL_LR if cfg.train.lr == "auto" else cfg.train.lr
-    wd = FULL_WD if cfg.train.weight_decay == "auto" else cfg.train.weight_decay
+    settings = cfg.resolve(len(rows))
     meta = {"backbone_fingerprint": info["fingerprint"], "backbone": cfg.model.backbone,
             "backbone_source": cfg.backbone.source, "representation": cfg.representation, "layers": cfg.layers,
             "num_landmarks": manifest.K, "train_rows": len(rows), "dataset": manifest.name,
@@ -82,7 +77,7 @@ def check_finetune(cfg: FinetuneConfig) -> FinetunePlan:
             "representation": cfg.representation, "init": info["init"], "finetuned": 1,
             "budget": cfg.annotations, "seed": cfg.train.seed, "repeat": cfg.repeat,
             "backbone_source": cfg.backbone.source, "image_size": cfg.data.image_size}
-    return FinetunePlan(manifest, rows, int(batch), float(lr), float(wd), backbone, info, list(mean), list(std),
+    return FinetunePlan(manifest, rows, int(batch), settings.lr, settings.weight_decay, backbone, info, list(mean), list(std),
                         meta, tags)
 
 

@@ -19,20 +19,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..augment.views import input_tensor
+from ..config import FinetuneConfig
 from ..coords import normalized_to_pixels, pixels_to_normalized
 from ..data.loader import device_batches
+from ..data.reader import load_split
 from ..dist import all_reduce_mean
-from ..features import input_tensor, load_split
 from ..losses import regression_loss
 from ..metrics import inter_ocular_error, pck_official
-from ..models import LandmarkRegressor, build_backbone, dense_size
+from ..models import LandmarkRegressor, build_backbone
+from ..models.representation import block_channels, dense_size, landmarks_from_blocks, stage_blocks
+from ..precision import autocast
 from ..progress import Progress, worker_print
+from ..schedules import cosine_lr, set_lr
 from ..tracking import RunLogger
-from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
-from .configs import FinetuneConfig
-from .eval_job import landmarks_from_blocks
-from .moco_step import autocast
-from .schedules import cosine_lr, set_lr
+from .checkpoint import checkpoint_due, report_epoch, resume
 
 
 class LandmarkNet(nn.Module):
@@ -50,8 +51,7 @@ class LandmarkNet(nn.Module):
         if kind not in ("conv4", "hypercolumn"):
             raise ValueError(f"LandmarkNet representation must be conv4 or hypercolumn, got {kind!r}")
         self.backbone, self.kind, self.layers, self.size = backbone, kind, layers, tuple(size)
-        chans = list(backbone.stage_channels)
-        in_channels = chans[2] if kind == "conv4" else sum(chans[::-1][:layers])
+        in_channels = sum(block_channels(backbone.stage_channels, kind, layers))
         self.regressor = LandmarkRegressor(in_channels, num_landmarks)
         backbone.fc.requires_grad_(False)
         if kind == "conv4":
@@ -59,7 +59,7 @@ class LandmarkNet(nn.Module):
 
     def forward(self, x_b3hw: torch.Tensor) -> torch.Tensor:
         stages = self.backbone.stages(x_b3hw, num_stages=3 if self.kind == "conv4" else 4)
-        blocks = [stages[2]] if self.kind == "conv4" else stages[::-1][:self.layers]
+        blocks = stage_blocks(stages, self.kind, self.layers)
         size = tuple(blocks[0].shape[-2:]) if self.kind == "conv4" else self.size  # conv4: its own map
         with torch.autocast(device_type=x_b3hw.device.type, enabled=False):
             return landmarks_from_blocks(self.regressor, [b.float() for b in blocks], size)  # (B, K, 2)
@@ -142,14 +142,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(param_groups(model, config["lr"], cfg.train.backbone_lr), lr=config["lr"],
                                  betas=(cfg.train.adam_beta1, 0.999), weight_decay=config["weight_decay"])
-    start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state, _ = load_checkpoint_dir(d, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
+    _, start_epoch, step = resume(device, model=model, optimizer=optimizer)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
 
     batch = config["batch_size"]

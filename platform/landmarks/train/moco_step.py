@@ -10,18 +10,14 @@ import hashlib
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from ..augment import MoCoViews
+from ..losses import info_nce
 from ..models import MoCo, build_backbone, positive_probability
+from ..precision import autocast
 
 if TYPE_CHECKING:
-    from .configs import PretrainConfig
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    from ..config import PretrainConfig
 
 
 def build_moco(cfg: PretrainConfig) -> MoCo:
@@ -66,7 +62,7 @@ def train_step(model, views: MoCoViews, optimizer, images_u8: torch.Tensor,
         im_k = im_k.contiguous(memory_format=torch.channels_last)
     with autocast(device):
         logits, labels = model(im_q, im_k)  # (B, 1+K), (B,)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = info_nce(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

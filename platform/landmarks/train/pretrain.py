@@ -15,12 +15,11 @@ import torch
 
 from .. import tracking
 from ..cli import JobArgs, print_summary
-from ..config import to_flat_dict
+from ..cluster import fit_torch_trainer, join_cluster
+from ..config import PretrainConfig, to_flat_dict
+from ..data.manifest import open_manifest
 from ..errors import UserError
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint_dir
-from .configs import PretrainConfig
-from .data_source import open_manifest
-from .ray_setup import fit_torch_trainer, join_cluster
 
 
 def run_name(cfg: PretrainConfig, dataset: str) -> str:

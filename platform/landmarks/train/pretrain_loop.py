@@ -14,14 +14,14 @@ from typing import Any
 import torch
 
 from ..augment import MoCoViews
+from ..config import PretrainConfig
 from ..data.loader import device_batches
 from ..dist import all_reduce_mean
 from ..progress import worker_print
+from ..schedules import cosine_lr, epoch_cosine_lr, set_lr
 from ..tracking import RunLogger
-from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
-from .configs import PretrainConfig
+from .checkpoint import checkpoint_due, report_epoch, resume
 from .moco_step import prepare_moco, queue_sha256, train_step
-from .schedules import cosine_lr, epoch_cosine_lr, set_lr
 
 # Above this mean cosine between queued keys the pretraining warns that its embeddings collapse.
 COLLAPSED_KEY_SIMILARITY = 0.8
@@ -43,14 +43,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.train.lr, momentum=cfg.train.sgd_momentum, weight_decay=cfg.train.weight_decay,
     )
-    start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state, meta = load_checkpoint_dir(d, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
+    state, start_epoch, step = resume(device, model=model, optimizer=optimizer)
+    if state is not None:
         logger.set_tags({"resumed_from_epoch": state["epoch"], "resume_queue_sha256": queue_sha256(model)})
     # DDP after loading (prepare_model moves to the device; no-op wrapper for one worker).
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False,

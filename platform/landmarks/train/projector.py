@@ -9,7 +9,7 @@ loss on MoCo-augmented images of the train split (10 epochs, Adam(beta1 0.5) lr 
 temperature 1/7 or 1/8, 24 x 24 maps) by a Ray Train TorchTrainer of `ray.num_workers` DDP workers.
 After each epoch the different-identity matching error on `validation.*` pairs (official: 2000 MAFL
 training images) picks the epoch that is kept. The result is logged to MLflow as the artifact
-evaluation jobs load with `projector.source=<run id>` (`backbone_source.load_projector`):
+evaluation jobs load with `projector.source=<run id>` (`landmarks.sources.load_projector`):
 
     projector/projector.pt   Projector state dict (proj.weight (dim, C, 1, 1), proj.bias)
     projector/meta.json      {"backbone_fingerprint", "backbone", "backbone_source", "dim", "softargmax_mul",
@@ -31,16 +31,16 @@ import torch
 
 from .. import storage, tracking
 from ..cli import JobArgs, print_summary
-from ..config import to_flat_dict
+from ..cluster import fit_torch_trainer, join_cluster
+from ..config import ProjectorConfig, to_flat_dict
 from ..data.budgets import budget_indices
+from ..data.manifest import open_manifest
 from ..data.normalization import input_stats
+from ..data.reader import load_split
 from ..errors import UserError
-from ..features import blocks, load_split
-from .backbone_source import load_backbone
+from ..models.representation import block_channels as blocks
+from ..sources import load_backbone
 from .checkpoint import latest_checkpoint, load_checkpoint_dir
-from .configs import ProjectorConfig
-from .data_source import open_manifest
-from .ray_setup import fit_torch_trainer, join_cluster
 
 PROJECTOR_FILE = "projector.pt"
 META_FILE = "meta.json"

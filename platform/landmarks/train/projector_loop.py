@@ -36,18 +36,18 @@ from ..augment.tps import (
     sample_pair_params,
 )
 from ..augment.views import border_crop, normalize, to_float_images
+from ..config import ProjectorConfig
 from ..data.loader import device_batches
 from ..dist import all_reduce_mean
 from ..losses import dense_correlation_loss, equivariance_loss
+from ..matching import describer, match_pairs
 from ..models import Projector, build_backbone
+from ..models.representation import Representation, linear_over_blocks
+from ..precision import autocast
 from ..progress import Progress, worker_print
+from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 from ..tracking import RunLogger
-from .checkpoint import checkpoint_due, load_checkpoint_dir, report_epoch
-from .configs import ProjectorConfig
-from .eval_job import Representation, linear_over_blocks
-from .matching import describer, match_pairs
-from .moco_step import autocast
-from .schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
+from .checkpoint import checkpoint_due, report_epoch, resume
 
 
 class BlockProjector(nn.Module):
@@ -183,14 +183,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     projector = Projector(config["in_channels"], dim, cfg.projector.resolved_softargmax_mul()).to(device)
     optimizer = torch.optim.Adam(projector.parameters(), lr=cfg.train.lr, betas=(cfg.train.adam_beta1, 0.999),
                                  weight_decay=cfg.train.weight_decay)
-    start_epoch, step, best = 0, 0, None  # best: {"projector", "epoch", "val_match_diff_px", ...}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state, _ = load_checkpoint_dir(d, map_location=device)
-        projector.load_state_dict(state["projector"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, best = state["epoch"] + 1, state["step"], state.get("best")
+    state, start_epoch, step = resume(device, projector=projector, optimizer=optimizer)
+    best = None if state is None else state.get("best")  # {"projector", "epoch", "val_match_diff_px", ...}
     model = ray.train.torch.prepare_model(BlockProjector(projector), move_to_device=False)
     validate = _validator(config, cfg, backbone, projector, device) if rank == 0 else None
 

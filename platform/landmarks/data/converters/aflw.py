@@ -91,7 +91,7 @@ def _face_info(name: str, image_size: int) -> DatasetInfo:
         name=name,
         landmark_names=LANDMARK_NAMES,
         eye_indices=(0, 1),
-        image_size=face_store_size(image_size),
+        stored_size=face_store_size(image_size),
         input_size=image_size,
         border=face_border(image_size),
     )
@@ -206,7 +206,7 @@ class AFLWMTFL(Converter):
         return items
 
     def load(self, item: AFLWItem) -> Record:
-        return _load_crop(item, self.info.image_size)
+        return _load_crop(item, self.info.stored_size)
 
 
 @dataclass
@@ -269,4 +269,4 @@ class AFLW(Converter):
         return items
 
     def load(self, item: AFLWItem) -> Record:
-        return _load_crop(item, self.info.image_size)
+        return _load_crop(item, self.info.stored_size)

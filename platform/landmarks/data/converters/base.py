@@ -44,7 +44,7 @@ class DatasetInfo:
     name: str
     landmark_names: tuple[str, ...]
     eye_indices: tuple[int, int] | None  # landmarks defining the inter-ocular distance
-    image_size: int  # stored side in pixels (square)
+    stored_size: int  # stored side in pixels (square); the network input is `input_size`
     input_size: int  # network input side after the eval border crop
     border: int  # eval-time border crop in stored pixels (20 at 136 for faces, 0 for CUB)
     has_masks: bool = False

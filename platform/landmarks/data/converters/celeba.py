@@ -111,7 +111,7 @@ class _CelebAFiles(Converter):
             name=name,
             landmark_names=LANDMARK_NAMES,
             eye_indices=(0, 1),
-            image_size=face_store_size(self.image_size),
+            stored_size=face_store_size(self.image_size),
             input_size=self.image_size,
             border=face_border(self.image_size),
         )
@@ -262,7 +262,7 @@ class _CelebAFiles(Converter):
         h, w = image.shape[:2]
         sx, sy = w / ALIGNED_WH[0], h / ALIGNED_WH[1]  # 1, 1 for 178x218 images
         left, top, bw, bh = ALIGNED_BOX
-        size = self.info.image_size
+        size = self.info.stored_size
         out, _, _ = crop_resize(image, (left * sx, top * sy, bw * sx, bh * sy), (size, size))
         kps = np.asarray(item.keypoints, dtype=np.float64).reshape(NUM_LANDMARKS, 2)
         moved = scale_keypoints(kps, ALIGNED_BOX, (size, size))
@@ -361,7 +361,7 @@ class CelebAWild(_CelebAFiles):
         h, w = image.shape[:2]
         kps = np.asarray(item.keypoints, dtype=np.float64).reshape(NUM_LANDMARKS, 2)
         check_inside(kps, w, h, item.source, item.line)
-        size = self.info.image_size
+        size = self.info.stored_size
         box = wild_box(item.face_box) if self.crop == "face-box" else (0.0, 0.0, float(w), float(h))
         out, moved, _ = crop_resize(image, box, (size, size), kps)
         visible = np.all((moved >= -0.5) & (moved <= size - 0.5), axis=1)

@@ -95,7 +95,7 @@ class CUB(Converter):
             name="cub",
             landmark_names=self._part_names(),
             eye_indices=None,
-            image_size=self.image_size,
+            stored_size=self.image_size,
             input_size=self.image_size,
             border=0,
             has_masks=True,

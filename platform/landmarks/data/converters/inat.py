@@ -48,7 +48,7 @@ class INatAves(Converter):
             name="inat-aves",
             landmark_names=(),
             eye_indices=None,
-            image_size=self.image_size,
+            stored_size=self.image_size,
             input_size=self.image_size,
             border=0,
         )

@@ -96,7 +96,7 @@ class SyntheticFaces(Converter):
                                   min(self.num_images, _MIN_IDENTITIES))
         self.info = DatasetInfo(
             name="synthetic-faces", landmark_names=LANDMARK_NAMES, eye_indices=(0, 1),
-            image_size=face_store_size(self.image_size), input_size=self.image_size,
+            stored_size=face_store_size(self.image_size), input_size=self.image_size,
             border=face_border(self.image_size), has_masks=True, image_format="jpeg",
         )
 
@@ -119,7 +119,7 @@ class SyntheticFaces(Converter):
         if not 0 <= index < self.num_images:
             raise ValueError(f"synthetic-faces: image index {index} outside 0..{self.num_images - 1}")
         ident = self.identity_of(index)
-        image, kps, mask = render_face(self.info.image_size, self.info.border, self.seed, ident, index,
+        image, kps, mask = render_face(self.info.stored_size, self.info.border, self.seed, ident, index,
                                        LEVELS[self.difficulty])
         return Record(image_id=f"synthetic/{index:07d}", image=image, keypoints=kps,
                       visible=np.ones(len(LANDMARK_NAMES), dtype=bool), identity=f"id{ident:06d}", mask=mask)

@@ -183,7 +183,7 @@ class W300(Converter):
             name="300w",
             landmark_names=LANDMARK_NAMES,
             eye_indices=(36, 45),
-            image_size=face_store_size(self.image_size),
+            stored_size=face_store_size(self.image_size),
             input_size=self.image_size,
             border=face_border(self.image_size),
         )
@@ -252,7 +252,7 @@ class W300(Converter):
         window = official_window(item.bb)
         if int(w * window.fac) < 1 or int(h * window.fac) < 1:
             raise BadItem(item.listed_at, None, f"face box {item.bb} is too wide for the {w}x{h} image")
-        size = self.info.image_size
+        size = self.info.stored_size
         out, _, _ = crop_resize(image, image_box(window, w, h), (size, size))
         moved = window_keypoints(kps, window, size)
         return Record(item.image_id, out, moved.astype(np.float32), np.ones(K, bool))

@@ -33,38 +33,23 @@ import torch.nn.functional as F
 from ..augment.tps import AUGMENT, tps_augment
 from ..augment.views import border_crop, normalize, to_float_images
 from ..cli import JobArgs, print_summary
+from ..config import RegressConfig, Resolved, absolute_paths
 from ..coords import normalized_to_pixels, pixels_to_normalized
-from ..data.budgets import CUB_BUDGETS, budget_indices, cub_budget_ids
-from ..data.manifest import Manifest
-from ..errors import UserError
-from ..features import FeatureSet, load_split
+from ..data.budgets import annotated_rows
+from ..data.manifest import Manifest, open_manifest
+from ..data.reader import load_split
+from ..features import FeatureSet, features_for
 from ..losses import regression_loss
 from ..metrics import inter_ocular_error, pck, pck_official
-from ..models import LandmarkRegressor, dense_size
+from ..models import LandmarkRegressor
+from ..models.representation import Representation, dense_size
+from ..precision import pick_device
 from ..progress import Progress
+from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
+from ..sources import load_representation
 from ..tracking import RunLogger
-from .configs import RegressConfig
-from .data_source import open_manifest
-from .eval_job import (
-    Representation,
-    absolute_paths,
-    landmarks_from_blocks,
-    load_representation,
-    pick_device,
-    run_logged,
-    split_image_ids,
-)
-from .schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
+from .runner import run_logged
 
-# Paper Sec. 4 / official README (eval_face.py, eval_animal.py command lines).
-FULL_LR, FULL_WD = 1e-3, 5e-4
-LIMITED_FACE_LR, LIMITED_FACE_WD = 1e-2, 5e-2
-CUB_LR, CUB_WD_SMALL, CUB_WD_LARGE = 1e-2, 5e-2, 5e-3  # wd 5e-2 up to 100 annotations, 5e-3 above
-REPEAT_PER_EPOCH = 1000  # official --repeat --num_per_epoch 1000 for limited face budgets
-# Cosine T (--epochs) and the epoch trained to: README "We stop the training procedure at 120th, 45th,
-# 80th epoch on MAFL, AFLW, and 300W" of --epochs 200; --epochs 1000 limited faces, 2000 CUB.
-FULL_SCHEDULE, LIMITED_SCHEDULE, CUB_SCHEDULE = 200, 1000, 2000
-STOP_EPOCH = {"mafl": 120, "aflw-mtfl": 45, "aflw": 45, "300w": 80}
 PCK_THRESHOLD = 0.05  # of the image side, for the float PCK reported beside the official one
 
 
@@ -75,62 +60,10 @@ class Plan:
     manifest: Manifest
     rows: np.ndarray  # training rows (indices into the train split)
     metric: str  # "iod" or "pck"
-    lr: float
-    weight_decay: float
-    tps: bool
-    samples_per_epoch: int
-    epochs: int  # trained
-    schedule_epochs: int  # cosine T
+    settings: Resolved  # lr, weight decay, TPS, samples an epoch, epochs, cosine T
     rep: Representation
     is_cub: bool
     tags: dict = field(default_factory=dict)
-
-
-def _train_rows(cfg: RegressConfig, manifest: Manifest, is_cub: bool) -> np.ndarray:
-    n = manifest.splits["train"].rows
-    seed = cfg.train.seed + cfg.repeat
-    if cfg.annotations == "all":
-        if cfg.data.fraction < 1.0:
-            return np.sort(budget_indices(n, max(1, round(cfg.data.fraction * n)), seed))
-        return np.arange(n)
-    if cfg.data.fraction < 1.0:
-        raise UserError("set either annotations=N or data.fraction<1 for regression, not both")
-    if cfg.annotations > n:
-        raise UserError(f"annotations={cfg.annotations} is more than the {n} rows of the train split of "
-                        f"{cfg.data.path}; use at most {n} or annotations=all")
-    if is_cub and cfg.annotations in CUB_BUDGETS:  # the official fixed subsets (Tables 6, 8)
-        ids = split_image_ids(cfg.data.path, "train")
-        where = {image_id: i for i, image_id in enumerate(ids)}
-        wanted = cub_budget_ids(cfg.annotations)
-        missing = [i for i in wanted if i not in where]
-        if missing:
-            raise UserError(f"{cfg.data.path}: {len(missing)} images of the CUB train_{cfg.annotations} list are not "
-                            f"in its train split (first: {missing[0]}); re-ingest cub with the shipped splits")
-        return np.array(sorted(where[i] for i in wanted))
-    return budget_indices(n, cfg.annotations, seed)
-
-
-def paper_lr_wd(is_cub: bool, annotations: int | str) -> tuple[float, float]:
-    """train.lr / train.weight_decay = auto: the paper's rule for the dataset and budget."""
-    if is_cub:
-        return CUB_LR, CUB_WD_SMALL if annotations != "all" and annotations <= 100 else CUB_WD_LARGE
-    return (FULL_LR, FULL_WD) if annotations == "all" else (LIMITED_FACE_LR, LIMITED_FACE_WD)
-
-
-def paper_schedule(dataset: str, is_cub: bool, annotations: int | str) -> tuple[int, int]:
-    """train.epochs / train.schedule_epochs = auto: (epochs trained, cosine T) of the official recipe."""
-    if is_cub:
-        return CUB_SCHEDULE, CUB_SCHEDULE
-    if annotations != "all":
-        return LIMITED_SCHEDULE, LIMITED_SCHEDULE
-    return STOP_EPOCH.get(dataset, FULL_SCHEDULE), FULL_SCHEDULE
-
-
-def repeated_samples(n_annotated: int, n_train: int) -> int:
-    """Samples an epoch of a limited face budget: its images tiled 1000 // N times (official
-    ``restrict_annos(repeat_flag=True, num_per_epoch=1000)``, capped by the split's size)."""
-    total = min(REPEAT_PER_EPOCH, n_train)
-    return n_annotated * (total // n_annotated) if n_annotated < total else n_annotated
 
 
 def check_regression(cfg: RegressConfig) -> Plan:
@@ -139,25 +72,14 @@ def check_regression(cfg: RegressConfig) -> Plan:
     is_cub = manifest.name == "cub"
     if is_cub:
         open_manifest(cfg.data.path, "val")
-    rows = _train_rows(cfg, manifest, is_cub)
-    limited = cfg.annotations != "all"
-    lr, wd = paper_lr_wd(is_cub, cfg.annotations)
-    lr = lr if cfg.train.lr == "auto" else cfg.train.lr
-    wd = wd if cfg.train.weight_decay == "auto" else cfg.train.weight_decay
-    tps = (limited and not is_cub) if cfg.tps_augment == "auto" else bool(cfg.tps_augment)
-    spe = cfg.train.samples_per_epoch
-    if spe == "auto":
-        spe = repeated_samples(len(rows), manifest.splits["train"].rows) if limited and not is_cub else len(rows)
-    epochs, schedule = paper_schedule(manifest.name, is_cub, cfg.annotations)
-    epochs = epochs if cfg.train.epochs == "auto" else cfg.train.epochs
-    schedule = schedule if cfg.train.schedule_epochs == "auto" else cfg.train.schedule_epochs
+    rows = annotated_rows(cfg, manifest)
+    settings = cfg.resolve(manifest.name, manifest.splits["train"].rows, len(rows))
     rep = load_representation(cfg, manifest, seed=cfg.train.seed)
     tags = {"dataset": manifest.name, "backbone": cfg.model.backbone, "representation": cfg.representation,
             "budget": cfg.annotations, "seed": cfg.train.seed, "repeat": cfg.repeat, "init": rep.info["init"],
             "backbone_source": cfg.backbone.source, "projector_dim": rep.info.get("projector_dim"),
             "image_size": cfg.data.image_size}
-    return Plan(manifest, rows, "iod" if manifest.eye_indices else "pck", float(lr), float(wd), tps, int(spe),
-                int(epochs), int(schedule), rep, is_cub, tags)
+    return Plan(manifest, rows, "iod" if manifest.eye_indices else "pck", settings, rep, is_cub, tags)
 
 
 def run_name(cfg: RegressConfig, plan: Plan) -> str:
@@ -169,9 +91,7 @@ def run_regress(cfg: RegressConfig, args: JobArgs) -> dict:
     """The job: check everything, then train and score as one Ray task (in-process inside a Tune trial)."""
     cfg = absolute_paths(cfg)
     plan = check_regression(cfg)
-    resolved = {"resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay, "resolved.tps_augment": plan.tps,
-                "resolved.samples_per_epoch": plan.samples_per_epoch, "resolved.train_rows": len(plan.rows),
-                "resolved.epochs": plan.epochs, "resolved.schedule_epochs": plan.schedule_epochs,
+    resolved = {**plan.settings.params(), "resolved.train_rows": len(plan.rows),
                 "backbone.fingerprint": plan.rep.info["fingerprint"]}
     metrics = run_logged("regress", cfg, plan.tags, run_name(cfg, plan), evaluate_regression,
                          getattr(args, "verbose", False), extra_params=resolved, plan=plan)
@@ -223,21 +143,13 @@ class Rows:
 def _source(cfg: RegressConfig, plan: Plan, split: str, rows: np.ndarray | None, augment: bool) -> Rows:
     size = cfg.data.image_size
     if cfg.features.enabled and not augment:
-        return Rows(plan.rep, size, features=plan.rep.features(cfg.data.path, split, size, cfg.features.dir), rows=rows)
+        return Rows(plan.rep, size, features=features_for(plan.rep, cfg.data.path, split, size, cfg.features.dir),
+                    rows=rows)
     data = load_split(cfg.data.path, split, size, rows=rows, stored=augment)
     return Rows(plan.rep, size, split=data, augment=augment, border=plan.manifest.border)
 
 
 # ----------------------------------------------------------------------------- model
-
-
-def predict(regressor: LandmarkRegressor, rep: Representation, stages: list[torch.Tensor],
-            size: tuple[int, int]) -> torch.Tensor:
-    """Landmarks (B, K, 2), normalized, = regressor(rep.dense(stages, size)) computed block by block:
-    the heatmap conv runs at each stage's resolution (`linear_over_blocks`)."""
-    if rep.projector is not None:
-        return regressor(rep.dense(stages, size))
-    return landmarks_from_blocks(regressor, rep.stage_blocks(stages), rep.map_size(stages, size))
 
 
 @torch.no_grad()
@@ -247,7 +159,7 @@ def predict_rows(regressor, source: Rows, size, batch_size: int = 64) -> np.ndar
     out = []
     for start in range(0, len(source), batch_size):
         stages, _, _ = source.batch(np.arange(start, min(start + batch_size, len(source))))
-        out.append(normalized_to_pixels(predict(regressor, source.rep, stages, size), source.image_size).cpu())
+        out.append(normalized_to_pixels(source.rep.landmarks(regressor, stages, size), source.image_size).cpu())
     regressor.train()
     return torch.cat(out).numpy()
 
@@ -278,7 +190,7 @@ def train_epoch(regressor, optimizer, source: Rows, order: np.ndarray, batch_siz
     for start in range(0, len(order), batch_size):
         stages, kps, vis = source.batch(order[start:start + batch_size], generator)
         target = pixels_to_normalized(kps, source.image_size)
-        loss = regression_loss(predict(regressor, source.rep, stages, size), target, vis)
+        loss = regression_loss(source.rep.landmarks(regressor, stages, size), target, vis)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -290,29 +202,30 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     """Train the regressor and score it on the test split; logs to `run_logger`. Returns the metrics."""
     cfg = absolute_paths(cfg)
     plan = plan or check_regression(cfg)
+    settings = plan.settings
     device = pick_device()
     rep = plan.rep.to(device)
     seed = cfg.train.seed + cfg.repeat
     torch.manual_seed(seed)
     size = dense_size(cfg.representation, cfg.data.image_size)
-    train = _source(cfg, plan, "train", plan.rows, augment=plan.tps)
+    train = _source(cfg, plan, "train", plan.rows, augment=settings.tps_augment)
     test = _source(cfg, plan, "test", None, augment=False)
     val = _source(cfg, plan, "val", None, augment=False) if plan.is_cub else None
     run_logger.set_tags({f"features.{name}": ("hit" if s.features.hit else "miss") if s.features else "off"
                          for name, s in (("train", train), ("test", test), ("val", val)) if s is not None})
 
     regressor = LandmarkRegressor(rep.channels, plan.manifest.K).to(device)
-    optimizer = torch.optim.Adam(regressor.parameters(), lr=plan.lr, betas=(cfg.train.adam_beta1, 0.999),
-                                 weight_decay=plan.weight_decay)
+    optimizer = torch.optim.Adam(regressor.parameters(), lr=settings.lr, betas=(cfg.train.adam_beta1, 0.999),
+                                 weight_decay=settings.weight_decay)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    eta_min = plan.lr * OFFICIAL_ETA_MIN_FACTOR
-    bar = Progress(plan.epochs, "regress", every=5.0)
+    eta_min = settings.lr * OFFICIAL_ETA_MIN_FACTOR
+    bar = Progress(settings.epochs, "regress", every=5.0)
     best = (-math.inf, -1, None)  # (val pck, epoch, state) for CUB
-    for epoch in range(plan.epochs):
+    for epoch in range(settings.epochs):
         t0 = time.perf_counter()
-        lr = epoch_cosine_lr(plan.lr, epoch + 1, plan.schedule_epochs, eta_min)
+        lr = epoch_cosine_lr(settings.lr, epoch + 1, settings.schedule_epochs, eta_min)
         set_lr(optimizer, lr)
-        order = _epoch_order(len(train), plan.samples_per_epoch, rng)
+        order = _epoch_order(len(train), settings.samples_per_epoch, rng)
         loss = train_epoch(regressor, optimizer, train, order, cfg.train.batch_size, size, generator)
         logged = {"train_loss": loss, "lr": lr, "images_per_sec": len(order) / (time.perf_counter() - t0)}
         if val is not None:
@@ -322,7 +235,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         run_logger.log_metrics(logged, step=epoch)
         bar.update(1, loss=loss, **({"val_pck": logged["val_pck"]} if val is not None else {}))
 
-    metrics: dict[str, Any] = {"train_loss": loss, "epochs": plan.epochs}
+    metrics: dict[str, Any] = {"train_loss": loss, "epochs": settings.epochs}
     if best[2] is not None:
         regressor.load_state_dict(best[2])
         metrics["best_epoch"], metrics["val_pck"] = best[1], best[0]
@@ -331,7 +244,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     if plan.metric == "pck":
         metrics["pck_float"] = score("pck_float", pred, test, plan.manifest)
     run_logger.log_metrics({k: v for k, v in metrics.items() if k not in ("epochs", "train_loss")},
-                           step=plan.epochs)
+                           step=settings.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "predictions.npz"
         np.savez_compressed(path, image_id=np.array(test.image_ids, dtype=str), pred=pred.astype(np.float32),

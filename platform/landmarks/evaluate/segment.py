@@ -26,64 +26,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..augment.views import input_tensor
 from ..cli import JobArgs, print_summary
-from ..data.budgets import CUB_BUDGETS, budget_indices, cub_budget_ids
-from ..data.manifest import Manifest
+from ..config import Resolved, SegmentConfig, absolute_paths
+from ..data.budgets import annotated_rows
+from ..data.manifest import Manifest, open_manifest
+from ..data.reader import load_split
 from ..errors import UserError
-from ..features import FeatureSet, input_tensor, load_split
+from ..features import FeatureSet, features_for
 from ..metrics import mask_iou
-from ..models import SegmentationHead, dense_size
+from ..models import SegmentationHead
+from ..models.representation import Representation, dense_size, linear_over_blocks
+from ..precision import autocast, pick_device
 from ..progress import Progress
+from ..schedules import cosine_lr, set_lr
+from ..sources import load_representation
 from ..tracking import RunLogger
-from .configs import SegmentConfig
-from .data_source import open_manifest
-from .eval_job import (
-    Representation,
-    absolute_paths,
-    linear_over_blocks,
-    load_representation,
-    pick_device,
-    run_logged,
-    split_image_ids,
-)
-from .moco_step import autocast
-from .schedules import cosine_lr, set_lr
+from .runner import run_logged
 
-DEFAULT_LR, DEFAULT_WD = 1e-3, 5e-4  # train.lr / train.weight_decay = auto
-REPEAT_PER_EPOCH = 1000  # limited budgets: as the regressor's official --repeat --num_per_epoch 1000
 FIGURE_IMAGES = 6
-
-
-def annotated_rows(cfg: Any, manifest: Manifest) -> np.ndarray:
-    """Sorted indices into the train split of the `annotations` budget (with `data.fraction` for 'all').
-
-    CUB budgets of 10/50/100/250/500/1241 are the official fixed lists (`budgets.cub_budget_ids`);
-    other budgets are the seeded `budget_indices` of seed train.seed + repeat.
-
-    Raises:
-        UserError: a budget larger than the split, a CUB list that does not match the split, or
-            annotations=N together with data.fraction < 1.
-    """
-    n = manifest.splits["train"].rows
-    seed = cfg.train.seed + cfg.repeat
-    if cfg.annotations == "all":
-        if cfg.data.fraction < 1.0:
-            return np.sort(budget_indices(n, max(1, round(cfg.data.fraction * n)), seed))
-        return np.arange(n)
-    if cfg.data.fraction < 1.0:
-        raise UserError("set either annotations=N or data.fraction<1, not both")
-    if cfg.annotations > n:
-        raise UserError(f"annotations={cfg.annotations} is more than the {n} rows of the train split of "
-                        f"{cfg.data.path}; use at most {n} or annotations=all")
-    if manifest.name == "cub" and cfg.annotations in CUB_BUDGETS:
-        where = {image_id: i for i, image_id in enumerate(split_image_ids(cfg.data.path, "train"))}
-        wanted = cub_budget_ids(cfg.annotations)
-        missing = [i for i in wanted if i not in where]
-        if missing:
-            raise UserError(f"{cfg.data.path}: {len(missing)} images of the CUB train_{cfg.annotations} list are not "
-                            f"in its train split (first: {missing[0]}); re-ingest cub with the shipped splits")
-        return np.array(sorted(where[i] for i in wanted))
-    return np.sort(budget_indices(n, cfg.annotations, seed))
 
 
 @dataclass
@@ -92,9 +53,7 @@ class SegmentPlan:
 
     manifest: Manifest
     rows: np.ndarray  # training rows (indices into the train split)
-    lr: float
-    weight_decay: float
-    samples_per_epoch: int
+    settings: Resolved  # lr, weight decay, samples an epoch
     rep: Representation
     tags: dict = field(default_factory=dict)
 
@@ -108,18 +67,13 @@ def check_segmentation(cfg: SegmentConfig) -> SegmentPlan:
     rows = annotated_rows(cfg, manifest)
     if cfg.finetune and len(rows) < 2:
         raise UserError("finetune=true needs at least 2 annotated images (batch norm in training mode)")
-    limited = cfg.annotations != "all"
-    spe = cfg.train.samples_per_epoch
-    if spe == "auto":
-        spe = max(REPEAT_PER_EPOCH, len(rows)) if limited else len(rows)
+    settings = cfg.resolve(manifest.splits["train"].rows, len(rows))
     rep = load_representation(cfg, manifest, seed=cfg.train.seed)
     tags = {"dataset": manifest.name, "backbone": cfg.model.backbone, "representation": cfg.representation,
             "budget": cfg.annotations, "init": rep.info["init"], "finetuned": int(cfg.finetune),
             "seed": cfg.train.seed, "repeat": cfg.repeat, "backbone_source": cfg.backbone.source,
             "projector_dim": rep.info.get("projector_dim"), "image_size": cfg.data.image_size}
-    lr = DEFAULT_LR if cfg.train.lr == "auto" else cfg.train.lr
-    wd = DEFAULT_WD if cfg.train.weight_decay == "auto" else cfg.train.weight_decay
-    return SegmentPlan(manifest, rows, float(lr), float(wd), int(spe), rep, tags)
+    return SegmentPlan(manifest, rows, settings, rep, tags)
 
 
 def run_name(cfg: SegmentConfig, plan: SegmentPlan) -> str:
@@ -132,8 +86,8 @@ def run_segment(cfg: SegmentConfig, args: JobArgs) -> dict:
     """The job: check everything, then train and score as one Ray task (in-process inside a Tune trial)."""
     cfg = absolute_paths(cfg)
     plan = check_segmentation(cfg)
-    resolved = {"resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay,
-                "resolved.samples_per_epoch": plan.samples_per_epoch, "resolved.train_rows": len(plan.rows),
+    resolved = {"resolved.lr": plan.settings.lr, "resolved.weight_decay": plan.settings.weight_decay,
+                "resolved.samples_per_epoch": plan.settings.samples_per_epoch, "resolved.train_rows": len(plan.rows),
                 "backbone.fingerprint": plan.rep.info["fingerprint"]}
     metrics = run_logged("segment", cfg, plan.tags, run_name(cfg, plan), evaluate_segmentation,
                          getattr(args, "verbose", False), extra_params=resolved, plan=plan)
@@ -176,7 +130,7 @@ class MaskRows:
         x = input_tensor(images, self.rep.mean, self.rep.std, self.rep.device)
         if x.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.rep.backbone.stages(x, num_stages=4 if self.rep.kind == "hypercolumn" else 3)
+        return self.rep.backbone.stages(x, num_stages=3 if self.rep.kind == "conv4" else 4)
 
 
 def segment_logits(head: SegmentationHead, rep: Representation, stages: list[torch.Tensor],
@@ -192,7 +146,8 @@ def segment_logits(head: SegmentationHead, rep: Representation, stages: list[tor
 def _source(cfg: SegmentConfig, plan: SegmentPlan, split: str, rows: np.ndarray | None) -> MaskRows:
     size = cfg.data.image_size
     if cfg.features.enabled and not cfg.finetune:
-        return MaskRows(plan.rep, features=plan.rep.features(cfg.data.path, split, size, cfg.features.dir), rows=rows)
+        return MaskRows(plan.rep, features=features_for(plan.rep, cfg.data.path, split, size, cfg.features.dir),
+                        rows=rows)
     return MaskRows(plan.rep, split=load_split(cfg.data.path, split, size, rows=rows), grad=cfg.finetune)
 
 
@@ -257,16 +212,16 @@ def evaluate_segmentation(cfg: SegmentConfig, run_logger: RunLogger, plan: Segme
         rep.backbone.requires_grad_(True).train()
         if device.type == "cuda":
             rep.backbone.to(memory_format=torch.channels_last)
-        groups.append({"params": list(rep.backbone.parameters()), "lr_scale": cfg.backbone_lr / plan.lr})
-    optimizer = torch.optim.Adam(groups, lr=plan.lr, betas=(cfg.train.adam_beta1, 0.999),
-                                 weight_decay=plan.weight_decay)
+        groups.append({"params": list(rep.backbone.parameters()), "lr_scale": cfg.backbone_lr / plan.settings.lr})
+    optimizer = torch.optim.Adam(groups, lr=plan.settings.lr, betas=(cfg.train.adam_beta1, 0.999),
+                                 weight_decay=plan.settings.weight_decay)
     rng = np.random.default_rng(seed)
-    batch_size = min(cfg.train.batch_size, plan.samples_per_epoch)
+    batch_size = min(cfg.train.batch_size, plan.settings.samples_per_epoch)
     bar = Progress(cfg.train.epochs, "segment", every=5.0)
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
-        batches = _batches(len(train), plan.samples_per_epoch, batch_size, rng, drop_last=cfg.finetune)
-        loss = train_epoch(head, optimizer, train, batches, epoch, cfg.train.epochs, plan.lr, size, image_size)
+        batches = _batches(len(train), plan.settings.samples_per_epoch, batch_size, rng, drop_last=cfg.finetune)
+        loss = train_epoch(head, optimizer, train, batches, epoch, cfg.train.epochs, plan.settings.lr, size, image_size)
         seen = sum(len(b) for b in batches)
         run_logger.log_metrics({"train_loss": loss, "images_per_sec": seen / (time.perf_counter() - t0)}, step=epoch)
         bar.update(1, loss=loss)

@@ -2,7 +2,7 @@
 
     python jobs/match.py --config jobs/configs/match_mafl.yaml backbone.source=<run id> representation=projected ...
 
-The official protocol (`landmarks.train.matching`): consecutive pairs of the split, each image
+The official protocol (`landmarks.matching`): consecutive pairs of the split, each image
 TPS-warped twice at the stored size; the first image's twice-warped version is matched against its
 once-warped self ("same identity") and the other image's once-warped version ("different
 identity"), every landmark by nearest descriptor; errors in pixels of a 70 x 70 image. Descriptors
@@ -18,15 +18,17 @@ from dataclasses import dataclass
 import torch
 
 from ..cli import JobArgs, print_summary
-from ..data.manifest import Manifest
+from ..config import MatchConfig, absolute_paths
+from ..data.manifest import Manifest, open_manifest
+from ..data.reader import load_split
 from ..errors import UserError
-from ..features import load_split
+from ..matching import describer, match_pairs
+from ..models.representation import Representation
+from ..precision import pick_device
 from ..progress import Progress
+from ..sources import load_representation
 from ..tracking import RunLogger
-from .configs import MatchConfig
-from .data_source import open_manifest
-from .eval_job import Representation, absolute_paths, load_representation, pick_device, run_logged
-from .matching import describer, match_pairs
+from .runner import run_logged
 
 
 @dataclass

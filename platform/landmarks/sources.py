@@ -38,10 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import storage, tracking
-from ..errors import UserError
-from ..models import Projector, ResNetBackbone, build_backbone, load_backbone_weights
-from ..models.backbones import (
+from . import storage, tracking
+from .data.manifest import Manifest
+from .data.normalization import input_stats
+from .errors import UserError
+from .models import Projector, ResNetBackbone, build_backbone, load_backbone_weights
+from .models.backbones import (
     BACKBONES,
     CHECKPOINT_SAFE_GLOBALS,
     OFFICIAL_MOCO_PREFIX,
@@ -49,7 +51,8 @@ from ..models.backbones import (
     _identify,
     torch_load_weights,
 )
-from .checkpoint import META, STATE
+from .models.representation import Representation, block_channels
+from .train.checkpoint import META, STATE
 
 
 def fingerprint(backbone: torch.nn.Module) -> str:
@@ -362,3 +365,25 @@ def load_projector(source: str, backbone_fingerprint: str, in_channels: int,
     projector.load_state_dict(state)
     projector.meta = dict(meta, source=source)
     return projector.eval()
+
+
+# ----------------------------------------------------------------------------- the representation
+
+
+def load_representation(cfg: Any, manifest: Manifest, seed: int) -> Representation:
+    """`cfg.representation` of the backbone from backbone.source (+ the projector from projector.source),
+    with the dataset's input normalisation; every mismatch is a UserError."""
+    backbone, info = load_backbone(cfg.backbone.source, cfg.model.backbone, seed=seed)
+    projector = None
+    if cfg.representation == "projected":
+        if not cfg.projector.source:
+            raise UserError("representation=projected needs projector.source: the MLflow run id of a "
+                            "jobs/train_projector.py run (or a projector.pt file) trained on this backbone")
+        in_channels = sum(block_channels(backbone.stage_channels, "hypercolumn", cfg.layers))
+        projector = load_projector(cfg.projector.source, info["fingerprint"], in_channels, cfg.model.backbone)
+        if projector.dim != cfg.projector.dim:
+            raise UserError(f"projector.source {cfg.projector.source} projects to {projector.dim} dimensions but "
+                            f"projector.dim={cfg.projector.dim}; set projector.dim={projector.dim}")
+        info["projector_dim"] = projector.dim
+    mean, std, _ = input_stats(manifest)
+    return Representation(cfg.representation, backbone, info, projector, cfg.layers, mean, std)

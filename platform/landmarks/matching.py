@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..augment.tps import MATCH, TPSStrength, match_pair_warp
-from ..augment.views import border_crop, normalize
-from ..metrics import matching_errors
-from .eval_job import Representation
+from .augment.tps import MATCH, TPSStrength, match_pair_warp
+from .augment.views import border_crop, normalize
+from .metrics import matching_errors
+from .models.representation import Representation
 
 Describe = Callable[[torch.Tensor], torch.Tensor]  # normalized input (B, 3, S, S) -> descriptors (B, C, h, w)
 

@@ -21,10 +21,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from .. import storage
+from ..errors import ConfigError
+from ..registry import ARCHITECTURES
 
-Backbone = Literal["resnet18", "resnet50", "resnet50_half", "resnet18_quarter"]
-Representation = Literal["hypercolumn", "conv4", "projected"]
+Backbone = Literal[tuple(ARCHITECTURES)]  # the registered backbones (landmarks.registry)
+RepresentationKind = Literal["hypercolumn", "conv4", "projected"]
 
 
 class Section(BaseModel):
@@ -133,7 +135,7 @@ def valid_keys(model: type[BaseModel]) -> list[str]:
     return _valid_keys(model)
 
 
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
+def set_dotted(tree: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
     for part in parts[:-1]:
@@ -145,11 +147,11 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
@@ -235,14 +237,14 @@ def load_config(model: type[BaseModel], path: str | Path | None = None, override
         key, value = parse_override(text)
         if key not in valid_keys(model):
             raise _unknown_key(model, key, "override")
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
         source = "config + overrides"
     return build_config(model, tree, source)
 
 
 def to_flat_dict(cfg: BaseModel) -> dict[str, Any]:
     """Dotted key -> value, for MLflow params and Tune grids."""
-    return _flatten(cfg.model_dump(mode="json"))
+    return flatten(cfg.model_dump(mode="json"))
 
 
 def with_overrides(cfg: BaseModel, flat: dict[str, Any]) -> Any:
@@ -251,5 +253,17 @@ def with_overrides(cfg: BaseModel, flat: dict[str, Any]) -> Any:
     for key, value in flat.items():
         if key not in valid_keys(type(cfg)):
             raise _unknown_key(type(cfg), key, "override")
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     return build_config(type(cfg), tree, "overrides")
+
+
+def absolute_paths(cfg: Any) -> Any:
+    """A copy with a local data.path (and features.dir, validation.path where the config has them) made
+    absolute, so that Ray workers, which run in another directory, read the same files."""
+    cfg = cfg.model_copy(deep=True)
+    for section, key in (("data", "path"), ("features", "dir"), ("validation", "path")):
+        part = getattr(cfg, section, None)
+        value = getattr(part, key, "") if part is not None else ""
+        if value and not storage.is_s3(value):
+            setattr(part, key, str(Path(value).expanduser().resolve()))
+    return cfg

@@ -1,0 +1,41 @@
+"""How a frozen-feature evaluation job runs: its MLflow run, and where it computes.
+
+    metrics = run_logged("regress", cfg, tags, name, evaluate_regression, verbose, plan=plan)
+
+From the command line the evaluation runs as one Ray task with the resources of `ray.*`
+(`cluster.run_task`); inside a Ray worker (a Tune trial) it runs in process. Either way the MLflow
+run is created first and ends FINISHED, or FAILED with the error as a tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import tracking
+from ..cluster import in_ray_worker, run_task
+from ..config import to_flat_dict
+
+
+def _remote_call(evaluate: Callable, cfg_dict: dict, cfg_cls: type, run_id: str, uri: str) -> dict:
+    cfg = cfg_cls.model_validate(cfg_dict)
+    return evaluate(cfg, tracking.RunLogger(run_id, uri=uri))
+
+
+def run_logged(job: str, cfg: Any, tags: dict, run_name: str, evaluate: Callable, verbose: bool,
+               extra_params: dict | None = None, **in_process: Any) -> dict:
+    """Create the MLflow run, then `evaluate(cfg, run_logger, **in_process)` in this process (inside a
+    Ray worker) or as one Ray task; returns its metrics with the run id."""
+    logger = tracking.start_run(cfg.mlflow.experiment, run_name, tags={"job": job, **tags})
+    logger.log_params({**to_flat_dict(cfg), **(extra_params or {})})
+    try:
+        if in_ray_worker():
+            metrics = evaluate(cfg, logger, **in_process)
+        else:
+            args = (evaluate, cfg.model_dump(mode="json"), type(cfg), logger.run_id, logger.uri)
+            metrics = run_task(_remote_call, args, cfg.ray, job, verbose)
+    except BaseException as err:
+        logger.fail(f"{type(err).__name__}: {err}")
+        raise
+    logger.finish()
+    return {**metrics, "mlflow_run_id": logger.run_id}

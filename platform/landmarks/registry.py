@@ -1,0 +1,109 @@
+"""The names the platform knows, in one place (torch-free, cheap to import):
+
+- `ARCHITECTURES`: the backbones (`models.backbones` builds them; configs, reports and benchmarks
+  read their names and channel counts from here);
+- `METRIC_GOALS`: each headline metric and whether lower or higher is better (sweeps, reports);
+- `JOBS`: job name -> (config class, run function), what `jobs/<name>.py` runs and what a sweep can
+  grid over; `COMMANDS`: the scripts with their own arguments (ingest, sweep, report, demo).
+  Entries are import strings so that looking a job up imports only that job.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A ResNet of the registry: torchvision block type, blocks and bottleneck widths per stage, stem width."""
+
+    block: str  # "basic" (ResNet18) or "bottleneck" (ResNet50)
+    blocks_per_stage: tuple[int, int, int, int]
+    widths: tuple[int, int, int, int]  # ``planes`` of each stage (the bottleneck width)
+    stem_width: int
+    params_m_table2: float | None  # with the 128-d head, Table 2 of the paper (None: not in it)
+
+    @property
+    def stage_channels(self) -> tuple[int, int, int, int]:
+        expansion = 4 if self.block == "bottleneck" else 1
+        return tuple(w * expansion for w in self.widths)  # type: ignore[return-value]
+
+    @property
+    def hypercolumn_channels(self) -> int:
+        return sum(self.stage_channels)
+
+    @property
+    def conv4_channels(self) -> int:
+        return self.stage_channels[2]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "resnet18": Architecture("basic", (2, 2, 2, 2), (64, 128, 256, 512), 64, 11.24),
+    "resnet50": Architecture("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), 64, 23.77),
+    "resnet50_half": Architecture("bottleneck", (3, 4, 6, 3), (32, 64, 128, 256), 64, 6.03),
+    # Not in the paper: a quarter-width ResNet18 sized for pretraining on a CPU (`make demo`).
+    "resnet18_quarter": Architecture("basic", (2, 2, 2, 2), (16, 32, 64, 128), 16, None),
+}
+
+# Headline metrics (SPEC "--metrics-out") and whether lower or higher is better.
+METRIC_GOALS = {"iod": "min", "pck": "max", "iou": "max", "loss": "min", "match_same_px": "min",
+                "match_diff_px": "min"}
+
+JOBS: dict[str, tuple[str, str]] = {
+    "pretrain": ("landmarks.config:PretrainConfig", "landmarks.train.pretrain:run_pretrain"),
+    "train_projector": ("landmarks.config:ProjectorConfig", "landmarks.train.projector:run_projector"),
+    "regress": ("landmarks.config:RegressConfig", "landmarks.evaluate.regress:run_regress"),
+    "match": ("landmarks.config:MatchConfig", "landmarks.evaluate.match:run_match"),
+    "segment": ("landmarks.config:SegmentConfig", "landmarks.evaluate.segment:run_segment"),
+    "finetune": ("landmarks.config:FinetuneConfig", "landmarks.train.finetune:run_finetune"),
+    "sweep": ("landmarks.sweep:SweepConfig", "landmarks.sweep:run_sweep"),
+}
+# Commands with arguments of their own (not a config): name -> `main(argv=None) -> exit code`.
+COMMANDS: dict[str, str] = {
+    "ingest": "landmarks.data.ingest_cli:main",
+    "sweep": "landmarks.sweep:sweep_main",  # a job (above) whose command line adds grid axes
+    "report": "landmarks.report:main",
+    "demo": "landmarks.demo:main",
+}
+
+
+def _load(ref: str) -> Any:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def command(name: str) -> Callable[..., int]:
+    """The `main(argv=None)` of a command (`COMMANDS`)."""
+    return _load(COMMANDS[name])
+
+
+def config_class(job: str) -> type:
+    if job not in JOBS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown job {job!r}; valid jobs: {', '.join(JOBS)}")
+    return _load(JOBS[job][0])
+
+
+def run_function(job: str) -> Callable:
+    config_class(job)
+    return _load(JOBS[job][1])
+
+
+def job_for_preset(path: str | Path) -> str:
+    """'jobs/configs/regress_mafl.yaml' -> 'regress' (longest job name that prefixes the file name)."""
+    stem = Path(path).stem
+    matches = [j for j in JOBS if stem == j or stem.startswith(j + "_")]
+    if not matches:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{path}: preset name does not start with a job name ({', '.join(JOBS)})")
+    return max(matches, key=len)
+
+
+def config_class_for_preset(path: str | Path) -> type:
+    return config_class(job_for_preset(path))
