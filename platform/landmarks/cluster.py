@@ -145,23 +145,15 @@ def check_resources(ray_cfg: Any, use_gpu: bool, resources: dict[str, float], wh
     if getattr(ray_cfg, "wait_for_resources", False):
         return
     workers = getattr(ray_cfg, "num_workers", 1)
-    cpus_needed = workers * ray_cfg.cpus_per_worker
-    cpus = resources.get("CPU", 0)
-    if cpus_needed > cpus:
-        raise UserError(
-            f"{what} asks for {workers} worker(s) x {ray_cfg.cpus_per_worker:g} CPU = {cpus_needed:g} CPUs "
-            f"but the Ray cluster has {cpus:g}; lower ray.num_workers / ray.cpus_per_worker, or add nodes "
-            f"(set ray.wait_for_resources=true on an autoscaling cluster)"
-        )
+    asks = [("CPU", ray_cfg.cpus_per_worker, "lower ray.num_workers / ray.cpus_per_worker, or add nodes")]
     if use_gpu:
-        gpus_needed = workers * ray_cfg.gpus_per_worker
-        gpus = resources.get("GPU", 0)
-        if gpus_needed > gpus:
-            raise UserError(
-                f"{what} asks for {workers} worker(s) x {ray_cfg.gpus_per_worker:g} GPU = {gpus_needed:g} GPUs "
-                f"but the Ray cluster has {gpus:g}; lower ray.num_workers, set ray.use_gpu=false, or add "
-                f"GPU nodes (ray.wait_for_resources=true on an autoscaling cluster)"
-            )
+        asks.append(("GPU", ray_cfg.gpus_per_worker, "lower ray.num_workers, set ray.use_gpu=false, or add GPU nodes"))
+    for kind, per_worker, fix in asks:
+        needed, has = workers * per_worker, resources.get(kind, 0)
+        if needed > has:
+            raise UserError(f"{what} asks for {workers} worker(s) x {per_worker:g} {kind} = {needed:g} {kind}s but "
+                            f"the Ray cluster has {has:g}; {fix} (set ray.wait_for_resources=true on an autoscaling "
+                            "cluster)")
 
 
 def join_cluster(ray_cfg: Any, what: str, verbose: bool = False) -> bool:

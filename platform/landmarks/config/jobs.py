@@ -70,11 +70,11 @@ class Resolved:
     weight_decay: float
     samples_per_epoch: int
     epochs: int
-    schedule_epochs: int = 0  # regression: the cosine's T
-    tps_augment: bool = False  # regression
+    schedule_epochs: int | None = None  # regression: the cosine's T
+    tps_augment: bool | None = None  # regression
 
     def params(self) -> dict[str, float | int | bool]:
-        return {f"resolved.{k}": v for k, v in asdict(self).items()}
+        return {f"resolved.{k}": v for k, v in asdict(self).items() if v is not None}
 
 
 class MocoConfig(Section):
@@ -104,6 +104,15 @@ class PretrainTrain(TrainConfig):
                           "the first step compiles for about a minute)")
 
 
+def _check_batch_split(cfg):
+    if cfg.train.batch_size % cfg.ray.num_workers:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by ray.num_workers="
+            f"{cfg.ray.num_workers}; the global batch is split evenly over workers"
+        )
+    return cfg
+
+
 class PretrainConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -116,11 +125,7 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _batch_divisible(self):
-        if self.train.batch_size % self.ray.num_workers:
-            raise ValueError(
-                f"train.batch_size={self.train.batch_size} is not divisible by ray.num_workers="
-                f"{self.ray.num_workers}; the global batch is split evenly over workers"
-            )
+        _check_batch_split(self)
         if self.train.warmup_epochs and self.train.lr_schedule == "epoch":
             raise ValueError("train.warmup_epochs needs train.lr_schedule=step (the official per-epoch cosine "
                              "has no warm-up)")
@@ -146,7 +151,9 @@ class EvalTrain(TrainConfig):
     adam_beta1: float = Field(0.5, ge=0.0, lt=1.0, description="Adam beta1 (paper: 0.5)")
 
 
-class EvalCommon(AnnotationsMixin):
+class RepresentationJob(Section):
+    """What every job that evaluates a frozen (or fine-tuned) representation has."""
+
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     backbone: BackboneSource = BackboneSource()
@@ -154,8 +161,11 @@ class EvalCommon(AnnotationsMixin):
     projector: ProjectorSource = ProjectorSource()
     features: FeatureCacheConfig = FeatureCacheConfig()
     ray: EvalRay = EvalRay()
-    repeat: int = Field(0, ge=0, description="repeat index; offsets the subset/initialisation seed")
     layers: int = Field(4, ge=1, le=4, description="hypercolumn stages (layer4..layer1)")
+
+
+class EvalCommon(RepresentationJob, AnnotationsMixin):
+    repeat: int = Field(0, ge=0, description="repeat index; offsets the subset/initialisation seed")
 
 
 class RegressTrain(EvalTrain):
@@ -229,15 +239,7 @@ class SegmentConfig(EvalCommon):
         return Resolved(float(lr), float(wd), int(spe), self.train.epochs)
 
 
-class MatchConfig(Section):
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    backbone: BackboneSource = BackboneSource()
-    representation: RepresentationKind = "hypercolumn"
-    projector: ProjectorSource = ProjectorSource()
-    features: FeatureCacheConfig = FeatureCacheConfig()
-    ray: EvalRay = EvalRay()
-    layers: int = Field(4, ge=1, le=4)
+class MatchConfig(RepresentationJob):
     split: str = "test"
     seed: int = 0
     descriptor_size: int | None = Field(
@@ -295,15 +297,6 @@ class MatchValidation(Section):
     split: str = "train"
     images: int = Field(2000, ge=2, description="a seeded subset of the split, in consecutive pairs")
     batch_size: int = Field(16, ge=2, description="images per forward pass")
-
-
-def _check_batch_split(cfg):
-    if cfg.train.batch_size % cfg.ray.num_workers:
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} is not divisible by ray.num_workers="
-            f"{cfg.ray.num_workers}; the global batch is split evenly over workers"
-        )
-    return cfg
 
 
 class ProjectorConfig(Section):

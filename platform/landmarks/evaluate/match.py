@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cli import JobArgs, print_summary
+from ..cli import JobArgs
 from ..config import MatchConfig, absolute_paths
 from ..data.manifest import Manifest, open_manifest
 from ..data.reader import load_split
@@ -28,7 +28,7 @@ from ..precision import pick_device
 from ..progress import Progress
 from ..sources import load_representation
 from ..tracking import RunLogger
-from .runner import run_logged
+from .runner import run_evaluation
 
 
 @dataclass
@@ -62,11 +62,8 @@ def run_match(cfg: MatchConfig, args: JobArgs) -> dict:
     """The job: check, then evaluate as one Ray task (in-process inside a Tune trial)."""
     cfg = absolute_paths(cfg)
     plan = check_matching(cfg)
-    metrics = run_logged("match", cfg, plan.tags, run_name(cfg, plan), evaluate_matching,
-                         getattr(args, "verbose", False),
-                         extra_params={"backbone.fingerprint": plan.rep.info["fingerprint"]}, plan=plan)
-    print_summary("match", metrics)
-    return metrics
+    params = {"backbone.fingerprint": plan.rep.info["fingerprint"]}
+    return run_evaluation("match", cfg, args, plan, run_name(cfg, plan), evaluate_matching, params)
 
 
 @torch.no_grad()

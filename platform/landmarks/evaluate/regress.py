@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..augment.tps import AUGMENT, tps_augment
 from ..augment.views import border_crop, normalize, to_float_images
-from ..cli import JobArgs, print_summary
+from ..cli import JobArgs
 from ..config import RegressConfig, Resolved, absolute_paths
 from ..coords import normalized_to_pixels, pixels_to_normalized
 from ..data.budgets import annotated_rows
@@ -48,7 +48,7 @@ from ..progress import Progress
 from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 from ..sources import load_representation
 from ..tracking import RunLogger
-from .runner import run_logged
+from .runner import run_evaluation
 
 PCK_THRESHOLD = 0.05  # of the image side, for the float PCK reported beside the official one
 
@@ -91,12 +91,9 @@ def run_regress(cfg: RegressConfig, args: JobArgs) -> dict:
     """The job: check everything, then train and score as one Ray task (in-process inside a Tune trial)."""
     cfg = absolute_paths(cfg)
     plan = check_regression(cfg)
-    resolved = {**plan.settings.params(), "resolved.train_rows": len(plan.rows),
-                "backbone.fingerprint": plan.rep.info["fingerprint"]}
-    metrics = run_logged("regress", cfg, plan.tags, run_name(cfg, plan), evaluate_regression,
-                         getattr(args, "verbose", False), extra_params=resolved, plan=plan)
-    print_summary("regress", metrics)
-    return metrics
+    params = {**plan.settings.params(), "resolved.train_rows": len(plan.rows),
+              "backbone.fingerprint": plan.rep.info["fingerprint"]}
+    return run_evaluation("regress", cfg, args, plan, run_name(cfg, plan), evaluate_regression, params)
 
 
 # ----------------------------------------------------------------------------- data sources

@@ -1,6 +1,6 @@
 """How a frozen-feature evaluation job runs: its MLflow run, and where it computes.
 
-    metrics = run_logged("regress", cfg, tags, name, evaluate_regression, verbose, plan=plan)
+    metrics = run_evaluation("regress", cfg, args, plan, run_name(cfg, plan), evaluate_regression, params)
 
 From the command line the evaluation runs as one Ray task with the resources of `ray.*`
 (`cluster.run_task`); inside a Ray worker (a Tune trial) it runs in process. Either way the MLflow
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import tracking
+from ..cli import JobArgs, print_summary
 from ..cluster import in_ray_worker, run_task
 from ..config import to_flat_dict
 
@@ -39,3 +40,12 @@ def run_logged(job: str, cfg: Any, tags: dict, run_name: str, evaluate: Callable
         raise
     logger.finish()
     return {**metrics, "mlflow_run_id": logger.run_id}
+
+
+def run_evaluation(job: str, cfg: Any, args: JobArgs, plan: Any, run_name: str, evaluate: Callable,
+                   extra_params: dict | None = None) -> dict:
+    """What every evaluation job's `run_*` does once its `plan` is checked: `run_logged` with the plan's
+    tags (the plan is handed to `evaluate` in process), then the summary lines."""
+    metrics = run_logged(job, cfg, plan.tags, run_name, evaluate, args.verbose, extra_params, plan=plan)
+    print_summary(job, metrics)
+    return metrics

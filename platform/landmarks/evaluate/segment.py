@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment.views import input_tensor
-from ..cli import JobArgs, print_summary
+from ..cli import JobArgs
 from ..config import Resolved, SegmentConfig, absolute_paths
 from ..data.budgets import annotated_rows
 from ..data.manifest import Manifest, open_manifest
@@ -42,7 +42,7 @@ from ..progress import Progress
 from ..schedules import cosine_lr, set_lr
 from ..sources import load_representation
 from ..tracking import RunLogger
-from .runner import run_logged
+from .runner import run_evaluation
 
 FIGURE_IMAGES = 6
 
@@ -86,13 +86,9 @@ def run_segment(cfg: SegmentConfig, args: JobArgs) -> dict:
     """The job: check everything, then train and score as one Ray task (in-process inside a Tune trial)."""
     cfg = absolute_paths(cfg)
     plan = check_segmentation(cfg)
-    resolved = {"resolved.lr": plan.settings.lr, "resolved.weight_decay": plan.settings.weight_decay,
-                "resolved.samples_per_epoch": plan.settings.samples_per_epoch, "resolved.train_rows": len(plan.rows),
-                "backbone.fingerprint": plan.rep.info["fingerprint"]}
-    metrics = run_logged("segment", cfg, plan.tags, run_name(cfg, plan), evaluate_segmentation,
-                         getattr(args, "verbose", False), extra_params=resolved, plan=plan)
-    print_summary("segment", metrics)
-    return metrics
+    params = {**plan.settings.params(), "resolved.train_rows": len(plan.rows),
+              "backbone.fingerprint": plan.rep.info["fingerprint"]}
+    return run_evaluation("segment", cfg, args, plan, run_name(cfg, plan), evaluate_segmentation, params)
 
 
 # ----------------------------------------------------------------------------- data and model
