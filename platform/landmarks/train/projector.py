@@ -197,7 +197,7 @@ def _finish(checkpoint, meta: dict, loss: float, logger: tracking.RunLogger) -> 
                        Path(tmp))
         logger.log_artifact(Path(tmp), "projector")
     step = int(ckpt_meta.get("step", 0))
-    logger.log_metrics({"final_loss": loss, **summary}, step=step)
+    logger.log_metrics({"final_loss": loss, "kept_epoch": kept["epoch"]}, step=step)
     logger.set_tags({"checkpoint_uri": checkpoint.path})
     logger.finish()
     return {"loss": loss, "epochs": int(ckpt_meta.get("epoch", -1)) + 1, "dim": meta["dim"],

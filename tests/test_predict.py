@@ -1,0 +1,171 @@
+"""Using what was trained: the model a regress run logs (pyfunc + our loader), jobs/predict.py on Ray Data
+over a dataset split and over a folder of images, registering the best model of a sweep, dataset inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+import _eval_data
+from landmarks.cli import JobArgs
+from landmarks.config import RegressConfig, load_config
+from landmarks.data.reader import load_split
+from landmarks.evaluate.regress import run_regress
+from landmarks.predict.job import main as predict_main
+
+PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "regress_synthetic_cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained(eval_data, tmp_path_factory):
+    """A regress run on the tiny faces (in process, as a Tune trial runs it) and its MLflow store."""
+    tmp = tmp_path_factory.mktemp("predict")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("LANDMARKS_IN_PROCESS", "1")
+    mp.chdir(tmp)
+    # features.enabled=false: the stage outputs are computed in float32 as the predictions will be
+    # (the cache stores float16), so the two metrics agree to float rounding.
+    cfg = load_config(RegressConfig, PRESET, [f"data.path={eval_data['faces']}", "data.image_size=32",
+                                              "train.epochs=3", "train.batch_size=8", "features.enabled=false"])
+    metrics = run_regress(cfg, JobArgs(None, None, False))
+    yield {"tmp": tmp, "uri": uri, "metrics": metrics, "run_id": metrics["mlflow_run_id"], "faces": eval_data["faces"]}
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def photos(trained):
+    """A folder of PNG and JPEG files (the test faces as stored, i.e. before the eval border crop) + a corrupt one."""
+    folder = trained["tmp"] / "photos"
+    folder.mkdir()
+    split = load_split(str(trained["faces"]), "test", 32, rows=range(4), stored=True)
+    for i, image in enumerate(split["image"]):
+        Image.fromarray(image).save(folder / (f"face{i}.png" if i % 2 else f"face{i}.jpg"), quality=95)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def test_logged_model_loads_with_pyfunc_and_our_loader(trained, photos):
+    import mlflow.pyfunc
+
+    from landmarks.predict.model import LandmarkModel
+    from landmarks.tracking.models import fetch_landmark_model
+
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained['run_id']}/model")
+    data = [(photos / name).read_bytes() for name in ("face0.jpg", "face1.png")]
+    out = pyfunc.predict(pd.DataFrame({"image": data}))
+    assert list(out.columns) == ["landmarks"] and len(out) == 2 and len(out["landmarks"][0]) == 10  # 5 (x, y)
+
+    model = LandmarkModel.load(fetch_landmark_model(trained["run_id"], trained["tmp"] / "fetched"))
+    assert model.task == "landmarks" and model.meta["dataset"] == "synthetic-faces" and model.meta["K"] == 5
+    for raw, pyfunc_landmarks in zip(data, out["landmarks"]):
+        image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+        x, box = model.preprocessing.image_to_input(image)
+        ours = model.preprocessing.input_to_original(model.predict(x[None])["landmarks"][0], box)
+        np.testing.assert_allclose(np.asarray(pyfunc_landmarks).reshape(-1, 2), ours, atol=1e-4)
+
+
+def test_runs_log_their_dataset_inputs(trained):
+    run = MlflowClient(trained["uri"]).get_run(trained["run_id"])
+    inputs = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+    test_rows = json.loads((trained["faces"] / "dataset.json").read_text())["splits"]["test"]["rows"]
+    assert inputs["synthetic-faces/test"]["split"] == "test" and inputs["synthetic-faces/test"]["rows"] == str(test_rows)
+    assert inputs["synthetic-faces/train"]["mlflow.data.context"] == "training"
+    digests = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert len(set(digests.values())) == 2  # each split its own content digest
+
+
+@pytest.mark.slow
+def test_predict_job_reproduces_the_regress_metric_through_ray_data(trained, ray_address, tmp_path):
+    out = tmp_path / "pred"
+    args = ["--config", str(_eval_data.ROOT / "jobs" / "configs" / "predict.yaml"), f"model.source={trained['run_id']}",
+            f"input.path={trained['faces']}", "input.split=test", f"output.path={out}", "--overlays", "2",
+            "--metrics-out", str(tmp_path / "m.json")]
+    env_tmp = trained["tmp"]  # the regress run's MLflow store
+    proc = _eval_data.run_job("predict", args, env_tmp, ray_address)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["iod"] == pytest.approx(trained["metrics"]["iod"], abs=1e-4)
+    table = pq.read_table(out / "predictions.parquet").to_pydict()
+    manifest = json.loads((out / "predictions.json").read_text())
+    test_rows = json.loads((trained["faces"] / "dataset.json").read_text())["splits"]["test"]["rows"]
+    assert len(table["image_id"]) == manifest["rows"] == test_rows and len(table["landmarks"][0]) == 10
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["0000.png", "0001.png"]
+    run = MlflowClient(f"sqlite:///{env_tmp}/mlflow.db").get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["job"] == "predict" and run.inputs.dataset_inputs[0].dataset.name == "synthetic-faces/test"
+
+
+def test_predict_on_a_folder_names_or_skips_the_unreadable_file(trained, photos, ray_local, tmp_path, monkeypatch,
+                                                                capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+    base = ["--config", str(_eval_data.ROOT / "jobs" / "configs" / "predict.yaml"), f"model.source={trained['run_id']}",
+            f"input.path={photos}", "ray.cpus_per_worker=0.5"]
+    assert predict_main([*base, f"output.path={tmp_path / 'refused'}"]) == 1
+    _eval_data.assert_one_line_error((1, capsys.readouterr().err), "broken.jpg", "--skip-bad")
+    assert not (tmp_path / "refused").exists()  # nothing half-written
+
+    assert predict_main([*base, f"output.path={tmp_path / 'out'}", "--skip-bad", "--metrics-out",
+                         str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["images"] == 4 and metrics["skipped"] == 1
+    table = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pydict()
+    assert sorted(table["image_id"]) == ["face0.jpg", "face1.png", "face2.jpg", "face3.png"]
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["skipped"] == ["broken.jpg"]
+    # The PNG files are the stored test images: a photo's landmarks, in its own pixels, are the dataset row's.
+    model_input = load_split(str(trained["faces"]), "test", 32, rows=range(4))
+    from landmarks.predict.model import LandmarkModel
+    from landmarks.tracking.models import fetch_landmark_model
+
+    model = LandmarkModel.load(fetch_landmark_model(trained["run_id"], tmp_path / "m"))
+    row = table["image_id"].index("face1.png")
+    expected = model.preprocessing.input_to_stored(model.predict(model_input["image"][1:2])["landmarks"][0])
+    np.testing.assert_allclose(np.asarray(table["landmarks"][row]).reshape(-1, 2), expected, atol=1e-3)
+
+
+BAD = {
+    "no_such_run": (["model.source=0123456789abcdef0123456789abcdef"], ["model.source", "no such model"]),
+    "not_a_model": (["model.source={tmp}"], ["not a landmark model"]),
+    "empty_folder": (["input.path={empty}"], ["no images"]),
+    "no_input": (["input.path="], ["input.path is not set"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_inputs_fail_in_one_line_before_work(case, trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+    (tmp_path / "empty").mkdir()
+    overrides, needles = BAD[case]
+    argv = ["--config", str(_eval_data.ROOT / "jobs" / "configs" / "predict.yaml"),
+            f"model.source={trained['run_id']}", f"input.path={trained['faces']}", f"output.path={tmp_path / 'o'}",
+            *(o.format(tmp=tmp_path, empty=tmp_path / "empty") for o in overrides)]
+    code = predict_main(argv)
+    _eval_data.assert_one_line_error((code, capsys.readouterr().err), *needles)
+    assert not Path(tmp_path / "o").exists()
+
+
+def test_sweep_registers_its_best_trial(trained, tmp_path, monkeypatch):
+    from landmarks.sweep import sweep_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+    monkeypatch.chdir(trained["tmp"])
+    code = sweep_main(None, ["--config", str(_eval_data.ROOT / "jobs" / "configs" / "sweep_synthetic_cpu.yaml"),
+                             f"data.path={trained['faces']}", "data.image_size=32", "grid={train.lr: [0.01, 0.001]}",
+                             "train.epochs=1", f"storage_path={tmp_path}/tune", "--register", "faces-regressor",
+                             "--metrics-out", str(tmp_path / "m.json")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    client = MlflowClient(trained["uri"])
+    best = client.get_model_version_by_alias("faces-regressor", "best")
+    children = [r for r in client.search_runs([client.get_experiment_by_name("sweep-synthetic").experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == metrics["mlflow_run_id"]]
+    iods = {r.info.run_id: r.data.metrics["iod"] for r in children}
+    assert best.run_id == min(iods, key=iods.get) and metrics["registered"] == f"faces-regressor/{best.version}"
