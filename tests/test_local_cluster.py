@@ -122,10 +122,20 @@ TASK = textwrap.dedent("""
 """)
 
 
-def _train_worker_pids(pgids: set[int]) -> list[int]:
-    """Ray Train workers of this test's cluster (in its nodes' process groups: other tests may train too)."""
+def _train_worker_pids(state: Path) -> list[int]:
+    """Ray Train workers of this test's cluster: children of its raylets, whose command lines name its
+    state dir (other tests may train on other Ray instances meanwhile)."""
+    raylets = {int(line.split(":")[0]) for line in processes_mentioning(str(state)) if "raylet" in line}
     out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True, check=False)
-    return sorted(set(int(p) for p in out.stdout.split()) & set(processes_in_groups(pgids)))
+    pids = []
+    for pid in (int(p) for p in out.stdout.split()):
+        try:
+            ppid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if ppid in raylets:
+            pids.append(pid)
+    return sorted(pids)
 
 
 def _job_logs(address: str, job_id: str, env: dict, follow: bool = False) -> str:
@@ -189,8 +199,7 @@ def test_two_node_cluster_runs_jobs_survives_a_killed_worker_and_goes_down(clust
         while not first.exists():
             assert time.monotonic() < deadline, "no checkpoint: " + _job_logs(dashboard_address, job_id, client_env)
             time.sleep(0.5)
-        node_groups = {int((state / f"{n}.pid").read_text()) for n in ("head", "worker")}
-        pids = _train_worker_pids(node_groups)
+        pids = _train_worker_pids(state)
         assert pids, "no Ray Train worker process found"
         os.kill(pids[-1], signal.SIGKILL)
         logs = _job_logs(dashboard_address, job_id, client_env, follow=True)  # returns when the job ends

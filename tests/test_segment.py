@@ -21,7 +21,7 @@ from landmarks.config import SegmentConfig, load_config
 from landmarks.data import load_manifest
 from landmarks.data.budgets import annotated_rows, budget_indices
 from landmarks.errors import UserError
-from landmarks.evaluate.segment import mask_figure, run_segment, segment_logits
+from landmarks.evaluate.segment import mask_figure, run_segment
 from landmarks.models import Projector, SegmentationHead, build_backbone
 from landmarks.models.representation import Representation, assemble
 
@@ -41,7 +41,7 @@ def test_blockwise_logits_equal_the_head_on_the_dense_map(kind):
         stages = backbone.stages(torch.randn(2, 3, 32, 32))
         dense = assemble(stages, rep.kind, 4, (16, 16))
         expected = head(projector(dense) if projector else dense, 32)
-        got = segment_logits(head, rep, stages, (16, 16), 32)
+        got = rep.mask_logits(head, stages, (16, 16), 32)
     assert got.shape == (2, 32, 32)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, job_env, run_job
+from conftest import ROOT, job_env
 from landmarks import registry, tracking
 from landmarks.cli import JobArgs
 from landmarks.config import to_flat_dict

@@ -68,6 +68,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "landmarks.sweep:sweep_main",  # a job (above) whose command line adds grid axes
     "report": "landmarks.report:main",
     "demo": "landmarks.demo:main",
+    "predict": "landmarks.predict.job:main",  # a config job whose command line adds --overlays / --skip-bad
 }
 
 

@@ -30,6 +30,7 @@ from .base import (
 from .jobs import (
     FinetuneConfig,
     MatchConfig,
+    PredictConfig,
     PretrainConfig,
     ProjectorConfig,
     RegressConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "MatchConfig",
     "MlflowConfig",
     "ModelConfig",
+    "PredictConfig",
     "PretrainConfig",
     "ProjectorConfig",
     "ProjectorSource",

@@ -342,10 +342,38 @@ class FinetuneConfig(EvalCommon):
         return _check_batch_split(self)
 
 
+class ModelSource(Section):
+    source: str = Field("", description="an MLflow run id (its logged model), models:/NAME/VERSION, "
+                        "models:/NAME@ALIAS, or a model directory")
+
+
+class PredictInput(Section):
+    path: str = Field("", description="an ingested dataset (local or s3://) or a local folder of JPEG/PNG images")
+    split: str = Field("test", description="the dataset's split to predict")
+    skip_bad: bool = Field(False, description="skip and count unreadable images (--skip-bad) instead of stopping")
+
+
+class PredictOutput(Section):
+    path: str = Field("predictions", description="output directory (must not hold anything yet)")
+    overlays: int = Field(0, ge=0, description="images to draw the predictions on (--overlays N)")
+
+
+class PredictConfig(Section):
+    """jobs/predict.py: batch prediction with a trained model on Ray Data."""
+
+    model: ModelSource = ModelSource()
+    input: PredictInput = PredictInput()
+    output: PredictOutput = PredictOutput()
+    batch_size: int = Field(64, ge=1, description="images per prediction call")
+    ray: EvalRay = EvalRay()
+    mlflow: MlflowConfig = MlflowConfig(experiment="predict")
+
+
 __all__ = [
     "Backbone",
     "FinetuneConfig",
     "MatchConfig",
+    "PredictConfig",
     "PretrainConfig",
     "ProjectorConfig",
     "RegressConfig",

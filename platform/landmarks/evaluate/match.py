@@ -36,6 +36,7 @@ class MatchPlan:
     manifest: Manifest
     rep: Representation
     tags: dict
+    splits: tuple[str, ...] = ("test",)  # what it reads (its MLflow inputs)
 
 
 def check_matching(cfg: MatchConfig) -> MatchPlan:
@@ -50,7 +51,7 @@ def check_matching(cfg: MatchConfig) -> MatchPlan:
     tags = {"dataset": manifest.name, "backbone": cfg.model.backbone, "representation": cfg.representation,
             "init": rep.info["init"], "seed": cfg.seed, "backbone_source": cfg.backbone.source,
             "projector_dim": rep.info.get("projector_dim"), "image_size": cfg.data.image_size, "split": cfg.split}
-    return MatchPlan(manifest, rep, tags)
+    return MatchPlan(manifest, rep, tags, (cfg.split,))
 
 
 def run_name(cfg: MatchConfig, plan: MatchPlan) -> str:

@@ -44,6 +44,7 @@ from ..metrics import inter_ocular_error, pck, pck_official
 from ..models import LandmarkRegressor
 from ..models.representation import Representation, dense_size
 from ..precision import pick_device
+from ..predict.model import LandmarkModel, model_meta
 from ..progress import Progress
 from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 from ..sources import load_representation
@@ -64,6 +65,11 @@ class Plan:
     rep: Representation
     is_cub: bool
     tags: dict = field(default_factory=dict)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits it reads (its MLflow inputs): CUB's epoch is chosen on val."""
+        return ("train", "val", "test") if self.is_cub else ("train", "test")
 
 
 def check_regression(cfg: RegressConfig) -> Plan:
@@ -247,4 +253,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         np.savez_compressed(path, image_id=np.array(test.image_ids, dtype=str), pred=pred.astype(np.float32),
                             gt=test.keypoints, visible=test.visible, image_size=cfg.data.image_size)
         run_logger.log_artifact(path, "predictions")
+    meta = model_meta(rep, regressor, "landmarks", plan.manifest, cfg.data.image_size,
+                      {"job": "regress", "mlflow_run_id": run_logger.run_id, plan.metric: metrics[plan.metric]})
+    run_logger.log_landmark_model(LandmarkModel(rep, regressor.eval(), "landmarks", meta))
     return metrics

@@ -24,11 +24,14 @@ def _remote_call(evaluate: Callable, cfg_dict: dict, cfg_cls: type, run_id: str,
 
 
 def run_logged(job: str, cfg: Any, tags: dict, run_name: str, evaluate: Callable, verbose: bool,
-               extra_params: dict | None = None, **in_process: Any) -> dict:
-    """Create the MLflow run, then `evaluate(cfg, run_logger, **in_process)` in this process (inside a
-    Ray worker) or as one Ray task; returns its metrics with the run id."""
+               extra_params: dict | None = None, datasets: tuple = (), **in_process: Any) -> dict:
+    """Create the MLflow run (with the dataset splits it reads, `datasets`: (manifest, path, split,
+    context) each, as its inputs), then `evaluate(cfg, run_logger, **in_process)` in this process (inside
+    a Ray worker) or as one Ray task; returns its metrics with the run id."""
     logger = tracking.start_run(cfg.mlflow.experiment, run_name, tags={"job": job, **tags})
     logger.log_params({**to_flat_dict(cfg), **(extra_params or {})})
+    for manifest, path, split, context in datasets:
+        logger.log_dataset(manifest, path, split, context)
     try:
         if in_ray_worker():
             metrics = evaluate(cfg, logger, **in_process)
@@ -45,7 +48,11 @@ def run_logged(job: str, cfg: Any, tags: dict, run_name: str, evaluate: Callable
 def run_evaluation(job: str, cfg: Any, args: JobArgs, plan: Any, run_name: str, evaluate: Callable,
                    extra_params: dict | None = None) -> dict:
     """What every evaluation job's `run_*` does once its `plan` is checked: `run_logged` with the plan's
-    tags (the plan is handed to `evaluate` in process), then the summary lines."""
-    metrics = run_logged(job, cfg, plan.tags, run_name, evaluate, args.verbose, extra_params, plan=plan)
+    tags and the splits of its dataset it reads (train, val, test as it has them; the plan is handed to
+    `evaluate` in process), then the summary lines."""
+    contexts = {"train": "training", "val": "validation", "test": "evaluation"}
+    splits = [s for s in getattr(plan, "splits", ("train", "test")) if s in plan.manifest.splits]
+    datasets = tuple((plan.manifest, cfg.data.path, s, contexts.get(s, s)) for s in splits)
+    metrics = run_logged(job, cfg, plan.tags, run_name, evaluate, args.verbose, extra_params, datasets, plan=plan)
     print_summary(job, metrics)
     return metrics

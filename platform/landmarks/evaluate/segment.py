@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..features import FeatureSet, features_for
 from ..metrics import mask_iou
 from ..models import SegmentationHead
-from ..models.representation import Representation, dense_size, linear_over_blocks
+from ..models.representation import Representation, dense_size
 from ..precision import autocast, pick_device
 from ..progress import Progress
 from ..schedules import cosine_lr, set_lr
@@ -129,16 +129,6 @@ class MaskRows:
         return self.rep.backbone.stages(x, num_stages=3 if self.rep.kind == "conv4" else 4)
 
 
-def segment_logits(head: SegmentationHead, rep: Representation, stages: list[torch.Tensor],
-                   size: tuple[int, int], image_size: int) -> torch.Tensor:
-    """Foreground logits (B, H, W) = head(rep.dense(stages)), the 1x1 conv run block by block."""
-    if rep.projector is not None:
-        return head(rep.dense(stages, size), image_size)
-    conv = head.classifier
-    logits = linear_over_blocks(rep.stage_blocks(stages), conv.weight, conv.bias, rep.map_size(stages, size))
-    return F.interpolate(logits.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)[:, 0]
-
-
 def _source(cfg: SegmentConfig, plan: SegmentPlan, split: str, rows: np.ndarray | None) -> MaskRows:
     size = cfg.data.image_size
     if cfg.features.enabled and not cfg.finetune:
@@ -155,7 +145,7 @@ def predict_masks(head, source: MaskRows, size, image_size: int, batch_size: int
     for start in range(0, len(source), batch_size):
         pos = np.arange(start, min(start + batch_size, len(source)))
         with autocast(source.rep.device):
-            logits = segment_logits(head, source.rep, source.stages(pos), size, image_size)
+            logits = source.rep.mask_logits(head, source.stages(pos), size, image_size)
         out.append((logits > 0).cpu())
     source.grad = grad
     return torch.cat(out).numpy()
@@ -177,7 +167,7 @@ def train_epoch(head, optimizer, source: MaskRows, batches: list[np.ndarray], ep
     for i, pos in enumerate(batches):
         set_lr(optimizer, cosine_lr(base_lr, epoch + i / len(batches), epochs))
         with autocast(source.rep.device):
-            logits = segment_logits(head, source.rep, source.stages(pos), size, image_size)
+            logits = source.rep.mask_logits(head, source.stages(pos), size, image_size)
         loss = F.binary_cross_entropy_with_logits(logits.float(), source.target(pos))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

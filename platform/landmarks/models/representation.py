@@ -229,6 +229,14 @@ class Representation:
                                                               tuple(size)))
         return assemble(stages, self.kind, self.layers, self.map_size(stages, size))
 
+    def mask_logits(self, head, stages: Sequence[torch.Tensor], size: tuple[int, int], image_size: int) -> torch.Tensor:
+        """A `SegmentationHead`'s foreground logits (B, S, S) at the image size: its 1x1 conv block by block."""
+        if self.projector is not None:
+            return head(self.dense(stages, size), image_size)
+        conv = head.classifier
+        logits = linear_over_blocks(self.stage_blocks(stages), conv.weight, conv.bias, self.map_size(stages, size))
+        return F.interpolate(logits.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)[:, 0]
+
     def landmarks(self, regressor, stages: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """regressor(dense(stages, size)) -> (B, K, 2), normalized, computed block by block."""
         if self.projector is not None:

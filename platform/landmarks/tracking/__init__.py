@@ -1,4 +1,4 @@
-"""All MLflow calls live here.
+"""All MLflow calls live here (this package; `models.py`: logged models, the registry, dataset inputs).
 
 A job creates (or resumes) one run on the driver with `start_run`, hands the run id to
 its Ray workers, and rank 0 re-attaches with `RunLogger(run_id)`: every other rank gets
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .config.base import flatten
-from .errors import UserError
+from ..config.base import flatten
+from ..errors import UserError
 
 SECRET_WORDS = ("secret", "password", "token", "access_key")
 REDACTED = "***"
@@ -179,6 +179,25 @@ class RunLogger:
             # and a torch.export trace of every model we log.
             mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
                                      pip_requirements=model_requirements())
+
+    def log_landmark_model(self, model: Any) -> None:
+        """A trained `predict.model.LandmarkModel` as this run's pyfunc model "model" (`tracking.models`)."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        from .models import log_landmark_model
+
+        with _fluent_tracking_uri(self.uri), \
+                mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            log_landmark_model(model, model_requirements())
+
+    def log_dataset(self, manifest: Any, path: str, split: str, context: str) -> None:
+        """One split of an ingested dataset as an input of this run (the UI's Dataset column)."""
+        if self.enabled:
+            from .models import dataset_input
+
+            self._client.log_inputs(self.run_id, datasets=[dataset_input(manifest, path, split, context)])
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
@@ -348,3 +367,26 @@ def run_links(run_id: str) -> list[str]:
         lines.append(f"Open the UI: mlflow ui --backend-store-uri {safe_uri(uri)}  (then http://127.0.0.1:5000)")
     return lines
 
+
+def fetch_landmark_model(source: str, dst: Path) -> Path:
+    """The local directory of the landmark model `source` names (run id, runs:/, models:/, a directory)."""
+    from .models import fetch_landmark_model as fetch
+
+    with _fluent_tracking_uri(tracking_uri()):
+        return fetch(source, dst)
+
+
+def register_model(run_id: str, name: str, alias: str | None = "best") -> str:
+    """Register the "model" of `run_id` as a new version of `name`, with `alias` -> the version."""
+    from .models import register_model as register
+
+    with _fluent_tracking_uri(tracking_uri()):
+        return register(run_id, name, alias)
+
+
+def registered_versions(run_ids: set[str]) -> list[dict[str, Any]]:
+    """The registered model versions made from the runs `run_ids` (name, version, aliases, run_id)."""
+    from .models import registered_versions as versions
+
+    with _fluent_tracking_uri(tracking_uri()):
+        return versions(run_ids)
