@@ -111,7 +111,16 @@ def run_job(job: str, args: list[str], tmp: Path, ray_address: str | None = None
 
 # A line Ray's log monitor forwards from its own processes to the driver's stderr, e.g.
 # "\x1b[33m(raylet)\x1b[0m ... is over 95% full": printed by the cluster at any moment, not by the job.
-RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|autoscaler|[\w.-]* ?pid=\d+[^)]*)\)")
+RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|autoscaler|[\w.() -]*? ?pid=\d+[^)]*)\)")
+
+
+def logged_model(tmp: Path, run_id: str):
+    """The landmark model (`landmarks.predict.LandmarkModel`) that run `run_id` of the job store in `tmp`
+    (`job_env`) logged as its "model"."""
+    from landmarks import tracking
+    from landmarks.predict.model import LandmarkModel
+
+    return LandmarkModel.load(tracking.fetch_landmark_model(run_id, tmp / f"model-{run_id}", f"sqlite:///{tmp}/mlflow.db"))
 
 
 def job_stderr_lines(err: str) -> list[str]:

@@ -91,6 +91,15 @@ def test_finetune_end_to_end(eval_data, ray_address, tmp_path):
     torch.testing.assert_close(state["model"]["backbone.layer4.0.conv1.weight"], initial.layer4[0].conv1.weight)
     assert meta["iod"] == pytest.approx(metrics["iod"]) and meta["mlflow_run_id"] == metrics["mlflow_run_id"]
 
+    # The run's inputs, and its model: the fine-tuned backbone + regressor predict what the run scored.
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"synthetic-faces/train", "synthetic-faces/test"}
+    model = _eval_data.logged_model(tmp_path, metrics["mlflow_run_id"])
+    assert (model.task, model.meta["architecture"]["representation"], model.meta["iod"]) == (
+        "landmarks", "conv4", pytest.approx(metrics["iod"]))
+    test = load_split(str(eval_data["faces"]), "test", 32)
+    logged = np.load(tmp_path / "predictions.npz")
+    np.testing.assert_allclose(model.predict(test["image"])["landmarks"], logged["pred"], atol=1e-3)
+
 
 def test_finetune_bad_input(eval_data, tmp_path, monkeypatch, capsys):
     faces = str(eval_data["faces"])

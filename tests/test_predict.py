@@ -169,3 +169,10 @@ def test_sweep_registers_its_best_trial(trained, tmp_path, monkeypatch):
                 if r.data.tags.get("mlflow.parentRunId") == metrics["mlflow_run_id"]]
     iods = {r.info.run_id: r.data.metrics["iod"] for r in children}
     assert best.run_id == min(iods, key=iods.get) and metrics["registered"] == f"faces-regressor/{best.version}"
+
+    from landmarks.report import run_report
+
+    report = run_report(["sweep-synthetic"], tmp_path / "report", mlflow_experiment=None)
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert report["registered_models"] == 1
+    assert f"- models:/faces-regressor/{best.version} @best: regress run " in summary and best.run_id[:8] in summary

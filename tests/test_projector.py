@@ -137,6 +137,14 @@ def test_train_projector_end_to_end_and_resume(eval_data, ray_address, tmp_path,
     assert (projector.in_channels, projector.dim, projector.softargmax_mul) == (960, 32, 7.0)
     assert projector.meta["backbone_fingerprint"] == info["fingerprint"] and projector.meta["layers"] == 4
     assert projector.meta["kept_epoch"] == metrics["kept_epoch"]
+    # The run's model: the kept projector on its backbone, dense unit descriptors at the input size.
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["synthetic-faces/train"]
+    model = _eval_data.logged_model(tmp_path, metrics["mlflow_run_id"])
+    assert (model.task, model.meta["kept_epoch"]) == ("descriptors", metrics["kept_epoch"])
+    torch.testing.assert_close(model.projector.proj.weight, projector.proj.weight)
+    faces = read_split_numpy(eval_data["faces"], "test")["image"][:2]
+    descriptors = model.predict(model.preprocessing.stored_to_input(faces))["descriptors"]
+    assert descriptors.shape == (2, 32, 32, 32)
 
     again = _eval_data.run_job("train_projector", args, tmp_path, ray_address)  # complete: nothing to train
     assert again.returncode == 0, again.stderr[-4000:]

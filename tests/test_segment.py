@@ -20,8 +20,10 @@ from landmarks.cli import job_main
 from landmarks.config import SegmentConfig, load_config
 from landmarks.data import load_manifest
 from landmarks.data.budgets import annotated_rows, budget_indices
+from landmarks.data.reader import load_split
 from landmarks.errors import UserError
 from landmarks.evaluate.segment import mask_figure, run_segment
+from landmarks.metrics import mask_iou
 from landmarks.models import Projector, SegmentationHead, build_backbone
 from landmarks.models.representation import Representation, assemble
 
@@ -109,6 +111,12 @@ def test_segment_finetuned_in_process(eval_data, tmp_path):
     assert run.data.params["resolved.train_rows"] == "20"
     assert len(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id,
                                                                                   "train_loss")) == 2 + 1
+    # Its model (fine-tuned backbone + head) segments the test split as the run scored it.
+    model = _eval_data.logged_model(tmp_path, metrics["mlflow_run_id"])
+    test = load_split(str(eval_data["faces"]), "test", 32)
+    pred = model.predict(test["image"])["mask"]
+    assert model.task == "mask" and pred.shape == (len(test["image"]), 32, 32)
+    assert mask_iou(pred, test["mask"] > 127) == pytest.approx(metrics["iou"], abs=0.01)
 
 
 def test_segment_bad_input(eval_data, tmp_path, monkeypatch, capsys):

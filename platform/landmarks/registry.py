@@ -62,6 +62,9 @@ JOBS: dict[str, tuple[str, str]] = {
     "finetune": ("landmarks.config:FinetuneConfig", "landmarks.train.finetune:run_finetune"),
     "sweep": ("landmarks.sweep:SweepConfig", "landmarks.sweep:run_sweep"),
 }
+# Jobs whose run logs a "model" (landmarks.predict.LandmarkModel as an MLflow pyfunc) and what it predicts.
+MODEL_TASKS: dict[str, str] = {"regress": "landmarks", "finetune": "landmarks", "segment": "mask",
+                               "train_projector": "descriptors"}
 # Commands with arguments of their own (not a config): name -> `main(argv=None) -> exit code`.
 COMMANDS: dict[str, str] = {
     "ingest": "landmarks.data.ingest_cli:main",

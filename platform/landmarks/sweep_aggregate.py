@@ -243,7 +243,16 @@ def finish_sweep(name: str, cfg: Any, outcomes: list[TrialOutcome], parent: Any,
         "metric": metric, "mode": mode, "best_cell": best.cell if best else None,
         "trials": len(outcomes), "finished": len(outcomes) - len(failed), "failed": len(failed),
         "failed_trials": [o.run_name for o in failed], "mlflow_run_id": parent.run_id,
+        "best_run_id": best_run(best, mode),
     }
+
+
+def best_run(cell: CellStats | None, mode: str) -> str | None:
+    """The MLflow run of the best trial of the best cell (the one a sweep registers)."""
+    if cell is None or not cell.n:
+        return None
+    pick = (min if mode == "min" else max)(range(cell.n), key=lambda i: cell.values[i])
+    return cell.run_ids[pick] or None
 
 
 def _log_parent(parent: Any, cells: list[CellStats], best: CellStats | None, metric: str,

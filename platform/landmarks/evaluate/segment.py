@@ -38,6 +38,7 @@ from ..metrics import mask_iou
 from ..models import SegmentationHead
 from ..models.representation import Representation, dense_size
 from ..precision import autocast, pick_device
+from ..predict.model import LandmarkModel, model_meta
 from ..progress import Progress
 from ..schedules import cosine_lr, set_lr
 from ..sources import load_representation
@@ -222,6 +223,9 @@ def evaluate_segmentation(cfg: SegmentConfig, run_logger: RunLogger, plan: Segme
     }
     run_logger.log_metrics({k: v for k, v in metrics.items() if k != "epochs"}, step=cfg.train.epochs)
     _log_figure(cfg, pred, gt, run_logger)
+    meta = model_meta(rep, head.eval(), "mask", plan.manifest, image_size,
+                      {"job": "segment", "mlflow_run_id": run_logger.run_id, "iou": metrics["iou"]})
+    run_logger.log_landmark_model(LandmarkModel(rep, head, "mask", meta))
     return metrics
 
 

@@ -96,7 +96,7 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {k: v for k, v in batch.items() if k != "image"}
-        predicted = self.model.predict(batch["image"])
+        predicted = self.model.predict(np.require(batch["image"], requirements="W"))  # Arrow's arrays are read-only
         pre = self.model.preprocessing
         if "landmarks" in predicted:
             out["landmarks_input"] = predicted["landmarks"].astype(np.float32)
@@ -141,6 +141,7 @@ def run_predict(cfg: PredictConfig, args: JobArgs) -> dict:
         model = LandmarkModel.load(model_dir)
     kind, manifest, files = _input(cfg)
     use_gpu = join_cluster(cfg.ray, "prediction", args.verbose)
+    actors = _actor_count(cfg, args.verbose)
     tags = {"job": "predict", "model_source": cfg.model.source, "task": model.task, "input": kind,
             "dataset": manifest.name if manifest else "images", "model_dataset": model.meta.get("dataset")}
     logger = tracking.start_run(cfg.mlflow.experiment, cfg.mlflow.run_name or f"predict-{tags['dataset']}", tags=tags)
@@ -149,7 +150,7 @@ def run_predict(cfg: PredictConfig, args: JobArgs) -> dict:
         logger.log_dataset(manifest, cfg.input.path, cfg.input.split, context="prediction")
     try:
         t0 = time.perf_counter()
-        rows = _predict(cfg, model, kind, files, use_gpu)
+        rows = _predict(cfg, model, kind, files, use_gpu, actors)
         metrics = _finish(cfg, model, manifest, rows, logger, time.perf_counter() - t0)
     except BaseException as err:
         logger.fail(f"{type(err).__name__}: {err}")
@@ -160,8 +161,24 @@ def run_predict(cfg: PredictConfig, args: JobArgs) -> dict:
     return metrics
 
 
+def _actor_count(cfg: PredictConfig, verbose: bool) -> int:
+    """`ray.num_workers`, or fewer so that one CPU stays free for the read and prepare tasks (actors
+    holding every CPU would wait forever for batches that no task can produce)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    fit = int((cpus - 1) // cfg.ray.cpus_per_worker) if cfg.ray.cpus_per_worker > 0 else cfg.ray.num_workers
+    if fit < 1:
+        raise UserError(f"ray.cpus_per_worker={cfg.ray.cpus_per_worker}: the cluster has {cpus:g} CPUs and "
+                        "prediction needs one more than a prediction actor takes (for reading the images)")
+    if fit < cfg.ray.num_workers and verbose:
+        print(f"predict: {fit} prediction actor(s) instead of ray.num_workers={cfg.ray.num_workers}: "
+              f"one of the cluster's {cpus:g} CPUs stays free for reading the images")
+    return min(fit, cfg.ray.num_workers)
+
+
 def _predict(cfg: PredictConfig, model: LandmarkModel, kind: str, files: list[tuple[str, str]],
-             use_gpu: bool) -> dict[str, np.ndarray]:
+             use_gpu: bool, actors: int) -> dict[str, np.ndarray]:
     import ray
 
     from ..data.reader import read_dataset
@@ -175,7 +192,7 @@ def _predict(cfg: PredictConfig, model: LandmarkModel, kind: str, files: list[tu
             prepare_files, fn_kwargs={"preprocessing": pre}, batch_format="numpy", batch_size=cfg.batch_size)
     model_ref = ray.put((model.meta, model.state()))
     ds = ds.map_batches(Predictor, fn_constructor_kwargs={"model_ref": model_ref}, batch_format="numpy",
-                        batch_size=cfg.batch_size, concurrency=cfg.ray.num_workers,
+                        batch_size=cfg.batch_size, concurrency=(1, actors),
                         num_cpus=cfg.ray.cpus_per_worker, num_gpus=cfg.ray.gpus_per_worker if use_gpu else 0)
     parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
     if not parts:

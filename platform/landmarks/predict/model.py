@@ -210,6 +210,9 @@ def _build_head(task: str, spec: dict | None) -> nn.Module | None:
     return None
 
 
+_METRICS = {"mask": "iou", "descriptors": "match_same_px"}
+
+
 def model_meta(rep: Representation, head: nn.Module | None, task: str, manifest: Any, input_size: int,
                extra: dict | None = None) -> dict:
     """meta.json of a model trained on the dataset of `manifest` (its architecture and preprocessing)."""
@@ -229,7 +232,7 @@ def model_meta(rep: Representation, head: nn.Module | None, task: str, manifest:
     }
     return {"task": task, "architecture": architecture, "dataset": manifest.name, "K": manifest.K,
             "landmark_names": list(manifest.landmark_names), "eye_indices": manifest.eye_indices,
-            "metric": "iod" if manifest.eye_indices else "pck", "map_size": list(dense_size(rep.kind, input_size)),
+            "metric": _METRICS.get(task) or ("iod" if manifest.eye_indices else "pck"), "map_size": list(dense_size(rep.kind, input_size)),
             "preprocessing": asdict(Preprocessing.from_manifest(manifest, input_size)),
             "backbone_fingerprint": rep.info.get("fingerprint"), **(extra or {})}
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import tracking
 from ..errors import UserError
+from ..registry import METRIC_GOALS
 from .runs import RUN_ID, RunRecord, load_records
 from .tables import LOWER_IS_BETTER, TableResult, build_tables, write_tables
 
@@ -63,10 +64,12 @@ def run_report(experiments: list[str], out: str | Path, pca_backbone: str | None
 
         figures["hypercolumn PCA (pretrained vs random init)"] = pca_figure(
             pca["images"], pca["pretrained"], pca["random"], out / "figures" / "pca_hypercolumns.png")
-    summary = write_summary(out / "summary.md", experiments, records, results, figures, notes)
+    registered = tracking.registered_versions({r.run_id for r in records})
+    summary = write_summary(out / "summary.md", experiments, records, results, figures, notes, registered)
 
     metrics: dict[str, Any] = {"runs": len(records), "tables": len(results),
-                               "matched": sum(len(r.matched) for r in results), "figures": len(figures)}
+                               "matched": sum(len(r.matched) for r in results), "figures": len(figures),
+                               "registered_models": len(registered)}
     if mlflow_experiment:
         logger = tracking.start_run(mlflow_experiment, f"report-{'+'.join(experiments)}"[:200],
                                     tags={"job": "report", "report_experiments": ", ".join(experiments)})
@@ -240,7 +243,7 @@ def compute_pca(source: str, arch: str | None, data: str, n: int = 4, seed: int 
 
 
 def write_summary(path: Path, experiments: list[str], records: list[RunRecord], results: list[TableResult],
-                  figures: dict[str, Path], notes: list[str]) -> Path:
+                  figures: dict[str, Path], notes: list[str], registered: list[dict[str, Any]] = ()) -> Path:
     jobs: dict[str, int] = {}
     for r in records:
         jobs[r.job] = jobs.get(r.job, 0) + 1
@@ -270,6 +273,15 @@ def write_summary(path: Path, experiments: list[str], records: list[RunRecord], 
     if not any(r.ours_rows for r in results):
         lines += ["None of the runs belong to a paper table (which jobs and settings do: see the tables).", ""]
     lines += ["## Figures", ""] + [f"- {title}: figures/{p.name}" for title, p in figures.items()]
+    if registered:
+        by_id = {r.run_id: r for r in records}
+        lines += ["", "## Registered models", ""]
+        for v in sorted(registered, key=lambda v: (v["name"], int(v["version"]))):
+            run = by_id[v["run_id"]]
+            scores = ", ".join(f"{k}={run.metrics[k]:.4g}" for k in METRIC_GOALS if k in run.metrics)
+            aliases = "".join(f" @{a}" for a in v["aliases"])
+            lines.append(f"- models:/{v['name']}/{v['version']}{aliases}: {run.job} run {run.run_name} "
+                         f"({run.run_id[:8]}, {run.experiment}){': ' + scores if scores else ''}")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB}"
 
 
-MODEL_PACKAGES = ("torch", "numpy", "cloudpickle", "landmarks")  # what unpickling a logged model imports
+MODEL_PACKAGES = ("torch", "numpy", "pillow", "cloudpickle", "landmarks")  # what loading a logged model imports
 
 
 def model_requirements() -> list[str]:
@@ -368,11 +368,12 @@ def run_links(run_id: str) -> list[str]:
     return lines
 
 
-def fetch_landmark_model(source: str, dst: Path) -> Path:
-    """The local directory of the landmark model `source` names (run id, runs:/, models:/, a directory)."""
+def fetch_landmark_model(source: str, dst: Path, uri: str | None = None) -> Path:
+    """The local directory of the landmark model `source` names (run id, runs:/, models:/, a directory),
+    from the tracking server `uri` (default: this process's)."""
     from .models import fetch_landmark_model as fetch
 
-    with _fluent_tracking_uri(tracking_uri()):
+    with _fluent_tracking_uri(uri or tracking_uri()):
         return fetch(source, dst)
 
 

@@ -14,11 +14,13 @@ import hashlib
 import io
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 from ..errors import UserError
 
@@ -38,8 +40,7 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model = LandmarkModel.load(context.artifacts[MODEL_ARTIFACT])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
-        import pandas as pd
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from PIL import Image
 
         images = model_input["image"] if isinstance(model_input, pd.DataFrame) else model_input
@@ -72,11 +73,13 @@ def log_landmark_model(model: Any, requirements: list[str]) -> None:
     """Log `model` (a `LandmarkModel`) in the active MLflow run as the pyfunc model "model"."""
     with tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp:
         directory = model.save(Path(tmp) / MODEL_ARTIFACT)
-        mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=LandmarkPyfunc(),
-                                artifacts={MODEL_ARTIFACT: str(directory)}, signature=_signature(model.task),
-                                pip_requirements=requirements,
-                                metadata={"landmarks_task": model.task, "dataset": model.meta.get("dataset"),
-                                          "preprocessing": model.meta["preprocessing"]})
+        with warnings.catch_warnings():  # "no input example": the signature says it all (image bytes in)
+            warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)
+            mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                                    artifacts={MODEL_ARTIFACT: str(directory)}, signature=_signature(model.task),
+                                    pip_requirements=requirements,
+                                    metadata={"landmarks_task": model.task, "dataset": model.meta.get("dataset"),
+                                              "preprocessing": model.meta["preprocessing"]})
 
 
 def fetch_landmark_model(source: str, dst: Path) -> Path:
@@ -144,7 +147,12 @@ def dataset_input(manifest: Any, path: str, split: str, context: str) -> Any:
 
     shards = manifest.split(split).shards
     digest = hashlib.sha256("".join(s.sha256 for s in shards).encode()).hexdigest()[:16]
-    dataset = MetaDataset(source=resolve_dataset_source(path), name=f"{manifest.name}/{split}", digest=digest)
+    if "://" not in path:
+        path = str(Path(path).expanduser().resolve())
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and warns about the tie
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(path)
+    dataset = MetaDataset(source=source, name=f"{manifest.name}/{split}", digest=digest)
     tags = [InputTag("mlflow.data.context", context), InputTag("split", split),
             InputTag("rows", str(manifest.split(split).rows))]
     return DatasetInput(dataset._to_mlflow_entity(), tags=tags)

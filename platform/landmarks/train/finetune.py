@@ -30,8 +30,10 @@ from ..data.manifest import Manifest, open_manifest
 from ..data.normalization import input_stats
 from ..data.reader import eval_geometry, split_image_ids
 from ..errors import UserError
+from ..models.representation import Representation
+from ..predict.model import LandmarkModel, model_meta
 from ..sources import load_backbone
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint_dir
 
 COMPATIBLE = ("backbone_fingerprint", "representation", "layers", "num_landmarks", "train_rows")
 
@@ -113,6 +115,9 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
     logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": plan.info["fingerprint"],
                        "resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay,
                        "resolved.batch_size": plan.batch_size, "resolved.train_rows": len(plan.rows)})
+    if not previous:
+        for split, context in (("train", "training"), ("test", "evaluation")):
+            logger.log_dataset(plan.manifest, cfg.data.path, split, context)
     if previous:
         state = "already finished, nothing to train" if done else f"resuming after epoch {previous[1]['epoch'] + 1}"
         print(f"[finetune] {name}: {state} ({previous[0]})", flush=True)
@@ -124,6 +129,7 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
             if result.checkpoint is None or metric not in result.metrics:
                 raise UserError("fine-tuning ended without a final checkpoint and test score")
             checkpoint_path, final = result.checkpoint.path, result.metrics
+        _log_model(cfg, plan, checkpoint_path, metric, float(final[metric]), logger)
     except BaseException as err:
         logger.fail(f"{type(err).__name__}: {err}")
         raise
@@ -133,6 +139,23 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
     logger.finish()
     print_summary("finetune", metrics)
     return metrics
+
+
+def _log_model(cfg: FinetuneConfig, plan: FinetunePlan, checkpoint_path: str, metric: str, value: float,
+               logger: tracking.RunLogger) -> None:
+    """The fine-tuned backbone and regressor of the final checkpoint as the run's "landmarks" model."""
+    from ray.train import Checkpoint
+
+    from .finetune_loop import build_model
+
+    with Checkpoint(checkpoint_path).as_directory() as directory:
+        state, _ = load_checkpoint_dir(directory)
+    net = build_model(cfg, plan.manifest.K, plan.backbone.fc.out_features)
+    net.load_state_dict(state["model"])
+    rep = Representation(cfg.representation, net.backbone, plan.info, None, cfg.layers, plan.mean, plan.std)
+    meta = model_meta(rep, net.regressor, "landmarks", plan.manifest, cfg.data.image_size,
+                      {"job": "finetune", "mlflow_run_id": logger.run_id, metric: value})
+    logger.log_landmark_model(LandmarkModel(rep, net.regressor.eval(), "landmarks", meta))
 
 
 def train_view(batch: dict[str, np.ndarray], keep_ids: frozenset | None, border: int,

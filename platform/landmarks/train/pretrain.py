@@ -49,6 +49,8 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
             "data_fraction": cfg.data.fraction, "image_size": cfg.data.image_size}
     logger = tracking.start_run(cfg.mlflow.experiment, name, tags=tags, run_id=run_id)
     logger.log_params(to_flat_dict(cfg))
+    if not previous:
+        logger.log_dataset(manifest, cfg.data.path, "train", "training")
     if previous:
         print(f"[pretrain] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)", flush=True)
 

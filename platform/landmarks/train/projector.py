@@ -38,7 +38,10 @@ from ..data.manifest import open_manifest
 from ..data.normalization import input_stats
 from ..data.reader import load_split
 from ..errors import UserError
+from ..models import Projector
+from ..models.representation import Representation
 from ..models.representation import block_channels as blocks
+from ..predict.model import LandmarkModel, model_meta
 from ..sources import load_backbone
 from .checkpoint import latest_checkpoint, load_checkpoint_dir
 
@@ -102,6 +105,8 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
             "seed": cfg.train.seed, "image_size": cfg.data.image_size}
     logger = tracking.start_run(cfg.mlflow.experiment, name, tags=tags,
                                 run_id=previous[1].get("mlflow_run_id") if previous else None)
+    if not previous:
+        logger.log_dataset(manifest, cfg.data.path, "train", "training")
     logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": info["fingerprint"],
                        "resolved.in_channels": in_channels, "resolved.train_rows": train_rows,
                        "resolved.softargmax_mul": meta["softargmax_mul"], "resolved.temperature": meta["temperature"],
@@ -120,7 +125,8 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
             if result.checkpoint is None:
                 raise UserError("projector training ended without a checkpoint")
             checkpoint, loss = result.checkpoint, float(result.metrics["loss"])
-        metrics = _finish(checkpoint, meta, loss, logger)
+        metrics, kept = _finish(checkpoint, meta, loss, logger)
+        _log_model(cfg, backbone, info, meta, manifest, kept, metrics, logger)
     except BaseException as err:
         logger.fail(f"{type(err).__name__}: {err}")
         raise
@@ -181,9 +187,9 @@ def save_projector(state: dict[str, torch.Tensor], meta: dict, directory: Path) 
     return directory / PROJECTOR_FILE
 
 
-def _finish(checkpoint, meta: dict, loss: float, logger: tracking.RunLogger) -> dict:
+def _finish(checkpoint, meta: dict, loss: float, logger: tracking.RunLogger) -> tuple[dict, dict]:
     """Log the kept projector (the best validation epoch, else the last; tied to its backbone by the
-    fingerprint) and end the run."""
+    fingerprint) -> (the job's metrics, the kept projector's state dict)."""
     with checkpoint.as_directory() as d:
         state, ckpt_meta = load_checkpoint_dir(d)
     best = state.get("best")
@@ -199,6 +205,20 @@ def _finish(checkpoint, meta: dict, loss: float, logger: tracking.RunLogger) -> 
     step = int(ckpt_meta.get("step", 0))
     logger.log_metrics({"final_loss": loss, "kept_epoch": kept["epoch"]}, step=step)
     logger.set_tags({"checkpoint_uri": checkpoint.path})
-    logger.finish()
     return {"loss": loss, "epochs": int(ckpt_meta.get("epoch", -1)) + 1, "dim": meta["dim"],
-            "mlflow_run_id": logger.run_id, "checkpoint": checkpoint.path, **summary}
+            "mlflow_run_id": logger.run_id, "checkpoint": checkpoint.path, **summary}, kept["projector"]
+
+
+def _log_model(cfg: ProjectorConfig, backbone, info: dict, meta: dict, manifest, state: dict, metrics: dict,
+               logger: tracking.RunLogger) -> None:
+    """The kept projector on its backbone as the run's "descriptors" model (dense descriptors of any
+    photo, `jobs/predict.py`), then end the run."""
+    projector = Projector(meta["in_channels"], meta["dim"], meta["softargmax_mul"])
+    projector.load_state_dict(state)
+    mean, std, _ = input_stats(manifest)
+    rep = Representation("projected", backbone, info, projector, cfg.layers, mean, std)
+    extra = {"job": "train_projector", "mlflow_run_id": logger.run_id,
+             **{k: metrics[k] for k in ("kept_epoch", "val_match_same_px") if k in metrics}}
+    logger.log_landmark_model(LandmarkModel(rep, None, "descriptors",
+                                            model_meta(rep, None, "descriptors", manifest, cfg.data.image_size, extra)))
+    logger.finish()
