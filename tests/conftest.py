@@ -131,9 +131,12 @@ def run_job(script: str, *args: str, cwd: Path, env: dict | None = None, timeout
 
 
 @pytest.fixture(scope="session")
-def tiny_faces(tmp_path_factory) -> Path:
-    """200 synthetic faces at a 32 px input (46 px stored), ingested through jobs/ingest.py."""
+def tiny_faces(tmp_path_factory, ray_local) -> Path:
+    """200 synthetic faces at a 32 px input (46 px stored), ingested on the session's Ray (the command
+    line, jobs/ingest.py, is tested in test_ingest.py)."""
+    from landmarks.data import ingest
+
     out = tmp_path_factory.mktemp("tiny-faces") / "faces"
-    run_job("ingest.py", "synthetic-faces", "--num-images", "200", "--seed", "0", "--image-size", "32",
-            "--rows-per-shard", "50", "--out", str(out), cwd=out.parent, timeout=300)
+    ingest("synthetic-faces", None, str(out), image_size=32, rows_per_shard=50,
+           options={"num_images": 200, "seed": 0}, progress=False)
     return out

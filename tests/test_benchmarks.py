@@ -18,9 +18,11 @@ from conftest import ROOT, job_env
 pytestmark = pytest.mark.slow
 
 
-def run_bench(script: str, tmp_path: Path, *args: str, env: dict | None = None) -> dict:
+def run_bench(script: str, tmp_path: Path, *args: str, env: dict | None = None, ray_address: str | None = None) -> dict:
+    """`benchmarks/SCRIPT --quick`; with `ray_address` it joins the session's Ray instead of starting one."""
     out = tmp_path / f"{Path(script).stem}.json"
-    env = env or job_env(f"sqlite:///{tmp_path}/mlflow.db", LANDMARKS_BENCH_DATA=str(tmp_path / "bench-data"))
+    extra = {"RAY_ADDRESS": ray_address} if ray_address else {}
+    env = env or job_env(f"sqlite:///{tmp_path}/mlflow.db", LANDMARKS_BENCH_DATA=str(tmp_path / "bench-data"), **extra)
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stderr[-5000:]}\n{proc.stdout[-3000:]}"
@@ -30,8 +32,8 @@ def run_bench(script: str, tmp_path: Path, *args: str, env: dict | None = None) 
     return doc
 
 
-def test_data_quick(tmp_path):
-    doc = run_bench("data.py", tmp_path)
+def test_data_quick(tmp_path, ray_address):
+    doc = run_bench("data.py", tmp_path, ray_address=ray_address)
     rows = doc["rows"]
     assert {r["pipeline"] for r in rows} == {"dataloader", "ray", "ray-rows"}
     assert {r["workload"] for r in rows} == {"decode", "decode+views"}
@@ -41,8 +43,8 @@ def test_data_quick(tmp_path):
     assert doc["summary"]["ray_startup_s"] > 0
 
 
-def test_train_quick(tmp_path):
-    doc = run_bench("train.py", tmp_path)
+def test_train_quick(tmp_path, ray_address):
+    doc = run_bench("train.py", tmp_path, ray_address=ray_address)
     rows = {(r["mode"], r["workers"]): r for r in doc["rows"]}
     assert set(rows) == {("plain", 1), ("ray", 1)}
     for r in rows.values():
@@ -79,16 +81,16 @@ def test_memory_quick_reproduces_table2_and_logs_to_mlflow(tmp_path):
     assert len(runs) == 1 and runs[0].data.metrics["resnet18.summary_fwd_bwd_mb"] == pytest.approx(11.54, abs=0.01)
 
 
-def test_sweep_quick(tmp_path):
-    doc = run_bench("sweep.py", tmp_path)
+def test_sweep_quick(tmp_path, ray_address):
+    doc = run_bench("sweep.py", tmp_path, ray_address=ray_address)
     rows = {r["mode"]: r for r in doc["rows"]}
     assert set(rows) == {"cache", "no-cache"}
     assert all(r["trials"] == 2 and r["trials_per_hour"] > 0 and r["iod_mean"] > 0 for r in rows.values())
     assert doc["summary"]["speedup_trials_per_hour"] > 0
 
 
-def test_sweep_bound_quick(tmp_path):
-    doc = run_bench("sweep.py", tmp_path, "--bound", "resnet18@32,resnet18@64")
+def test_sweep_bound_quick(tmp_path, ray_address):
+    doc = run_bench("sweep.py", tmp_path, "--bound", "resnet18@32,resnet18@64", ray_address=ray_address)
     rows = doc["rows"]
     assert [(r["backbone"], r["image_size"]) for r in rows] == [("resnet18", 32), ("resnet18", 64)]
     for r in rows:

@@ -9,9 +9,10 @@ from conftest import ROOT, job_env
 
 
 @pytest.mark.slow
-def test_tiny_demo_end_to_end(tmp_path):
+def test_tiny_demo_end_to_end(tmp_path, ray_address):
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / "demo.py"), "--preset", "tiny", "--out",
-                          str(tmp_path / "demo_output")], check=False, cwd=tmp_path, env=job_env(),
+                          str(tmp_path / "demo_output")], check=False, cwd=tmp_path,
+                         env=job_env(RAY_ADDRESS=ray_address),  # the session's Ray: no start-up of its own
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-6000:] + out.stdout[-3000:]
     text = out.stdout

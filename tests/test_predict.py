@@ -136,6 +136,7 @@ BAD = {
     "not_a_model": (["model.source={tmp}"], ["not a landmark model"]),
     "empty_folder": (["input.path={empty}"], ["no images"]),
     "no_input": (["input.path="], ["input.path is not set"]),
+    "no_preprocessing": (["model.source={tmp}/nopre"], ["no preprocessing metadata"]),
 }
 
 
@@ -143,6 +144,9 @@ BAD = {
 def test_bad_inputs_fail_in_one_line_before_work(case, trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
     (tmp_path / "empty").mkdir()
+    (tmp_path / "nopre").mkdir()  # a model directory from before the preprocessing metadata
+    (tmp_path / "nopre" / "meta.json").write_text(json.dumps({"task": "landmarks", "architecture": {}}))
+    (tmp_path / "nopre" / "model.pt").write_bytes(b"")
     overrides, needles = BAD[case]
     argv = ["--config", str(_eval_data.ROOT / "jobs" / "configs" / "predict.yaml"),
             f"model.source={trained['run_id']}", f"input.path={trained['faces']}", f"output.path={tmp_path / 'o'}",

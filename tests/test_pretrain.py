@@ -86,23 +86,29 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monk
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
     assert steps[-1] > steps_before and len(steps) == len(set(steps))
 
-    # The same run name with another backbone: refused before any work, naming the checkpoint's backbone.
-    out = run_job("pretrain.py", "--config", PRESET, *common, *easy, "train.epochs=10", "model.backbone=resnet50_half",
-                  cwd=tmp_path, env=env, check=False)
-    assert out.returncode == 1 and "from backbone 'resnet18'" in out.stderr and "Traceback" not in out.stderr
 
+def test_bad_inputs_fail_before_work(tiny_faces, tmp_path, ray_local, monkeypatch, capsys):
+    """In process (the job's command line minus the interpreter start): each bad input is one error line
+    before any worker starts; the session's Ray has 2 CPUs."""
+    from landmarks.cli import job_main
+    from landmarks.config import PretrainConfig
+    from landmarks.train.checkpoint import save_checkpoint_dir
+    from landmarks.train.pretrain import run_pretrain
 
-@pytest.mark.slow
-def test_bad_inputs_fail_before_work(tiny_faces, tmp_path, ray_address):
-    env = job_env(f"sqlite:///{tmp_path}/mlflow.db", RAY_ADDRESS=ray_address)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    # A checkpoint of another backbone under the run name "tiny".
+    save_checkpoint_dir({"epoch": 0}, {"epoch": 0, "backbone": "resnet18"}, tmp_path / "ray" / "tiny" /
+                        "checkpoint_epoch00000")
     base = ["--config", PRESET, f"checkpoint.storage_path={tmp_path}/ray", *TINY]
     cases = [
         ([f"data.path={tmp_path}/nope"], "no dataset.json"),
         ([f"data.path={tiny_faces}", "ray.num_workers=64", "train.batch_size=64"], "the Ray cluster has"),
         ([f"data.path={tiny_faces}", "train.batch_size=33"], "not divisible by ray.num_workers"),
         ([f"data.path={tiny_faces}", "train.batch_size=48"], "must be a multiple of train.batch_size"),
+        ([f"data.path={tiny_faces}", "mlflow.run_name=tiny", "model.backbone=resnet50_half"],
+         "from backbone 'resnet18'"),
     ]
     for extra, text in cases:
-        out = run_job("pretrain.py", *base, *extra, cwd=tmp_path, env=env, check=False, timeout=300)
-        assert out.returncode != 0 and text in out.stderr, out.stderr[-3000:]
-        assert "Traceback" not in out.stderr
+        code = job_main(PretrainConfig, run_pretrain, None, [*base, *extra])
+        err = capsys.readouterr().err
+        assert code != 0 and text in err and "Traceback" not in err, (extra, err)

@@ -4,7 +4,8 @@
   read their names and channel counts from here);
 - `METRIC_GOALS`: each headline metric and whether lower or higher is better (sweeps, reports);
 - `JOBS`: job name -> (config class, run function), what `jobs/<name>.py` runs and what a sweep can
-  grid over; `COMMANDS`: the scripts with their own arguments (ingest, sweep, report, demo).
+  grid over (all but `NOT_SWEPT`); `MODEL_TASKS`: the jobs that log a model; `COMMANDS`: the scripts
+  with arguments of their own (ingest, sweep, report, demo, predict).
   Entries are import strings so that looking a job up imports only that job.
 """
 
@@ -61,7 +62,9 @@ JOBS: dict[str, tuple[str, str]] = {
     "segment": ("landmarks.config:SegmentConfig", "landmarks.evaluate.segment:run_segment"),
     "finetune": ("landmarks.config:FinetuneConfig", "landmarks.train.finetune:run_finetune"),
     "sweep": ("landmarks.sweep:SweepConfig", "landmarks.sweep:run_sweep"),
+    "predict": ("landmarks.config:PredictConfig", "landmarks.predict.job:run_predict"),
 }
+NOT_SWEPT = ("sweep", "predict")  # jobs a sweep cannot run: a sweep itself, and using a model (no training)
 # Jobs whose run logs a "model" (landmarks.predict.LandmarkModel as an MLflow pyfunc) and what it predicts.
 MODEL_TASKS: dict[str, str] = {"regress": "landmarks", "finetune": "landmarks", "segment": "mask",
                                "train_projector": "descriptors"}

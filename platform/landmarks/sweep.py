@@ -112,10 +112,10 @@ class SweepConfig(Section):
     @field_validator("job")
     @classmethod
     def _known_job(cls, job: str) -> str:
-        from .registry import JOBS
+        from .registry import JOBS, NOT_SWEPT
 
-        if job not in JOBS or job == "sweep":
-            raise ValueError(f"unknown job {job!r}; valid jobs: {', '.join(j for j in JOBS if j != 'sweep')}")
+        if job not in JOBS or job in NOT_SWEPT:
+            raise ValueError(f"unknown job {job!r}; valid jobs: {', '.join(j for j in JOBS if j not in NOT_SWEPT)}")
         return job
 
     @model_validator(mode="after")

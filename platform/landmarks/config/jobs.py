@@ -36,7 +36,7 @@ LIMITED_FACE_LR, LIMITED_FACE_WD = 1e-2, 5e-2
 CUB_LR, CUB_WD_SMALL, CUB_WD_LARGE = 1e-2, 5e-2, 5e-3  # wd 5e-2 up to 100 annotations, 5e-3 above
 FULL_SCHEDULE, LIMITED_SCHEDULE, CUB_SCHEDULE = 200, 1000, 2000
 STOP_EPOCH = {"mafl": 120, "aflw-mtfl": 45, "aflw": 45, "300w": 80}
-REPEAT_PER_EPOCH = 1000
+REPEAT_PER_EPOCH = 1000  # official --repeat --num_per_epoch 1000 for limited face budgets
 
 
 def repeated_samples(n_annotated: int, n_train: int) -> int:

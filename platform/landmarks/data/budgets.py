@@ -3,7 +3,7 @@
 Generic datasets (Table 7: AFLW_M with 1..100 annotations, repeated over seeds): the
 first N rows of a seeded permutation, so a budget is reproducible from its seed and
 smaller budgets of one seed are nested in larger ones (the 10 are among the 50). An epoch
-of a limited budget repeats its N images (`repeated_samples`, the official ``--repeat``).
+of a limited budget repeats its N images (`landmarks.config.repeated_samples`, the official ``--repeat``).
 
 CUB (Tables 6 and 8): the fixed lists of the official code
 (cvl-umass/contrast-landmark ``datasets/CUB_200_2011/split/train_{N}.txt``), shipped in
@@ -25,7 +25,6 @@ from .reader import split_image_ids
 Budget = int | str  # a positive number of annotated rows, or "all"
 
 CUB_BUDGETS = (10, 50, 100, 250, 500, 1241)
-REPEAT_PER_EPOCH = 1000  # official --repeat --num_per_epoch 1000 for limited face budgets
 
 
 def _check_budget(budget: Budget) -> None:
@@ -70,13 +69,6 @@ def cub_budget_ids(budget: Budget) -> list[str]:
     if len(ids) != count:
         raise ValueError(f"landmarks/resources/cub_splits/{name} lists {len(ids)} images, expected {count}")
     return ids
-
-
-def repeated_samples(n_annotated: int, n_train: int) -> int:
-    """Samples an epoch of a limited budget: its images tiled 1000 // N times (official
-    ``restrict_annos(repeat_flag=True, num_per_epoch=1000)``, capped by the split's size)."""
-    total = min(REPEAT_PER_EPOCH, n_train)
-    return n_annotated * (total // n_annotated) if n_annotated < total else n_annotated
 
 
 def annotated_rows(cfg: Any, manifest: Manifest) -> np.ndarray:
