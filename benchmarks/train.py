@@ -1,12 +1,20 @@
 """MoCo training-step throughput: a plain PyTorch loop vs the same step inside Ray Train.
 
     flock /tmp/landmarks-ray.lock python benchmarks/train.py [--backbones resnet18,resnet50,resnet50_half]
-        [--image-size 96] [--batch-size 32] [--workers 1,2] [--steps 4] [--views on|off]
+        [--image-size 96] [--batch-size 32] [--workers 1,2] [--steps 4] [--views off,on,ahead]
         [--compile off|default|reduce-overhead] [--out train.json] [--mlflow benchmarks] [--quick]
 
-The step is `landmarks.train.moco_step.train_step` as pretraining runs it: two MoCo views
-made on the device (`--views on`; `off` replaces them with a centre crop, to isolate the
-network), the query/key encoders, InfoNCE, SGD; on CUDA with bf16 autocast and channels_last
+The step is the MoCo step as pretraining runs it: two MoCo views made on the device, then
+`landmarks.train.moco_step.step_on_views` (the query/key encoders, InfoNCE, SGD). `--views`
+lists the ways to make the views, one row each:
+
+  off    both views are the centre crop: the network step alone
+  on     the views made just before each step, on the same stream (the serial step)
+  ahead  the next batch's views made while this batch trains (`augment.ViewsAhead`, a side CUDA
+         stream one batch ahead): what pretraining runs
+
+The summary's `<backbone>.serial_over_network` (on / off) and `<backbone>.ahead_over_network`
+(ahead / off) are the full step's efficiency against the network alone. The step runs on CUDA with bf16 autocast and channels_last
 (moco_step's `autocast` / memory format), the MoCo model built by `prepare_moco` with the
 paper's queue (4096) and momentum; `--compile` compiles both encoders (`compile_encoders`, as
 `train.compile=true` does in pretraining; the first step, reported apart, pays for it). Inputs
@@ -47,6 +55,7 @@ from landmarks.models import BACKBONES
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts), TFLOP/s.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 QUEUE = 4096  # MoCo K, paper Sec. 4
+VIEW_MODES = ("off", "on", "ahead")
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -63,7 +72,7 @@ class CentreViews(torch.nn.Module):
         super().__init__()
         self.out_size = out_size
 
-    def forward(self, images_bhw3: torch.Tensor):
+    def forward(self, images_bhw3: torch.Tensor, generator: torch.Generator | None = None):
         x = images_bhw3.permute(0, 3, 1, 2).float().div_(255.0)
         top = (x.shape[-1] - self.out_size) // 2
         x = (x[..., top:top + self.out_size, top:top + self.out_size] - 0.5) / 0.25
@@ -95,26 +104,33 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: str, devi
 
 
 def timed_steps(model, views, optimizer, images: torch.Tensor, device: torch.device, steps: int,
-                warmup: int) -> list[float]:
-    """Seconds of `steps` train_step calls after `warmup`: on CPU one entry per step, on CUDA one
-    entry for them all (a sync per step would drain the GPU's queue between steps)."""
-    from landmarks.train.moco_step import train_step
+                warmup: int, ahead: bool = False) -> list[float]:
+    """Seconds of `steps` MoCo steps after `warmup`, with the views one batch ahead or not: on CPU
+    one entry per step, on CUDA one entry for them all (a sync per step would drain the GPU's
+    queue between steps)."""
+    from landmarks.augment import ViewsAhead
+    from landmarks.train.moco_step import step_on_views
+
+    def run(n: int):  # n steps on the same images, as pretraining's loop makes and consumes them
+        generator = torch.Generator().manual_seed(0)
+        for _, im_q, im_k in ViewsAhead(views, generator, device, ahead)(images for _ in range(n)):
+            step_on_views(model, optimizer, im_q, im_k, device)
+            yield
 
     model.train()
-    for _ in range(warmup):
-        train_step(model, views, optimizer, images, device)
+    for _ in run(warmup):
+        pass
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        for _ in range(steps):
-            train_step(model, views, optimizer, images, device)
+        for _ in run(steps):
+            pass
         torch.cuda.synchronize(device)
         return [time.perf_counter() - t0]
-    seconds = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        train_step(model, views, optimizer, images, device)
+    seconds, t0 = [], time.perf_counter()
+    for _ in run(steps):  # a step's time includes making the views it hands out next
         seconds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
     return seconds
 
 
@@ -146,13 +162,14 @@ def flops_per_image(backbone: str, image_size: int, batch_size: int, device: tor
     return counter.get_total_flops() / batch_size
 
 
-def plain(backbone: str, args, device: torch.device) -> dict[str, Any]:
+def plain(backbone: str, views_mode: str, args, device: torch.device) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, args.views, device,
+    model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, views_mode, device,
                                                  compile_mode=args.compile)
-    first_step_s = timed_steps(model, views, optimizer, images, device, 1, 0)[0]  # with torch.compile's compilation
-    seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup)
+    ahead = views_mode == "ahead"
+    first_step_s = timed_steps(model, views, optimizer, images, device, 1, 0, ahead)[0]  # with torch.compile's compilation
+    seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup, ahead)
     return {**throughput(args.batch_size, seconds, args.steps), "first_step_s": round(first_step_s, 1)}
 
 
@@ -170,7 +187,8 @@ def _ray_loop(config: dict[str, Any]) -> None:
                                                  config["views"], device, world=ctx.get_world_size())
     ddp = ray.train.torch.prepare_model(model, move_to_device=False,
                                         parallel_strategy_kwargs={"find_unused_parameters": False})
-    seconds = timed_steps(ddp, views, optimizer, images, device, config["steps"], config["warmup"])
+    seconds = timed_steps(ddp, views, optimizer, images, device, config["steps"], config["warmup"],
+                          config["views"] == "ahead")
     # Train V2 keeps only metrics reported with a checkpoint in `Result.metrics`: rank 0 attaches a tiny one.
     checkpoint = None
     if ctx.get_world_rank() == 0:
@@ -182,7 +200,7 @@ def _ray_loop(config: dict[str, Any]) -> None:
                      delete_local_checkpoint_after_upload=True)
 
 
-def ray_train(backbone: str, workers: int, args, device: torch.device) -> dict[str, Any]:
+def ray_train(backbone: str, workers: int, views_mode: str, args, device: torch.device) -> dict[str, Any]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -191,7 +209,7 @@ def ray_train(backbone: str, workers: int, args, device: torch.device) -> dict[s
     cpus = (os.cpu_count() or 1) / workers if not use_gpu else max(1.0, (os.cpu_count() or 1) // max(workers, 1) - 1)
     resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     config = {"backbone": backbone, "image_size": args.image_size, "batch_size": args.batch_size,
-              "views": args.views, "steps": args.steps, "warmup": args.warmup,
+              "views": views_mode, "steps": args.steps, "warmup": args.warmup,
               "threads": max(1, args.threads // workers)}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as storage:
         t0 = time.perf_counter()
@@ -214,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Ray Train worker counts (default: 1 and every GPU on CUDA; 1,2 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30 on CUDA, 4 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 CUDA, 1 CPU)")
-    parser.add_argument("--views", choices=("on", "off"), default="on")
+    parser.add_argument("--views", default=None,
+                        help="comma list of off (network only), on (serial views), ahead (views one batch ahead, "
+                             "as pretraining); default off,on,ahead on CUDA, ahead on CPU. Ray runs use ahead "
+                             "(or the last listed)")
     parser.add_argument("--modes", default="plain,ray")
     parser.add_argument("--compile", default="off", choices=("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"),
                         help="plain mode: torch.compile both encoders with this mode (moco_step.compile_encoders)")
@@ -237,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup or (10 if cuda else 1)
     gpus = torch.cuda.device_count() if cuda else 0
     args.workers = args.workers or sorted({1, gpus} if cuda else {1, 2})
+    view_modes = [v for v in (args.views or ("off,on,ahead" if cuda else "ahead")).split(",") if v]
+    if bad := [v for v in view_modes if v not in VIEW_MODES]:
+        parser.error(f"unknown --views {bad}; choose from {', '.join(VIEW_MODES)}")
+    ray_views = "ahead" if "ahead" in view_modes else view_modes[-1]
     names = [n for n in args.backbones.split(",") if n]
     modes = [m for m in args.modes.split(",") if m]
     if bad := [n for n in names if n not in BACKBONES] + [m for m in modes if m not in ("plain", "ray")]:
@@ -256,11 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for name in names:
         gflops = flops_per_image(name, args.image_size, min(args.batch_size, 32), device) / 1e9
-        runs = ([("plain", 1)] if "plain" in modes else []) + ([("ray", n) for n in args.workers] if "ray" in modes else [])
-        for mode, workers in runs:
-            result = plain(name, args, device) if mode == "plain" else ray_train(name, workers, args, device)
+        runs = ([("plain", 1, v) for v in view_modes] if "plain" in modes else []) + \
+               ([("ray", n, ray_views) for n in args.workers] if "ray" in modes else [])
+        for mode, workers, views_mode in runs:
+            result = (plain(name, views_mode, args, device) if mode == "plain" else
+                      ray_train(name, workers, views_mode, args, device))
             tflops = gflops * result["images_per_s"] / 1e3
-            row = {"backbone": name, "mode": mode, "workers": workers, "batch": args.batch_size,
+            row = {"backbone": name, "mode": mode, "workers": workers, "views": views_mode, "batch": args.batch_size,
                    "images_per_s": round(result["images_per_s"], 1), "step_ms": round(result["step_ms"], 1),
                    "mean_images_per_s": round(result["mean_images_per_s"], 1),
                    "gflops_per_image": round(gflops, 3), "tflops": round(tflops, 4),
@@ -270,18 +297,25 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     summary: dict[str, Any] = {"ray_startup_s": ray_startup}
     for row in rows:
-        base = next((r for r in rows if r["backbone"] == row["backbone"] and r["mode"] == "plain"), None)
+        base = next((r for r in rows if r["backbone"] == row["backbone"] and r["mode"] == "plain"
+                     and r["views"] == row["views"]), None)
         if row["mode"] == "ray" and base:
             row["ratio"] = round(row["images_per_s"] / (base["images_per_s"] * row["workers"]), 3)
             summary[f"{row['backbone']}.ray{row['workers']}_over_plain"] = round(row["images_per_s"] / base["images_per_s"], 3)
+    for name in names:  # the full step's efficiency: against the network alone
+        plain_rate = {r["views"]: r["images_per_s"] for r in rows if r["backbone"] == name and r["mode"] == "plain"}
+        if "off" in plain_rate:
+            for views_mode, key in (("on", "serial_over_network"), ("ahead", "ahead_over_network")):
+                if views_mode in plain_rate:
+                    summary[f"{name}.{key}"] = round(plain_rate[views_mode] / plain_rate["off"], 3)
     params = {"image_size": args.image_size, "batch_per_worker": args.batch_size, "steps": args.steps,
-              "warmup": args.warmup, "views": args.views, "compile": args.compile, "threads": None if cuda else args.threads, "device": str(device), "amp": "bf16" if cuda else "fp32",
+              "warmup": args.warmup, "views": view_modes, "compile": args.compile, "threads": None if cuda else args.threads, "device": str(device), "amp": "bf16" if cuda else "fp32",
               "channels_last": cuda, "queue": QUEUE, "peak_tflops": peak, "quick": args.quick}
     notes = ["ratio = ray images/s / (plain images/s x workers): 1.0 = perfect (weak) scaling from the plain loop"]
     if not cuda:
         notes.append("CPU: fp32, no autocast; peak_frac needs a GPU (or --peak-tflops)")
-    finish(args, "train", rows, params=params, summary=summary, label_keys=("backbone", "mode", "workers"),
-           columns=["backbone", "mode", "workers", "batch", "images_per_s", "mean_images_per_s", "step_ms", "ratio", "gflops_per_image",
+    finish(args, "train", rows, params=params, summary=summary, label_keys=("backbone", "mode", "workers", "views"),
+           columns=["backbone", "mode", "workers", "views", "batch", "images_per_s", "mean_images_per_s", "step_ms", "ratio", "gflops_per_image",
                     "tflops", "peak_frac", "first_step_s", "fit_wall_s"], notes=notes)
     return 0
 

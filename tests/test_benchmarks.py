@@ -44,16 +44,19 @@ def test_data_quick(tmp_path, ray_address):
 
 
 def test_train_quick(tmp_path, ray_address):
-    doc = run_bench("train.py", tmp_path, ray_address=ray_address)
-    rows = {(r["mode"], r["workers"]): r for r in doc["rows"]}
-    assert set(rows) == {("plain", 1), ("ray", 1)}
+    doc = run_bench("train.py", tmp_path, "--views", "off,ahead", ray_address=ray_address)
+    rows = {(r["mode"], r["workers"], r["views"]): r for r in doc["rows"]}
+    assert set(rows) == {("plain", 1, "off"), ("plain", 1, "ahead"), ("ray", 1, "ahead")}  # Ray runs what pretraining runs
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["gflops_per_image"] > 0 and r["tflops"] > 0
         # 2 timed steps: their median is their mean (CPU images/s comes from the median step).
         assert r["mean_images_per_s"] == pytest.approx(r["images_per_s"], rel=0.02)
-    assert rows[("ray", 1)]["ratio"] > 0
+    assert rows[("ray", 1, "ahead")]["ratio"] > 0
+    summary = doc["summary"]
+    assert summary["resnet18.ahead_over_network"] == pytest.approx(
+        rows[("plain", 1, "ahead")]["images_per_s"] / rows[("plain", 1, "off")]["images_per_s"], rel=0.01)
     # ResNet18 MoCo step at 64 px: query fwd+bwd + key fwd = 4x the forward, about 1.2 GFLOPs an image.
-    assert 0.8 < rows[("plain", 1)]["gflops_per_image"] < 1.6
+    assert 0.8 < rows[("plain", 1, "off")]["gflops_per_image"] < 1.6
 
 
 
@@ -63,6 +66,18 @@ def test_views_quick(tmp_path):
     assert stages == {"jpeg", "crop", "jitter", "lighting"}
     assert {r["backend"] for r in doc["rows"] if r["row"] == "total"} == {"pil", "torch"}  # the CPU default
     assert all(r["ms"] > 0 and r["images_per_s"] > 0 for r in doc["rows"])
+
+
+def test_decode_quick(tmp_path):
+    doc = run_bench("decode.py", tmp_path, "--target", "10000")
+    rows = {r["decoder"]: r for r in doc["rows"]}
+    assert set(rows) == {"pil", "torchvision"}  # + "cuda" on a GPU machine
+    assert all(r["images_per_s"] > 0 and r["per"] == "core" for r in rows.values())
+    assert rows["torchvision"]["max_abs_diff_vs_pil"] == 0  # both libjpeg-turbo: the same pixels
+    best = max(r["images_per_s"] for r in rows.values())
+    assert doc["summary"]["cpu_cores_per_gpu"] == pytest.approx(10000 / best, abs=0.05)
+    assert doc["params"]["stored_shape"] == [136, 136, 3]
+
 
 def test_memory_quick_reproduces_table2_and_logs_to_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -1,5 +1,5 @@
-"""Augmentations on device tensors: MoCo views (views.py, with the JPEG round trip of jpeg.py)
-and thin-plate-spline warps (tps.py).
+"""Augmentations on device tensors: MoCo views (views.py, with the JPEG round trip of jpeg.py;
+made one batch ahead by prefetch.py) and thin-plate-spline warps (tps.py).
 
 Pure torch + kornia: no Ray, MLflow or S3 here, and no device placement; every function
 works on the device of the tensors it is given. The names below load on first use, so
@@ -13,6 +13,7 @@ import importlib
 
 _EXPORTS = {
     "jpeg": ("jpeg_round_trip",),
+    "prefetch": ("ViewsAhead", "views_generator"),
     "tps": ("AUGMENT", "MATCH", "PAIR", "TPSParams", "TPSStrength", "match_pair_warp", "normalized_grid",
             "normalized_to_pixels",
             "pair_keypoints", "pair_warp", "pixels_to_normalized", "sample_pair_params", "snap_keypoints",
@@ -31,6 +32,7 @@ __all__ = [
     "MoCoViews",
     "TPSParams",
     "TPSStrength",
+    "ViewsAhead",
     "border_crop",
     "input_tensor",
     "jpeg_round_trip",
@@ -45,6 +47,7 @@ __all__ = [
     "snap_keypoints",
     "to_float_images",
     "tps_augment",
+    "views_generator",
     "warp_images",
     "warp_keypoints",
 ]

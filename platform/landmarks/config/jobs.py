@@ -100,6 +100,9 @@ class PretrainTrain(TrainConfig):
         "epoch e = 1.. (train_moco.py); step: a cosine over steps with warmup_epochs (MoCo v2/v3)")
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up (lr_schedule=step only)")
     log_every_steps: int = Field(10, ge=1)
+    views_ahead: bool = Field(True, description="make the next batch's MoCo views while this batch trains "
+                                                "(on GPUs a side CUDA stream overlaps them with the step; the "
+                                                "numbers are identical either way)")
     compile: bool = Field(False, description="torch.compile both encoders (worth it on GPUs for long runs: "
                           "the first step compiles for about a minute)")
 

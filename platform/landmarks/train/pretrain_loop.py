@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..augment import MoCoViews
+from ..augment import MoCoViews, ViewsAhead, views_generator
 from ..config import PretrainConfig
 from ..data.loader import device_batches
 from ..dist import all_reduce_mean
@@ -21,7 +21,7 @@ from ..progress import worker_print
 from ..schedules import cosine_lr, epoch_cosine_lr, set_lr
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, report_epoch, resume
-from .moco_step import prepare_moco, queue_sha256, train_step
+from .moco_step import prepare_moco, queue_sha256, step_on_views
 
 # Above this mean cosine between queued keys the pretraining warns that its embeddings collapse.
 COLLAPSED_KEY_SIMILARITY = 0.8
@@ -62,9 +62,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
         loss_sum, t0, seen, n = torch.zeros((), device=device), time.perf_counter(), 0, 0
-        for i, batch in enumerate(device_batches(shard, local_batch, device=device, columns=("image",),
-                                                    local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
-                                                    local_shuffle_seed=cfg.train.seed * 1000 + epoch)):
+        batches = (b["image"] for b in device_batches(shard, local_batch, device=device, columns=("image",),
+                                                      local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
+                                                      local_shuffle_seed=cfg.train.seed * 1000 + epoch))
+        # The views draw from their own generator (per rank and epoch), so making them one batch
+        # ahead (on a side CUDA stream, overlapping the step) leaves every number as it was.
+        ahead = ViewsAhead(views, views_generator(cfg.train.seed, rank, epoch), device, cfg.train.views_ahead)
+        for i, (images, im_q, im_k) in enumerate(ahead(batches)):
             if i >= steps_per_epoch:
                 break  # shards may differ by a batch; keep ranks in lock-step for DDP
             if cfg.train.lr_schedule == "epoch":  # the official: set once per epoch (1-based), down to 0
@@ -72,9 +76,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:
                 lr = cosine_lr(cfg.train.lr, epoch + i / steps_per_epoch, cfg.train.epochs, cfg.train.warmup_epochs)
             set_lr(optimizer, lr)
-            loss, pos = train_step(ddp_model, views, optimizer, batch["image"], device)
+            loss, pos = step_on_views(ddp_model, optimizer, im_q, im_k, device)
             loss_sum += loss
-            seen, n, step = seen + batch["image"].shape[0] * world, n + 1, step + 1
+            seen, n, step = seen + images.shape[0] * world, n + 1, step + 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:  # .item() waits for the GPU
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 loss_pos = all_reduce_mean(torch.stack([loss, pos]).float())  # over all ranks
