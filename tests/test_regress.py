@@ -95,6 +95,24 @@ def test_in_ray_worker_is_detected(ray_local):
     assert ray_local.get(ray_local.remote(in_ray_worker).remote())
 
 
+def test_an_evaluation_task_looks_up_runs_in_the_jobs_store(ray_local, tmp_path, monkeypatch):
+    """The task of an evaluation job runs on a worker the cluster started without the driver's
+    environment: its MLflow lookups (a `backbone.source` run id) still go to the job's store."""
+    from landmarks import tracking
+    from landmarks.evaluate.runner import run_logged
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # the driver's alone
+    uri = tracking.tracking_uri()
+
+    def evaluate(cfg, logger):
+        from landmarks import tracking
+
+        return {"lookup_uri": tracking.tracking_uri(), "run_uri": logger.uri}
+
+    metrics = run_logged("probe", _cfg(str(tmp_path), "ray.cpus_per_worker=1"), {}, "probe", evaluate, verbose=False)
+    assert (metrics["lookup_uri"], metrics["run_uri"]) == (uri, uri)
+
+
 @pytest.mark.slow
 def test_regression_learns_logs_and_reuses_the_cache(eval_data, ray_address, tmp_path):
     # The official regressor (N(0, 1) heatmap weights) needs ~30 epochs of the 192 training dots to learn.

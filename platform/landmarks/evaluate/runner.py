@@ -9,6 +9,7 @@ run is created first and ends FINISHED, or FAILED with the error as a tag.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,9 @@ from ..config import to_flat_dict
 
 
 def _remote_call(evaluate: Callable, cfg_dict: dict, cfg_cls: type, run_id: str, uri: str) -> dict:
+    # A worker of a cluster started elsewhere has neither the driver's environment nor its working
+    # directory: what the task looks up in MLflow (a `backbone.source` run id) is in the job's store.
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     cfg = cfg_cls.model_validate(cfg_dict)
     return evaluate(cfg, tracking.RunLogger(run_id, uri=uri))
 
