@@ -180,3 +180,13 @@ def test_sweep_registers_its_best_trial(trained, tmp_path, monkeypatch):
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert report["registered_models"] == 1
     assert f"- models:/faces-regressor/{best.version} @best: regress run " in summary and best.run_id[:8] in summary
+
+
+def test_only_jobs_that_log_a_model_can_register_one():
+    from pydantic import ValidationError
+
+    from landmarks.sweep import SweepConfig
+
+    assert SweepConfig(job="segment", grid={"seed": [0]}, register_model="masks").register_model == "masks"
+    with pytest.raises(ValidationError, match=r"register_model='m': a match run logs no model; jobs that do: regress"):
+        SweepConfig(job="match", grid={"seed": [0]}, register_model="m")

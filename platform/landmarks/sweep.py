@@ -106,8 +106,8 @@ class SweepConfig(Section):
     name: str | None = Field(None, description="sweep name (default: the preset's file name)")
     storage_path: str = Field("runs/tune", description="Tune storage: local dir or s3:// URI")
     resume: bool | Literal["auto"] = Field("auto", description="auto: restore when storage_path/name exists")
-    register: str | None = Field(None, description="register the best trial's model under this name "
-                                                   "(alias best) in the MLflow Model Registry")
+    register_model: str | None = Field(None, description="register the best trial's model under this name "
+                                                         "(alias best) in the MLflow Model Registry")
 
     @field_validator("job")
     @classmethod
@@ -122,8 +122,8 @@ class SweepConfig(Section):
     def _registrable(self) -> SweepConfig:
         from .registry import MODEL_TASKS
 
-        if self.register and self.job not in MODEL_TASKS:
-            raise ValueError(f"register={self.register!r}: a {self.job} run logs no model; jobs that do: "
+        if self.register_model and self.job not in MODEL_TASKS:
+            raise ValueError(f"register_model={self.register_model!r}: a {self.job} run logs no model; jobs that do: "
                              f"{', '.join(MODEL_TASKS)}")
         return self
 
@@ -354,12 +354,12 @@ def run_sweep(cfg: SweepConfig, args: JobArgs) -> dict[str, Any]:
         o.run_name = plan.run_names[point_id(o.point)]
     outcomes.sort(key=lambda o: points[point_id(o.point)])
     metrics = finish_sweep(plan.name, cfg, outcomes, parent, job=cfg.job)
-    if cfg.register and metrics.get("best_run_id"):
-        version = tracking.register_model(metrics["best_run_id"], cfg.register, alias="best")
-        metrics["registered"] = f"{cfg.register}/{version}"
+    if cfg.register_model and metrics.get("best_run_id"):
+        version = tracking.register_model(metrics["best_run_id"], cfg.register_model, alias="best")
+        metrics["registered"] = f"{cfg.register_model}/{version}"
         parent.set_tags({"registered_model": metrics["registered"]})
-        print(f"[sweep] registered the best trial's model as models:/{cfg.register}/{version} "
-              f"(models:/{cfg.register}@best)", flush=True)
+        print(f"[sweep] registered the best trial's model as models:/{cfg.register_model}/{version} "
+              f"(models:/{cfg.register_model}@best)", flush=True)
     print_summary("sweep", {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
     return metrics
 
@@ -396,7 +396,7 @@ def sweep_main(description: str | None = None, argv: list[str] | None = None) ->
     parser.add_argument("--register", metavar="NAME", help="register the best trial's model under NAME (alias best)")
     ns = parser.parse_args(argv)
     if ns.register:
-        ns.overrides.append(f"register={ns.register}")
+        ns.overrides.append(f"register_model={ns.register}")
     setup_logging(ns.verbose)
     args = JobArgs(ns.config, ns.metrics_out, ns.verbose)
     try:
