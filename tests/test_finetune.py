@@ -1,5 +1,5 @@
 """End-to-end fine-tuning: the model, the Ray Data view of the annotated rows, jobs/finetune.py on 2 Ray
-Train workers, and its errors. Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
+Train workers, and its errors.
 """
 
 from __future__ import annotations

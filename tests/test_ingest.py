@@ -3,8 +3,6 @@
 `ToyFaces` is a real converter over generated arrays: `annotations.txt` lines
 `split image_id identity x0 y0 ... ` under its root, images drawn from a generator
 seeded by the image id. test_reader.py and test_s3.py import it from here.
-
-Ray tests run under `flock /tmp/landmarks-ray.lock`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ pretraining job submitted there survives a killed training worker, cluster/local
 process behind; cluster/mlflow_server.sh serves MLflow with basic auth on 127.0.0.1 and accepts the
 Host names the Kubernetes manifest allows.
 
-Slow (minutes on 2 cores). Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
+Slow (minutes on 2 cores): the clusters are their own, beside the session's Ray.
 """
 
 from __future__ import annotations

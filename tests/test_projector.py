@@ -1,7 +1,7 @@
 """Feature projector training: the loss falling (the official dense correlation loss, and the TPS-pair
 alternative with its crop-window correspondence), and jobs/train_projector.py end to end on 2 Ray Train
 workers (the epoch kept chosen by validation matching; the artifact loads back through load_projector),
-resumed, and its errors. Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
+resumed, and its errors.
 """
 
 from __future__ import annotations

@@ -1,6 +1,4 @@
 """read_dataset / read_split_numpy / device_batches over a ToyFaces dataset; a 2-worker Ray Train loop.
-
-Run under `flock /tmp/landmarks-ray.lock`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The fast tests log runs by hand with the tags, params, metrics and artifacts the jobs log
 (landmarks.evaluate.regress, pretrain); the slow one computes the hypercolumn PCA from a
-backbone file and a tiny ingested dataset (Ray, under `flock /tmp/landmarks-ray.lock`).
+backbone file and a tiny ingested dataset (Ray).
 """
 
 from __future__ import annotations

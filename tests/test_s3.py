@@ -2,7 +2,7 @@
 
 The server runs as a subprocess on a free 127.0.0.1 port for this module and is stopped
 by its PID. Credentials are fake but distinctive, so the tests can check that they
-appear in no output, manifest or error message. Run under `flock /tmp/landmarks-ray.lock`.
+appear in no output, manifest or error message.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Figure-ground segmentation: the block-wise head, annotation budgets, jobs/segment.py end to end
 (linear on cached features as a Ray task; fine-tuned in-process), and its errors.
-Starts Ray: run under `flock /tmp/landmarks-ray.lock`.
 """
 
 from __future__ import annotations

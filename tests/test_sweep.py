@@ -2,8 +2,8 @@
 
 Most tests sweep `toy`, a job registered here whose run function logs a metric computed from its
 config (iod = 100 lr + annotations / 10 + repeat / 2) and leaves one marker line per execution
-in the directory `data.path` names; one slow test sweeps the real `regress` job.
-Run under `flock /tmp/landmarks-ray.lock` (Ray).
+in the directory `data.path` names. The real `regress` job is swept in tests/test_predict.py
+(registering its best trial) and by the tiny demo (annotation budgets).
 """
 
 from __future__ import annotations
