@@ -37,6 +37,7 @@ def test_tiny_demo_end_to_end(tmp_path, ray_address):
     sources = {r.data.params["backbone.source"] for r in regress}
     assert "random" in sources and len(sources) == 2  # pretrained vs random, compared
     assert all("iod" in r.data.metrics for r in regress)
+    assert {r.data.params["resolved.lr"] for r in regress} == {"0.01"}  # the demo's rate at every budget
     # The sweep of the real regress job: every grid point (budgets x inits) a finished child of its parent.
     parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
