@@ -190,3 +190,26 @@ def test_only_jobs_that_log_a_model_can_register_one():
     assert SweepConfig(job="segment", grid={"seed": [0]}, register_model="masks").register_model == "masks"
     with pytest.raises(ValidationError, match=r"register_model='m': a match run logs no model; jobs that do: regress"):
         SweepConfig(job="match", grid={"seed": [0]}, register_model="m")
+
+
+def test_a_dataset_ingested_for_another_size_maps_both_ways_as_the_evaluation_reads_it():
+    """Stored 40 px, border 4, a 16 px model: predict's inputs and ground truth are eval_geometry's, and
+    landmarks go back to stored pixels by its exact inverse (pixel centres at integers)."""
+    from landmarks.data.reader import eval_geometry
+    from landmarks.predict.job import prepare_stored
+    from landmarks.predict.model import Preprocessing
+
+    rng = np.random.default_rng(0)
+    batch = {"image_id": np.array(["a", "b"], dtype=object), "visible": np.ones((2, 3), bool),
+             "image": rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8),
+             "keypoints": rng.uniform(4, 35, (2, 3, 2)).astype(np.float32)}
+    pre = Preprocessing(crop=(0.0, 0.0, 1.0, 1.0), stored_size=40, border=4, input_size=16,
+                        mean=(0.5,) * 3, std=(0.25,) * 3)
+    out = prepare_stored(batch, {"crop": pre.crop, "stored_size": 40, "border": 4, "input_size": 16,
+                                 "mean": pre.mean, "std": pre.std})
+    expected = eval_geometry({k: batch[k] for k in ("image", "keypoints", "visible")}, 4, 16)
+    np.testing.assert_array_equal(out["image"], expected["image"])
+    np.testing.assert_array_equal(pre.stored_to_input(batch["image"]), expected["image"])
+    np.testing.assert_allclose(out["keypoints"], (batch["keypoints"] - 4 + 0.5) * 0.5 - 0.5, atol=1e-6)
+    np.testing.assert_allclose(pre.input_to_stored(out["keypoints"]), batch["keypoints"], atol=1e-5)
+    assert out["box"].tolist() == [[0.0, 0.0, 40.0, 40.0]] * 2 and list(out["error"]) == ["", ""]

@@ -216,7 +216,8 @@ def _decode_empty(k: int, has_masks: bool, size: int) -> dict[str, np.ndarray]:
 
 def eval_geometry(batch: dict[str, np.ndarray], border: int, image_size: int) -> dict[str, np.ndarray]:
     """Decoded rows at the stored size -> the network input: eval border crop, then (only when the
-    dataset was ingested for another input size) a resize to `image_size`. Keypoints move along."""
+    dataset was ingested for another input size) a resize to `image_size`. Keypoints and masks, where
+    the batch has them, move along."""
     images = batch["image"]
     if images.dtype == object:
         raise UserError("dataset images differ in size; evaluation needs the square images ingest writes")
@@ -226,7 +227,8 @@ def eval_geometry(batch: dict[str, np.ndarray], border: int, image_size: int) ->
     if side < 1:
         raise UserError(f"eval border {border} does not fit images of {stored} px")
     out["image"] = images[:, border:stored - border, border:stored - border]
-    out["keypoints"] = batch["keypoints"] - np.float32(border)
+    if "keypoints" in batch:
+        out["keypoints"] = batch["keypoints"] - np.float32(border)
     if "mask" in batch:
         out["mask"] = batch["mask"][:, border:stored - border, border:stored - border]
     if side != image_size:
@@ -236,8 +238,9 @@ def eval_geometry(batch: dict[str, np.ndarray], border: int, image_size: int) ->
         x = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
         out["image"] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        scale = image_size / side  # pixel centres at integers: x' = (x + 0.5) s - 0.5
-        out["keypoints"] = ((out["keypoints"] + 0.5) * scale - 0.5).astype(np.float32)
+        if "keypoints" in out:
+            scale = image_size / side  # pixel centres at integers: x' = (x + 0.5) s - 0.5
+            out["keypoints"] = ((out["keypoints"] + 0.5) * scale - 0.5).astype(np.float32)
         if "mask" in out:
             m = torch.from_numpy(np.ascontiguousarray(out["mask"]))[:, None].float()
             out["mask"] = F.interpolate(m, size=(image_size, image_size), mode="nearest")[:, 0].to(torch.uint8).numpy()

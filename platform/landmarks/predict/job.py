@@ -20,7 +20,6 @@ the metric the training job reported (IOD or the official PCK) over the same spl
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from ..cluster import join_cluster
 from ..config import PredictConfig, absolute_paths
 from ..data.manifest import MANIFEST_NAME, Manifest, open_manifest
 from ..errors import UserError
-from .model import LandmarkModel, Preprocessing
+from .model import LandmarkModel, Preprocessing, mask_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_FILE, MANIFEST_FILE, OVERLAYS = "predictions.parquet", "predictions.json", "overlays"
@@ -71,16 +70,16 @@ def prepare_files(batch: dict[str, np.ndarray], preprocessing: dict) -> dict[str
 
 
 def prepare_stored(batch: dict[str, np.ndarray], preprocessing: dict) -> dict[str, np.ndarray]:
-    """Rows of an ingested dataset -> network inputs: the eval border crop (boxes: the whole stored image)."""
+    """Rows of an ingested dataset -> network inputs (and ground truth in input pixels, for the metric)
+    exactly as the evaluation jobs read them (`eval_geometry`); boxes: the whole stored image."""
+    from ..data.reader import eval_geometry
+
     pre = Preprocessing.from_dict(preprocessing)
     n, side = len(batch["image"]), batch["image"].shape[1]
-    out = {"image_id": batch["image_id"], "image": pre.stored_to_input(batch["image"]),
-           "box": np.tile(np.array([0.0, 0.0, side, side]), (n, 1)), "error": np.array([""] * n, dtype=object)}
-    if "keypoints" in batch:  # ground truth, in input pixels, for the metric
-        kps = batch["keypoints"] - pre.border
-        out["keypoints"] = kps * ((pre.input_size - 1) / max(side - 2 * pre.border - 1, 1))
-        out["visible"] = batch["visible"]
-    return out
+    columns = [k for k in ("image", "keypoints", "visible") if k in batch]
+    out = eval_geometry({k: batch[k] for k in columns}, pre.border, pre.input_size)
+    return {**out, "image_id": batch["image_id"], "box": np.tile(np.array([0.0, 0.0, side, side]), (n, 1)),
+            "error": np.array([""] * n, dtype=object)}
 
 
 class Predictor:
@@ -103,16 +102,8 @@ class Predictor:
             out["landmarks"] = np.stack([pre.input_to_original(k, tuple(b)) for k, b in
                                          zip(predicted["landmarks"], batch["box"])]).astype(np.float32)
         if "mask" in predicted:
-            out["mask"] = np.array([_png(m) for m in predicted["mask"]], dtype=object)
+            out["mask"] = np.array([mask_png(m) for m in predicted["mask"]], dtype=object)
         return out
-
-
-def _png(mask: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- the job

@@ -15,6 +15,7 @@ side, the eval border, the input side and the input normalisation. Pure torch (n
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..augment.geometry import crop_resize
 from ..data.normalization import input_stats
+from ..data.reader import eval_geometry
 from ..errors import UserError
 from ..models import LandmarkRegressor, Projector, SegmentationHead, build_backbone
 from ..models.representation import Representation, dense_size
@@ -86,20 +87,15 @@ class Preprocessing:
         return self.stored_to_input(stored[None])[0], box
 
     def stored_to_input(self, images_bhw3: np.ndarray) -> np.ndarray:
-        """Images at the stored size (B, s, s, 3) -> the network input (B, S, S, 3): the eval border crop."""
-        b, side = self.border, images_bhw3.shape[1]
-        x = images_bhw3[:, b:side - b, b:side - b]
-        if x.shape[1] != self.input_size:  # a model whose dataset was ingested for another input size
-            t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
-            t = F.interpolate(t, size=(self.input_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
-            x = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return np.ascontiguousarray(x)
+        """Images at the stored size (B, s, s, 3) -> the network input (B, S, S, 3), as every evaluation
+        reads them (`data.reader.eval_geometry`: the eval border crop, a resize only for another size)."""
+        return eval_geometry({"image": images_bhw3}, self.border, self.input_size)["image"]
 
     def input_to_stored(self, kps_px: np.ndarray) -> np.ndarray:
-        """Keypoints (..., 2) in input pixels -> stored-image pixels (before the border crop)."""
-        side = self.stored_size - 2 * self.border
-        scale = (side - 1) / max(self.input_size - 1, 1)
-        return np.asarray(kps_px, np.float64) * scale + self.border
+        """Keypoints (..., 2) in input pixels -> stored-image pixels (before the border crop): the
+        inverse of `eval_geometry`'s keypoint mapping."""
+        scale = (self.stored_size - 2 * self.border) / self.input_size  # pixel centres at integers
+        return (np.asarray(kps_px, np.float64) + 0.5) * scale - 0.5 + self.border
 
     def input_to_original(self, kps_px: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         """Keypoints in input pixels -> pixels of the original image cropped by `box`: the inverse of the
@@ -197,6 +193,15 @@ class LandmarkModel(nn.Module):
         return cls(rep.to("cpu"), head, meta["task"], meta)
 
 
+def mask_png(mask_hw: np.ndarray) -> bytes:
+    """A predicted mask (H, W) bool -> PNG bytes (0 / 255)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(mask_hw.astype(np.uint8) * 255).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
 
@@ -237,4 +242,4 @@ def model_meta(rep: Representation, head: nn.Module | None, task: str, manifest:
             "backbone_fingerprint": rep.info.get("fingerprint"), **(extra or {})}
 
 
-__all__ = ["LandmarkModel", "Preprocessing", "canonical_crop", "model_meta"]
+__all__ = ["LandmarkModel", "Preprocessing", "canonical_crop", "mask_png", "model_meta"]

@@ -43,6 +43,8 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from PIL import Image
 
+        from ..predict.model import mask_png
+
         images = model_input["image"] if isinstance(model_input, pd.DataFrame) else model_input
         pre, rows = self.model.preprocessing, []
         for data in images:
@@ -52,9 +54,7 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
             if "landmarks" in out:
                 rows.append({"landmarks": pre.input_to_original(out["landmarks"][0], box).reshape(-1).tolist()})
             elif "mask" in out:
-                buf = io.BytesIO()
-                Image.fromarray(out["mask"][0].astype(np.uint8) * 255).save(buf, format="PNG")
-                rows.append({"mask": buf.getvalue()})
+                rows.append({"mask": mask_png(out["mask"][0])})
             else:
                 rows.append({"descriptors": out["descriptors"][0].reshape(-1).tolist()})
         return pd.DataFrame(rows)
