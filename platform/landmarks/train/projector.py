@@ -127,6 +127,7 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
             checkpoint, loss = result.checkpoint, float(result.metrics["loss"])
         metrics, kept = _finish(checkpoint, meta, loss, logger)
         _log_model(cfg, backbone, info, meta, manifest, kept, metrics, logger)
+        logger.finish()
     except BaseException as err:
         logger.fail(f"{type(err).__name__}: {err}")
         raise
@@ -212,7 +213,7 @@ def _finish(checkpoint, meta: dict, loss: float, logger: tracking.RunLogger) -> 
 def _log_model(cfg: ProjectorConfig, backbone, info: dict, meta: dict, manifest, state: dict, metrics: dict,
                logger: tracking.RunLogger) -> None:
     """The kept projector on its backbone as the run's "descriptors" model (dense descriptors of any
-    photo, `jobs/predict.py`), then end the run."""
+    photo, `jobs/predict.py`)."""
     projector = Projector(meta["in_channels"], meta["dim"], meta["softargmax_mul"])
     projector.load_state_dict(state)
     mean, std, _ = input_stats(manifest)
@@ -221,4 +222,3 @@ def _log_model(cfg: ProjectorConfig, backbone, info: dict, meta: dict, manifest,
              **{k: metrics[k] for k in ("kept_epoch", "val_match_same_px") if k in metrics}}
     logger.log_landmark_model(LandmarkModel(rep, None, "descriptors",
                                             model_meta(rep, None, "descriptors", manifest, cfg.data.image_size, extra)))
-    logger.finish()
