@@ -212,7 +212,10 @@ class RunLogger:
 
 def load_torch_model(run_id: str, name: str = "model") -> Any:
     """The `mlflow.pytorch` model `name` logged in run `run_id` (e.g. a pretraining run's
-    "backbone_model"), from the current tracking URI."""
+    "backbone_model"), from the current tracking URI.
+
+    MLflow unpickles the whole module (a pickled model cannot load weights-only): for runs you trust.
+    The jobs never call this; they read a run's weights weights-only (`sources.load_backbone`)."""
     import mlflow.pytorch
 
     # MLflow downloads into a fresh temp dir of its own and leaves it; the model is in memory after.
