@@ -10,6 +10,8 @@ feeds the network each step (2 x batch images). Rows:
               augment/views.py, _jpeg_noise): ms per call and images/s (batch / time)
   stage       one view pass over the 2 x batch images split into its stages (jpeg, crop, jitter,
               lighting), each timed alone, at the default canvas step
+  compare     --compare: each batched JPEG backend's views against the PIL backend's (libjpeg, the
+              official pixels) for the same random draws, in 8-bit levels: mean and max |difference|
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> int:
     parser.add_argument("--jpeg-backends", default=None,
                         help="MoCoViews jpeg_backend values to time (default: torch,kornia on CUDA; pil,torch on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compare", action="store_true", help="also the batched codecs' distance from libjpeg")
     args = parser.parse_args()
     from landmarks.augment import MoCoViews
     from landmarks.augment import views as views_module
@@ -58,32 +61,51 @@ def main() -> int:
     stored, border = face_store_size(args.image_size), face_border(args.image_size)  # 136 and 20 at 96 px
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, stored, stored, 3), dtype=torch.uint8, generator=gen).to(device)
-    default_step = views_module.JPEG_CANVAS_STEP
+    default_step = views_module.CANVAS_STEP
     rows: list[dict[str, Any]] = []
     backends = [b for b in (args.jpeg_backends or ("torch,kornia" if cuda else "pil,torch")).split(",") if b]
     for backend in backends:
-        views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border,
-                          jpeg_backend=backend).to(device)
         for canvas in args.canvas_steps if backend not in ("pil", "auto") or cuda else args.canvas_steps[:1]:
-            views_module.JPEG_CANVAS_STEP = canvas
+            views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border,
+                              jpeg_backend=backend, canvas_step=canvas).to(device)
             seconds = _timed(lambda v=views: v(images, gen), steps, warmup, device)
             rows.append({"row": "total", "stage": "views", "backend": backend, "canvas_step": canvas,
                          "ms": seconds * 1e3, "images_per_s": batch / seconds})
-        views_module.JPEG_CANVAS_STEP = default_step
     views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border).to(device)  # auto
-    x = views_module.to_float_images(torch.cat((images, images))).float()
+    x = views_module.to_levels(torch.cat((images, images)))
     after_jpeg = views._jpeg_noise(x, gen)
     crops = views._random_resized_crop(after_jpeg, gen)
     stages = {"jpeg": lambda: views._jpeg_noise(x, gen), "crop": lambda: views._random_resized_crop(after_jpeg, gen),
-              "jitter": lambda: views._color_jitter(crops, gen), "lighting": lambda: views._lighting(crops, gen)}
+              "jitter": lambda: views._color_jitter(crops, gen), "lighting": lambda: views._lighting(crops / 255, gen)}
     for name, fn in stages.items():
         seconds = _timed(fn, steps, warmup, device)
         rows.append({"row": "stage", "stage": name, "backend": "auto", "canvas_step": default_step,
                      "ms": seconds * 1e3, "images_per_s": batch / seconds})
+    if args.compare:
+        rows += _compare(args.image_size, border, images, device)
     finish(args, "views", rows, params={"batch_size": batch, "image_size": args.image_size, "stored": stored,
                                         "device": str(device), "steps": steps},
            label_keys=("row", "stage", "backend", "canvas_step"))
     return 0
+
+
+def _compare(image_size: int, border: int, images: torch.Tensor, device: torch.device) -> list[dict[str, Any]]:
+    """Views with each batched codec vs the PIL codec's (the official pixels), same draws, in 8-bit levels."""
+    from landmarks.augment import MoCoViews
+
+    def views_with(backend: str) -> torch.Tensor:
+        v = MoCoViews(image_size, mean=[0.0] * 3, std=[1 / 255] * 3, border=border, lighting_std=0.0,
+                      jpeg_backend=backend).to(device)  # std 1/255, no lighting: the views are 8-bit levels
+        return torch.cat(v(images, torch.Generator().manual_seed(0)))
+
+    reference = views_with("pil")
+    rows = []
+    for backend in ("torch", "kornia"):
+        diff = (views_with(backend) - reference).abs()
+        rows.append({"row": "compare", "stage": "views", "backend": backend, "canvas_step": 0,
+                     "mean_levels": diff.mean().item(), "max_levels": diff.max().item(),
+                     "share_changed": (diff > 0.5).float().mean().item()})
+    return rows
 
 
 if __name__ == "__main__":

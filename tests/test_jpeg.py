@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
 from kornia import enhance
+from PIL import Image
 
 from landmarks.augment import jpeg_round_trip
 from landmarks.augment.jpeg import CHROMA_TABLE, LUMA_TABLE, dct_matrix, quant_tables
-from landmarks.augment.views import _jpeg_pil
+
+
+def _jpeg_pil(x_bchw: torch.Tensor, quality_b: torch.Tensor) -> torch.Tensor:
+    """libjpeg itself (PIL), image by image: the reference."""
+    out = []
+    for img, q in zip(x_bchw.clamp(0, 1).mul(255).round().to(torch.uint8), quality_b.tolist()):
+        buf = io.BytesIO()
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=int(q))
+        out.append(torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1))
+    return torch.stack(out).float() / 255.0
 
 
 def _images(side: int = 72) -> dict[str, torch.Tensor]:
@@ -83,3 +96,18 @@ def test_cuda_matches_cpu():
     cpu = jpeg_round_trip(img, quality)
     cuda = jpeg_round_trip(img.cuda(), quality.cuda()).cpu()
     assert (cuda - cpu).abs().mean().item() * 255 < 0.1  # float sums in another order: rare rounding flips
+
+
+def test_an_image_in_a_larger_canvas_codes_as_if_alone():
+    """With `sides`, an edge-replicated image in a bigger canvas (the batched JPEG noise) decodes to what
+    it decodes to alone, and its right and bottom edges are nearer libjpeg's than without."""
+    img = _images(40)["pattern"]  # 40: not a multiple of 16
+    q = torch.tensor([50.0])
+    alone = jpeg_round_trip(img, q)
+    canvas = torch.nn.functional.pad(img, (0, 24, 0, 24), mode="replicate")  # 64 x 64
+    inside = jpeg_round_trip(canvas, q, torch.tensor([40]))[..., :40, :40]
+    torch.testing.assert_close(inside, alone, atol=1e-6, rtol=0)
+    pil = _jpeg_pil(img, q)
+    edge = (slice(None), slice(None), slice(32, 40))  # the last partial macroblock's rows
+    without = (jpeg_round_trip(canvas, q)[..., :40, :40] - pil)[edge].abs().mean()
+    assert (inside - pil)[edge].abs().mean() <= without

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 import _eval_data
 from landmarks.augment import MoCoViews
 from landmarks.augment.tps import PAIR, normalized_grid, pair_warp, sample_pair_params
-from landmarks.augment.views import to_float_images
+from landmarks.augment.views import to_levels
 from landmarks.cli import job_main
 from landmarks.config import ProjectorConfig
 from landmarks.data import load_manifest, read_split_numpy
@@ -92,7 +92,7 @@ def test_projector_loss_falls(eval_data, loss):
     for _ in range(12):
         idx = torch.randint(0, len(images), (8,), generator=gen)
         if loss == "dense_corr":  # one MoCo view per image, 8 x 8 maps 4 px apart
-            x = views.view(to_float_images(images[idx]).contiguous(), gen)
+            x = views.view(to_levels(images[idx]), gen)
             losses.append(dense_corr_step(model, backbone, optimizer, x, 4, 8, 1 / 7, 0.5))
         else:
             img_a, img_b, grid = pair_views(images[idx], border, 32, [0.5] * 3, [0.25] * 3, (16, 16), gen)

@@ -1,5 +1,6 @@
-"""Augmentations on device tensors: MoCo views (views.py, with the JPEG round trip of jpeg.py;
-made one batch ahead by prefetch.py) and thin-plate-spline warps (tps.py).
+"""Augmentations on device tensors: MoCo views (views.py, in Pillow's 8-bit arithmetic from pil_ops.py,
+with the JPEG noise of jpeg_noise.py and the batched codec of jpeg.py; made one batch ahead by
+prefetch.py) and thin-plate-spline warps (tps.py).
 
 Pure torch + kornia: no Ray, MLflow or S3 here, and no device placement; every function
 works on the device of the tensors it is given. The names below load on first use, so
@@ -19,7 +20,7 @@ _EXPORTS = {
             "pair_keypoints", "pair_warp", "pixels_to_normalized", "sample_pair_params", "snap_keypoints",
             "tps_augment", "warp_images", "warp_keypoints"),
     "views": ("IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC", "MoCoViews", "border_crop", "input_tensor",
-              "normalize", "to_float_images"),
+              "normalize", "to_float_images", "to_levels"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -46,6 +47,7 @@ __all__ = [
     "sample_pair_params",
     "snap_keypoints",
     "to_float_images",
+    "to_levels",
     "tps_augment",
     "views_generator",
     "warp_images",

@@ -88,10 +88,27 @@ def _code_planes(planes: torch.Tensor, tables: torch.Tensor, basis: torch.Tensor
     return back.add(128).round_().clamp_(0, 255)
 
 
+def replicate_beyond(planes: torch.Tensor, limit: torch.Tensor, limit_cols: torch.Tensor | None = None,
+                     ) -> torch.Tensor:
+    """(N, C, h, w) planes with the rows from limit_n on and the columns from limit_cols_n on (default
+    limit_n) replaced by the last one before them: an edge-replicated image in a larger canvas."""
+    n, c, h, w = planes.shape
+    limit_cols = limit if limit_cols is None else limit_cols
+    rows = torch.minimum(torch.arange(h, device=planes.device)[None], limit[:, None] - 1)  # (N, h)
+    cols = torch.minimum(torch.arange(w, device=planes.device)[None], limit_cols[:, None] - 1)  # (N, w)
+    planes = planes.gather(2, rows[:, None, :, None].expand(n, c, h, w))
+    return planes.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
 @torch.no_grad()
-def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor, sides: torch.Tensor | None = None) -> torch.Tensor:
     """float (N, 3, H, W) in [0, 1], quality (N,) 1..100 -> float (N, 3, H, W) in [0, 1], each image
-    coded and decoded at its own quality (4:2:0, as PIL saves RGB by default)."""
+    coded and decoded at its own quality (4:2:0, as PIL saves RGB by default).
+
+    The decoded chroma ends at the image's own edge, ceil(H / 2) x ceil(W / 2) samples, as libjpeg's
+    upsampler ends a component at its width, not at the padded macroblocks. sides (N,): each canvas
+    holds a square image of that side in its top-left corner, edge-replicated beyond it, which then
+    codes as if it were alone."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     if quality.shape != images.shape[:1]:
@@ -109,6 +126,12 @@ def jpeg_round_trip(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor
     quality = quality.to(dev, non_blocking=True)
     luma = _code_planes(luma, quant_tables(quality, consts["luma"]), consts["basis"])  # 0..255
     chroma = _code_planes(chroma, quant_tables(quality, consts["chroma"]), consts["basis"]) - 128  # centred
+    if sides is None:
+        n = images.shape[0]
+        limits = (torch.full((n,), (height + 1) // 2, device=dev), torch.full((n,), (width + 1) // 2, device=dev))
+    else:
+        limits = ((sides.to(dev) + 1) // 2,) * 2
+    chroma = replicate_beyond(chroma, *limits)
     # libjpeg's h2v2 fancy upsampling: 3/4 nearer + 1/4 farther sample per axis, edges replicated.
     chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False).round_()  # 8-bit
     out = torch.einsum("kc,nchw->nkhw", consts["to_rgb"], torch.cat((luma, chroma), 1))

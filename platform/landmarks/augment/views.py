@@ -2,10 +2,17 @@
 
 The augmentation of the official code (contrast-landmark ``data_loaders_face.py``, the
 paper's Sec. 4 "MoCo ... JPEG noise, random resized crop, color jitter, PCA lighting"),
-in its order, batched on the images' device (JPEG: augment/jpeg.py on a GPU, PIL on the CPU):
+in its order and in its arithmetic, batched on the images' device:
 
     JPEGNoise (random rescale + JPEG quality 30..98) -> RandomResizedCrop(scale 0.2..1)
-    -> ColorJitter(0.4, 0.4, 0.4) -> PCA lighting (std 0.1) -> Normalize [-> border crop]
+    -> ColorJitter(0.4, 0.4, 0.4) -> ToTensor -> PCA lighting (std 0.1) -> Normalize [-> border crop]
+
+The first three run on PIL images in the official code, so here they run on 8-bit values with
+Pillow's arithmetic (`pil_ops`: its bilinear resample with per-image boxes and sizes, its
+ImageEnhance blends; `jpeg_noise`: the official rescale rule, libjpeg through PIL on the CPU or a
+batched codec on a GPU). With the PIL codec a view is pixel for pixel the official one for the
+same random draws (tests/test_views.py replays them through PIL and torchvision); the batched
+codecs differ by their rounding (benchmarks/views.py --compare measures it).
 
 No flips: a flip swaps left and right landmarks. Faces are stored at 136 px and the
 official code crops 136 px views to the 96 px input (``image_crop=20``): ``border=20``
@@ -17,22 +24,17 @@ for every kernel queued before it, and the views would stop overlapping the netw
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from kornia import enhance
-from PIL import Image
+from PIL import Image, ImageEnhance
 from torch import nn
 
-from .jpeg import jpeg_round_trip
-
-# JPEG noise codes rescaled images in canvases whose sides are multiples of this (see _jpeg_noise).
-JPEG_CANVAS_STEP = 32  # H100, batch 1024, torch codec: 32 -> 49.6 ms, 128 -> 58.9 ms per views call (benchmarks/views.py)
-JPEG_BACKENDS = ("auto", "torch", "pil", "kornia")
+from . import pil_ops
+from .jpeg_noise import CANVAS_STEP, JPEG_BACKENDS, jpeg_noise
 
 # AlexNet-style lighting noise (Krizhevsky et al. 2012, Sec. 4.1): ImageNet RGB eigenvalues /
 # eigenvectors (columns) for [0, 1] images, as in fb.resnet.torch and contrast-landmark ``PcaAug``.
@@ -91,57 +93,29 @@ def border_crop(images: torch.Tensor, border: int) -> torch.Tensor:
     return images[..., border:height - border, border:width - border]
 
 
+def to_levels(images: torch.Tensor) -> torch.Tensor:
+    """Images as 8-bit values: uint8 (or [0, 1] float) (B, H, W, 3) / (B, 3, H, W) -> float32
+    (B, 3, H, W) holding integers 0..255, the pixels of a PIL image (float input is rounded)."""
+    x = to_float_images(images)
+    if images.dtype == torch.uint8:
+        return x.mul(255.0).round_()  # exact: k / 255 * 255 rounds back to k
+    return x.to(torch.float32).clamp(0, 1).mul(255.0).round()
+
+
 def _uniform(generator, n, low, high, device):
     return low + (high - low) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
 
-def _jpeg_pil(x_bchw: torch.Tensor, quality_b: torch.Tensor) -> torch.Tensor:
-    """Fallback JPEG round trip through PIL on the CPU (no gradient), per image."""
-    out = []
-    for img, q in zip(x_bchw.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu(), quality_b.tolist()):
-        buf = io.BytesIO()
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=int(q))
-        out.append(torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1))
-    return torch.stack(out).to(device=x_bchw.device, dtype=x_bchw.dtype) / 255.0
+@dataclass
+class ViewDraws:
+    """Every random number of one view of B images, drawn in a fixed order (`MoCoViews.draw`)."""
 
-
-def _jpeg_in_canvases(codec, resized: list[torch.Tensor], groups: list[tuple[torch.Tensor, int, int]],
-                      quality: torch.Tensor) -> list[torch.Tensor]:
-    """`codec(images, quality)` over groups of (n_g, 3, h_g, w_g) images -> the coded groups, same shapes."""
-    def canvas_side(side: int) -> int:
-        return -(-side // JPEG_CANVAS_STEP) * JPEG_CANVAS_STEP
-
-    canvases: dict[tuple[int, int], list[int]] = {}
-    for g, (_, h, w) in enumerate(groups):
-        canvases.setdefault((canvas_side(h), canvas_side(w)), []).append(g)
-    coded: list[torch.Tensor | None] = [None] * len(groups)
-    for (ch, cw), members in canvases.items():
-        padded = torch.cat([F.pad(resized[g], (0, cw - groups[g][2], 0, ch - groups[g][1]), mode="replicate")
-                            for g in members])
-        result = codec(padded, torch.cat([quality[groups[g][0]] for g in members]))
-        start = 0
-        for g in members:
-            n, h, w = resized[g].shape[0], groups[g][1], groups[g][2]
-            coded[g] = result[start:start + n, :, :h, :w]
-            start += n
-    return coded
-
-
-def resample_boxes(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor,
-                   side: int) -> torch.Tensor:
-    """Bilinear (B, C, side, side) resamples of axis-aligned boxes of (B, C, H, W) images.
-
-    Boxes are (B,) inclusive pixel corners; the output's corner pixels land on (x0, y0) and
-    (x1, y1), as kornia's crop_and_resize(align_corners=True), in one affine grid_sample.
-    """
-    height, width = x.shape[-2:]
-    zero = torch.zeros_like(x0)
-    theta = torch.stack((
-        torch.stack(((x1 - x0) / (width - 1), zero, (x0 + x1) / (width - 1) - 1), -1),
-        torch.stack((zero, (y1 - y0) / (height - 1), (y0 + y1) / (height - 1) - 1), -1),
-    ), 1).to(device=x.device, dtype=x.dtype, non_blocking=True)  # (B, 2, 3), normalized coordinates
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], side, side], align_corners=True)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    jpeg_z: torch.Tensor  # (B,) float32: JPEGNoise's N(0, 1) scale draw
+    jpeg_quality: torch.Tensor  # (B,) int64
+    crop: tuple[torch.Tensor, ...]  # left, top, width, height: (B,) float64 integers each
+    factors: torch.Tensor  # (3, B) float64: brightness, contrast, saturation
+    order: torch.Tensor  # (B, 3) int64: the jitter ops in the order applied
+    alpha: torch.Tensor  # (B, 3) float32: PcaAug's alpha (already x lighting_std)
 
 
 class MoCoViews(nn.Module):
@@ -154,20 +128,19 @@ class MoCoViews(nn.Module):
             faces stored at 136, 0 for CUB).
         crop_min_scale: RandomResizedCrop area lower bound (0.2; aspect 3/4..4/3, torchvision).
         color_jitter: brightness = contrast = saturation jitter (0.4; MoCo v1), random order.
-        jpeg: apply the official JPEGNoise: rescale by max(0.8, 1 + 0.5 N(0, 1)) (capped at 2,
-            sides rounded to 16k + 8 px, see _jpeg_noise), JPEG quality
-            uniform in jpeg_quality (30..98), rescale back.
+        jpeg: apply the official JPEGNoise (`jpeg_noise`): rescale to max(int(0.8 W), int(W (1 + 0.5 z))),
+            JPEG quality uniform in jpeg_quality (30..98), rescale back.
         lighting_std: PCA lighting noise std (0.1).
-        jpeg_backend: "torch" (augment/jpeg.py: libjpeg's steps as batched tensor ops on the
-            device), "pil" (libjpeg itself, the official code's codec, through a CPU round trip),
-            "kornia" (kornia's differentiable codec, an approximation of many small kernels), or
-            "auto": PIL for images on the CPU (faster there), torch on a GPU.
+        jpeg_backend: how the 8-bit steps run. "pil": image by image in PIL on the CPU, libjpeg as the
+            official code's (the official pixels); "torch": batched on the images' device (`pil_ops`, the
+            same arithmetic) with augment/jpeg.py's codec; "kornia": the same with kornia's codec;
+            "auto": PIL for images on the CPU, torch on a GPU.
     """
 
     def __init__(self, out_size: int = 96, *, mean: Sequence[float], std: Sequence[float], border: int = 0,
                  crop_min_scale: float = 0.2, color_jitter: float = 0.4, jpeg: bool = True,
                  lighting_std: float = 0.1, jpeg_quality: tuple[int, int] = (30, 99),
-                 jpeg_backend: str = "auto"):
+                 jpeg_backend: str = "auto", canvas_step: int = CANVAS_STEP):
         super().__init__()
         if out_size <= 0 or border < 0:
             raise ValueError(f"out_size must be > 0 and border >= 0, got {out_size} and {border}")
@@ -182,9 +155,7 @@ class MoCoViews(nn.Module):
             raise ValueError(f"jpeg_backend must be one of {', '.join(JPEG_BACKENDS)}, got {jpeg_backend!r}")
         if not 0 <= jpeg_quality[0] < jpeg_quality[1] <= 101:
             raise ValueError(f"jpeg_quality must be (low, high) with 0 <= low < high <= 101, got {jpeg_quality}")
-        if jpeg_backend == "kornia" and not hasattr(enhance, "jpeg_codec_differentiable"):
-            raise ValueError("jpeg_backend='kornia' needs kornia>=0.7.1 (enhance.jpeg_codec_differentiable)")
-        self.jpeg_backend = jpeg_backend
+        self.jpeg_backend, self.canvas_step = jpeg_backend, canvas_step
         self.out_size, self.border = out_size, border
         self.crop_scale = (crop_min_scale, 1.0)
         self.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
@@ -197,70 +168,51 @@ class MoCoViews(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """images: uint8/float (B, H, W, 3) or (B, 3, H, W) -> two float32 (B, 3, out, out) views.
+        """images: uint8 (or [0, 1] float) (B, H, W, 3) or (B, 3, H, W) -> two float32 (B, 3, out, out) views.
 
         Without a generator the views follow torch's global seed (``torch.manual_seed``).
         """
         if generator is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
             generator = torch.Generator().manual_seed(seed)
-        x = to_float_images(images).to(torch.float32)
+        x = to_levels(images)
         both = self.view(torch.cat((x, x)), generator)  # both views in one pass: half the kernel launches
         return both[:x.shape[0]], both[x.shape[0]:]
 
-    def view(self, x_bchw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One augmentation of float (B, 3, H, W) images in [0, 1]."""
-        if self.jpeg:
-            x_bchw = self._jpeg_noise(x_bchw, generator)
-        x = self._random_resized_crop(x_bchw, generator)
-        x = self._color_jitter(x, generator)
-        x = self._lighting(x, generator)
+    def backend(self, device: torch.device) -> str:
+        """The JPEG backend for images on `device` ("auto": PIL on the CPU, torch elsewhere)."""
+        if self.jpeg_backend != "auto":
+            return self.jpeg_backend
+        return "pil" if device.type == "cpu" else "torch"
+
+    def view(self, levels_bchw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One augmentation of 8-bit images (B, 3, H, W), float32 values 0..255 (`to_levels`)."""
+        b, _, height, width = levels_bchw.shape
+        draws = self.draw(b, height, width, generator)
+        if self.backend(levels_bchw.device) == "pil":
+            x = self._pil_pixels(levels_bchw, draws)
+        else:
+            x = self._tensor_pixels(levels_bchw, draws)
+        x = x / 255.0  # ToTensor
+        x = self._lighting(x, draws.alpha)
         x = normalize(x, self.mean.to(x.device), self.std.to(x.device))
         return border_crop(x, self.border)
 
-    def _jpeg_noise(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Rescale each image by its own factor, JPEG it at its own quality, rescale back.
-
-        Rescaled sides are rounded to 16k + 8 px, so images of one size are resized together,
-        and with the torch or kornia codec every image is replicate-padded into one of a few canvases
-        (sides rounded up to JPEG_CANVAS_STEP), each coded in one call. That is exact: the codec
-        itself replicate-pads a 16k + 8 side to whole 16 x 16 blocks, codes blocks independently,
-        and its chroma filters only reach into that padding, so each image comes out as if coded
-        alone (a side of exactly 16k would not be with kornia: alone, its filters reflect at the
-        edge). On a GPU a codec call's kernel launches, not its arithmetic, are what a small
-        group costs, and this makes a handful of codec calls per batch instead of one per size.
-        """
-        b, _, height, width = x.shape
+    def draw(self, b: int, height: int, width: int, gen: torch.Generator) -> ViewDraws:
+        """The random numbers of one view of B images of height x width, on the generator's device."""
         dev = gen.device
-        scale = (1.0 + 0.5 * torch.randn(b, generator=gen, device=dev, dtype=torch.float64)).clamp(0.8, 2.0)
+        z = torch.randn(b, generator=gen, device=dev, dtype=torch.float32)
         quality = torch.randint(*self.jpeg_quality, (b,), generator=gen, device=dev)
-        sizes = torch.stack((scale * height, scale * width), -1).sub(8).div(16).round().clamp(min=0).mul(16).add(8)
-        unique, group_of = torch.unique(sizes.cpu().long(), dim=0, return_inverse=True)
-        groups = [((group_of == g).nonzero().squeeze(1).to(x.device, non_blocking=True), int(h), int(w))
-                  for g, (h, w) in enumerate(unique.tolist())]
-        quality = quality.to(device=x.device, dtype=x.dtype, non_blocking=True)
-        resized = [F.interpolate(x[idx], size=(h, w), mode="bilinear", antialias=True,
-                                 align_corners=False).clamp(0, 1) for idx, h, w in groups]
-        backend = self.jpeg_backend
-        if backend == "auto":
-            backend = "pil" if x.device.type == "cpu" else "torch"
-        if backend == "pil":
-            coded = [_jpeg_pil(y, quality[idx]) for y, (idx, _, _) in zip(resized, groups)]
-        else:
-            codec = jpeg_round_trip if backend == "torch" else enhance.jpeg_codec_differentiable
-            coded = _jpeg_in_canvases(codec, resized, groups, quality)
-        out = torch.empty_like(x)
-        for y, (idx, _, _) in zip(coded, groups):
-            out[idx] = F.interpolate(y, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        return out.clamp(0, 1)
+        crop = self._crop_boxes(b, height, width, gen)
+        j = self.color_jitter
+        factors = _uniform(gen, (3, b), max(0.0, 1.0 - j), 1.0 + j, dev)
+        order = torch.rand(b, 3, generator=gen, device=dev).argsort(1)
+        alpha = torch.randn(b, 3, generator=gen, device=dev, dtype=torch.float32) * self.lighting_std
+        return ViewDraws(z, quality, crop, factors, order, alpha)
 
-    def _random_resized_crop(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """torchvision RandomResizedCrop.get_params, vectorized: 10 tries, else a centre crop.
-
-        The crops are resampled (bilinear, corner pixels on corner pixels, as kornia's
-        crop_and_resize) by one affine grid_sample over the whole batch.
-        """
-        b, _, height, width = x.shape
+    def _crop_boxes(self, b: int, height: int, width: int, gen: torch.Generator):
+        """torchvision RandomResizedCrop.get_params per image, vectorized: 10 tries, else the centre
+        crop -> (left, top, w, h), (B,) float64 integers each."""
         dev, tries = gen.device, 10
         area = height * width * _uniform(gen, (b, tries), *self.crop_scale, dev)
         log_r = (math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
@@ -276,30 +228,57 @@ class MoCoViews(nn.Module):
         w = torch.where(found, w, torch.full_like(w, fb_w))
         h = torch.where(found, h, torch.full_like(h, fb_h))
         u = torch.rand(b, 2, generator=gen, device=dev, dtype=torch.float64)
-        top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), ((height - h) / 2).round())
-        left = torch.where(found, (u[:, 1] * (width - w + 1)).floor(), ((width - w) / 2).round())
-        side = self.out_size + 2 * self.border
-        return resample_boxes(x, left, top, left + w - 1, top + h - 1, side)
+        top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), ((height - h) / 2).floor())
+        left = torch.where(found, (u[:, 1] * (width - w + 1)).floor(), ((width - w) / 2).floor())
+        return left, top, w, h
 
-    def _color_jitter(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """torchvision ColorJitter(j, j, j): factors in [1 - j, 1 + j], a random order per image."""
-        b, dev, j = x.shape[0], gen.device, self.color_jitter
-        factors = _uniform(gen, (3, b), max(0.0, 1.0 - j), 1.0 + j, dev).to(device=x.device, dtype=x.dtype,
-                                                                           non_blocking=True)
-        order = torch.rand(b, 3, generator=gen, device=dev).argsort(1).to(x.device, non_blocking=True)  # (B, 3)
-        if j == 0:
+    def _pil_pixels(self, x: torch.Tensor, d: ViewDraws) -> torch.Tensor:
+        """JPEGNoise, RandomResizedCrop and ColorJitter image by image in PIL, as the official code runs
+        them (resizes as Pillow 8.4's: the horizontal pass, then the vertical one) -> 8-bit levels."""
+        if self.jpeg:
+            x = jpeg_noise(x, d.jpeg_z, d.jpeg_quality, "pil")
+        side = self.out_size + 2 * self.border
+        planes = x.detach().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
+        boxes = torch.stack(d.crop, 1).long().tolist()
+        enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+        out = []
+        for i, (left, top, w, h) in enumerate(boxes):
+            im = Image.fromarray(planes[i]).crop((left, top, left + w, top + h))
+            if w != side:
+                im = im.resize((side, h), Image.BILINEAR)
+            if h != side:
+                im = im.resize((side, side), Image.BILINEAR)
+            if self.color_jitter:
+                for op in d.order[i].tolist():
+                    im = enhancers[op](im).enhance(float(d.factors[op, i]))
+            out.append(torch.from_numpy(np.array(im)))
+        return torch.stack(out).permute(0, 3, 1, 2).to(x.device, torch.float32)
+
+    def _tensor_pixels(self, x: torch.Tensor, d: ViewDraws) -> torch.Tensor:
+        """The same 8-bit steps as `_pil_pixels`, batched on the images' device (`pil_ops`)."""
+        dev = x.device
+        if self.jpeg:
+            x = jpeg_noise(x, d.jpeg_z.to(dev, non_blocking=True), d.jpeg_quality, self.backend(dev),
+                           self.canvas_step)
+        b, _, height, width = x.shape
+        left, top, w, h = (v.to(dev, non_blocking=True) for v in d.crop)
+        side = self.out_size + 2 * self.border
+        n, zeros = torch.full((b,), side, device=dev), torch.zeros(b, device=dev)
+        x = pil_ops.resample(x, pil_ops.resample_coefficients(height, zeros, h, n, side, offset=top),
+                             pil_ops.resample_coefficients(width, zeros, w, n, side, offset=left))
+        if not self.color_jitter:
             return x
-        ops = (enhance.adjust_brightness_accumulative, enhance.adjust_contrast_with_mean_subtraction,
-               enhance.adjust_saturation_with_gray_subtraction)
-        for step in range(3):
+        factors, order = d.factors.to(dev, non_blocking=True), d.order.to(dev, non_blocking=True)
+        ops = (pil_ops.adjust_brightness, pil_ops.adjust_contrast, pil_ops.adjust_saturation)
+        for step in range(3):  # every op on every image, then a select: no host sync on a GPU
             which = order[:, step].reshape(b, 1, 1, 1)
             candidates = [op(x, f) for op, f in zip(ops, factors)]
             x = torch.where(which == 0, candidates[0], torch.where(which == 1, candidates[1], candidates[2]))
         return x
 
-    def _lighting(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Add eigvec @ (alpha * eigval), alpha ~ N(0, lighting_std), per image; no clamp (official)."""
-        alpha = torch.randn(x.shape[0], 3, generator=gen, device=gen.device, dtype=torch.float64)
-        alpha = (alpha * self.lighting_std).to(device=x.device, dtype=x.dtype, non_blocking=True)
-        rgb = torch.einsum("cj,bj->bc", self.eigvec.to(x), alpha * self.eigval.to(x))  # (B, 3)
+    def _lighting(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """PcaAug: add eigvec @ (alpha * eigval) per image, as the official
+        ``(eigvec * alpha.expand(3, 3) * eigval.expand(3, 3)).sum(1)``; no clamp."""
+        alpha = alpha.to(device=x.device, dtype=x.dtype, non_blocking=True)
+        rgb = (self.eigvec.to(x) * alpha[:, None, :] * self.eigval.to(x)).sum(-1)  # (B, 3)
         return x + rgb[:, :, None, None]

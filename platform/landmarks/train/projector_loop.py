@@ -35,7 +35,7 @@ from ..augment.tps import (
     pixels_to_normalized,
     sample_pair_params,
 )
-from ..augment.views import border_crop, normalize, to_float_images
+from ..augment.views import border_crop, normalize, to_float_images, to_levels
 from ..config import ProjectorConfig
 from ..data.loader import device_batches
 from ..dist import all_reduce_mean
@@ -206,7 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i >= steps_per_epoch:
                 break  # shards may differ by a batch; keep ranks in lock-step for DDP
             if cfg.projector.loss == "dense_corr":
-                x = views.view(to_float_images(batch["image"]).contiguous(), generator)  # one MoCo view
+                x = views.view(to_levels(batch["image"]), generator)  # one MoCo view
                 loss = dense_corr_step(model, backbone, optimizer, x, cfg.layers, size, temperature, power)
             else:
                 img_a, img_b, grid = pair_views(batch["image"], config["border"], cfg.data.image_size,
