@@ -14,7 +14,7 @@ lists the ways to make the views, one row each:
          stream one batch ahead): what pretraining runs
 
 The summary's `<backbone>.serial_over_network` (on / off) and `<backbone>.ahead_over_network`
-(ahead / off) are the full step's efficiency against the network alone. The step runs on CUDA with bf16 autocast and channels_last
+(ahead / off) are the full step's efficiency against the network alone. The step runs in --precision (bf16 on CUDA by default) with channels_last
 (moco_step's `autocast` / memory format), the MoCo model built by `prepare_moco` with the
 paper's queue (4096) and momentum; `--compile` compiles both encoders (`compile_encoders`, as
 `train.compile=true` does in pretraining; the first step, reported apart, pays for it). Inputs
@@ -104,7 +104,7 @@ def build_step(backbone: str, image_size: int, batch_size: int, views: str, devi
 
 
 def timed_steps(model, views, optimizer, images: torch.Tensor, device: torch.device, steps: int,
-                warmup: int, ahead: bool = False) -> list[float]:
+                warmup: int, ahead: bool = False, precision: str = "fp32") -> list[float]:
     """Seconds of `steps` MoCo steps after `warmup`, with the views one batch ahead or not: on CPU
     one entry per step, on CUDA one entry for them all (a sync per step would drain the GPU's
     queue between steps)."""
@@ -114,7 +114,7 @@ def timed_steps(model, views, optimizer, images: torch.Tensor, device: torch.dev
     def run(n: int):  # n steps on the same images, as pretraining's loop makes and consumes them
         generator = torch.Generator().manual_seed(0)
         for _, im_q, im_k in ViewsAhead(views, generator, device, ahead)(images for _ in range(n)):
-            step_on_views(model, optimizer, im_q, im_k, device)
+            step_on_views(model, optimizer, im_q, im_k, device, precision)
             yield
 
     model.train()
@@ -144,7 +144,8 @@ def throughput(images_per_step: int, seconds: list[float], steps: int) -> dict[s
             "mean_images_per_s": images_per_step * steps / sum(seconds)}
 
 
-def flops_per_image(backbone: str, image_size: int, batch_size: int, device: torch.device) -> float:
+def flops_per_image(backbone: str, image_size: int, batch_size: int, device: torch.device,
+                    precision: str = "fp32") -> float:
     """FLOPs of the network part of one step (query fwd+bwd, key fwd, logits) per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -155,7 +156,7 @@ def flops_per_image(backbone: str, image_size: int, batch_size: int, device: tor
     if device.type == "cuda":
         im_q, im_k = (v.contiguous(memory_format=torch.channels_last) for v in (im_q, im_k))
     with FlopCounterMode(display=False) as counter:
-        with autocast(device):
+        with autocast(device, precision):
             logits, labels = model(im_q, im_k)
             loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
@@ -168,8 +169,8 @@ def plain(backbone: str, views_mode: str, args, device: torch.device) -> dict[st
     model, views, optimizer, images = build_step(backbone, args.image_size, args.batch_size, views_mode, device,
                                                  compile_mode=args.compile)
     ahead = views_mode == "ahead"
-    first_step_s = timed_steps(model, views, optimizer, images, device, 1, 0, ahead)[0]  # with torch.compile's compilation
-    seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup, ahead)
+    first_step_s = timed_steps(model, views, optimizer, images, device, 1, 0, ahead, args.precision)[0]  # compiles
+    seconds = timed_steps(model, views, optimizer, images, device, args.steps, args.warmup, ahead, args.precision)
     return {**throughput(args.batch_size, seconds, args.steps), "first_step_s": round(first_step_s, 1)}
 
 
@@ -188,7 +189,7 @@ def _ray_loop(config: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(model, move_to_device=False,
                                         parallel_strategy_kwargs={"find_unused_parameters": False})
     seconds = timed_steps(ddp, views, optimizer, images, device, config["steps"], config["warmup"],
-                          config["views"] == "ahead")
+                          config["views"] == "ahead", config["precision"])
     # Train V2 keeps only metrics reported with a checkpoint in `Result.metrics`: rank 0 attaches a tiny one.
     checkpoint = None
     if ctx.get_world_rank() == 0:
@@ -210,7 +211,7 @@ def ray_train(backbone: str, workers: int, views_mode: str, args, device: torch.
     resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     config = {"backbone": backbone, "image_size": args.image_size, "batch_size": args.batch_size,
               "views": views_mode, "steps": args.steps, "warmup": args.warmup,
-              "threads": max(1, args.threads // workers)}
+              "threads": max(1, args.threads // workers), "precision": args.precision}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as storage:
         t0 = time.perf_counter()
         trainer = TorchTrainer(_ray_loop, train_loop_config=config,
@@ -244,11 +245,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU: torch threads of the plain loop, split over Ray workers (default: all CPUs; "
                              "use 1 on a machine others load, where idle OpenMP threads spin against them)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, TFLOP/s")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="the step's train.precision (default: bf16 on CUDA, fp32 on CPU)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
+    args.precision = args.precision or ("bf16" if cuda else "fp32")
     if args.quick:
         args.backbones, args.image_size = "resnet18", 64
         args.batch_size, args.steps, args.warmup = args.batch_size or 4, args.steps or 2, args.warmup or 1
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     for name in names:
-        gflops = flops_per_image(name, args.image_size, min(args.batch_size, 32), device) / 1e9
+        gflops = flops_per_image(name, args.image_size, min(args.batch_size, 32), device, args.precision) / 1e9
         runs = ([("plain", 1, v) for v in view_modes] if "plain" in modes else []) + \
                ([("ray", n, ray_views) for n in args.workers] if "ray" in modes else [])
         for mode, workers, views_mode in runs:
@@ -309,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
                 if views_mode in plain_rate:
                     summary[f"{name}.{key}"] = round(plain_rate[views_mode] / plain_rate["off"], 3)
     params = {"image_size": args.image_size, "batch_per_worker": args.batch_size, "steps": args.steps,
-              "warmup": args.warmup, "views": view_modes, "compile": args.compile, "threads": None if cuda else args.threads, "device": str(device), "amp": "bf16" if cuda else "fp32",
+              "warmup": args.warmup, "views": view_modes, "compile": args.compile, "threads": None if cuda else args.threads, "device": str(device), "amp": args.precision,
               "channels_last": cuda, "queue": QUEUE, "peak_tflops": peak, "quick": args.quick}
     notes = ["ratio = ray images/s / (plain images/s x workers): 1.0 = perfect (weak) scaling from the plain loop"]
     if not cuda:
-        notes.append("CPU: fp32, no autocast; peak_frac needs a GPU (or --peak-tflops)")
+        notes.append(f"CPU: {args.precision}; peak_frac needs a GPU (or --peak-tflops)")
     finish(args, "train", rows, params=params, summary=summary, label_keys=("backbone", "mode", "workers", "views"),
            columns=["backbone", "mode", "workers", "views", "batch", "images_per_s", "mean_images_per_s", "step_ms", "ratio", "gflops_per_image",
                     "tflops", "peak_frac", "first_step_s", "fit_wall_s"], notes=notes)

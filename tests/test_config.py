@@ -97,6 +97,24 @@ def test_every_preset_parses():
         assert (CONFIGS / preset).is_file(), f"missing {preset}"
 
 
+def test_every_job_that_trains_has_precision_and_paper_presets_run_fp32():
+    """train.precision (fp32 / bf16) in every job that trains; the paper presets keep the official fp32."""
+    from landmarks.registry import JOBS, config_class, config_class_for_preset
+
+    training = [job for job in JOBS if "train.epochs" in valid_keys(config_class(job))]
+    assert set(training) == {"pretrain", "train_projector", "regress", "segment", "finetune"}
+    for job in training:
+        cls = config_class(job)
+        assert "train.precision" in valid_keys(cls) and cls().train.precision == "fp32"
+        assert load_config(cls, None, ["train.precision=bf16"]).train.precision == "bf16"
+        with pytest.raises(ConfigError, match="train.precision"):
+            load_config(cls, None, ["train.precision=fp16"])
+    for preset in CONFIGS.glob("*.yaml"):
+        cfg = load_config(config_class_for_preset(preset), preset)
+        if "synthetic_cpu" not in preset.name and hasattr(cfg, "train"):
+            assert cfg.train.precision == "fp32", preset.name
+
+
 @pytest.mark.parametrize("args, code, text", [
     (["model.backbone=vgg"], 2, "model.backbone"),
     (["nope=1"], 2, "unknown key 'nope'"),

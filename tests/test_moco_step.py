@@ -1,4 +1,4 @@
-"""One MoCo pretraining step (landmarks.train.moco_step) on CPU in fp32 and on CUDA in bf16."""
+"""One MoCo pretraining step (landmarks.train.moco_step) in fp32 and bf16 (train.precision), on CPU and CUDA."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ def _setup(device: torch.device, batch: int = 8, size: int = 32):
     return model, views, optimizer, images
 
 
-def _run(device: torch.device, steps: int = 3):
+def _run(device: torch.device, steps: int = 3, precision: str = "fp32"):
     model, views, optimizer, images = _setup(device)
     queue0, weight0 = queue_sha256(model), model.encoder_q.conv1.weight.detach().clone()
-    out = [train_step(model, views, optimizer, images, device) for _ in range(steps)]
+    out = [train_step(model, views, optimizer, images, device, precision=precision) for _ in range(steps)]
     return model, queue0, weight0, out
 
 
@@ -86,19 +86,38 @@ def test_compiled_step_matches_eager(tmp_path, monkeypatch):
     torch.testing.assert_close(comp_queue, eager_queue, atol=1e-5, rtol=0)
 
 
-def test_autocast_is_off_on_cpu():
+def test_precision_is_fp32_by_default_and_bf16_when_asked():
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        with autocast(torch.device("cpu"), precision):
+            y = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert y.dtype == dtype
     with autocast(torch.device("cpu")):
-        y = torch.ones(2, 2) @ torch.ones(2, 2)
-    assert y.dtype == torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with pytest.raises(ValueError, match="fp32, bf16"):
+        autocast(torch.device("cpu"), "fp16")
+
+
+def test_cpu_step_in_bf16_trains_and_stays_near_fp32():
+    """train.precision=bf16 on the CPU (autocast; the loss in fp32): finite, updating, and its first loss on
+    identical weights and views within bf16's rounding of fp32's."""
+    first = {}
+    for precision in ("fp32", "bf16"):
+        model, views, optimizer, images = _setup(torch.device("cpu"))
+        torch.manual_seed(3)
+        out = [train_step(model, views, optimizer, images, torch.device("cpu"), torch.Generator().manual_seed(4),
+                          precision) for _ in range(2)]
+        assert all(torch.isfinite(lo) for lo, _ in out)
+        first[precision] = out[0][0].item()
+    assert first["bf16"] == pytest.approx(first["fp32"], rel=0.05)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_step_runs_in_bf16_channels_last_and_agrees_with_fp32():
     device = torch.device("cuda")
-    model, _, _, out = _run(device)
+    model, _, _, out = _run(device, precision="bf16")
     assert model.encoder_q.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.isfinite(lo).item() for lo, _ in out)
-    with autocast(device):
+    with autocast(device, "bf16"):
         y = torch.ones(4, 4, device=device) @ torch.ones(4, 4, device=device)
     assert y.dtype == torch.bfloat16
     # The first step's loss, before any update, in bf16 vs fp32 on identical weights and views.
@@ -107,7 +126,7 @@ def test_cuda_step_runs_in_bf16_channels_last_and_agrees_with_fp32():
     torch.manual_seed(5)
     im_q, im_k = views(images)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, "bf16"):
         bf16_logits, _ = model(im_q.contiguous(memory_format=torch.channels_last),
                                im_k.contiguous(memory_format=torch.channels_last))
     model.load_state_dict(state)

@@ -1,6 +1,8 @@
 """Where a job computes and in what precision: the one home of device choice and autocast.
 
-On CUDA the networks run under bf16 autocast with channels_last inputs and weights; on CPU in fp32.
+Every job that trains has `train.precision`: "fp32" (the default and the official code's: every
+paper preset) or "bf16" (autocast to bfloat16, on a GPU or a CPU with bf16 units; the losses and the
+soft-argmax stay float32). On CUDA the networks also use channels_last inputs and weights.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context on CPU (fp32)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """bf16 autocast on `device` for precision "bf16"; a no-op context for "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,9 @@ class TrainConfig(Section):
     lr: float = Field(0.03, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     seed: int = 0
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="fp32: the official code's arithmetic; bf16: autocast to bfloat16 (faster on GPUs; "
+        "losses and soft-argmax stay fp32)")
 
 
 class RayConfig(Section):

@@ -43,7 +43,7 @@ from ..losses import regression_loss
 from ..metrics import inter_ocular_error, pck, pck_official
 from ..models import LandmarkRegressor
 from ..models.representation import Representation, dense_size
-from ..precision import pick_device
+from ..precision import autocast, pick_device
 from ..predict.model import LandmarkModel, model_meta
 from ..progress import Progress
 from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
@@ -156,13 +156,15 @@ def _source(cfg: RegressConfig, plan: Plan, split: str, rows: np.ndarray | None,
 
 
 @torch.no_grad()
-def predict_rows(regressor, source: Rows, size, batch_size: int = 64) -> np.ndarray:
+def predict_rows(regressor, source: Rows, size, batch_size: int = 64, precision: str = "fp32") -> np.ndarray:
     """Pixel predictions (N, K, 2) for every row of `source` (no augmentation)."""
     regressor.eval()
     out = []
     for start in range(0, len(source), batch_size):
-        stages, _, _ = source.batch(np.arange(start, min(start + batch_size, len(source))))
-        out.append(normalized_to_pixels(source.rep.landmarks(regressor, stages, size), source.image_size).cpu())
+        with autocast(source.rep.device, precision):
+            stages, _, _ = source.batch(np.arange(start, min(start + batch_size, len(source))))
+            pred = source.rep.landmarks(regressor, stages, size).float()
+        out.append(normalized_to_pixels(pred, source.image_size).cpu())
     regressor.train()
     return torch.cat(out).numpy()
 
@@ -187,13 +189,15 @@ def _epoch_order(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def train_epoch(regressor, optimizer, source: Rows, order: np.ndarray, batch_size: int, size,
-                generator: torch.Generator) -> float:
+                generator: torch.Generator, precision: str = "fp32") -> float:
     """One pass over `order` (the last batch may be smaller, as DataLoader's drop_last=False)."""
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
-        stages, kps, vis = source.batch(order[start:start + batch_size], generator)
+        with autocast(source.rep.device, precision):
+            stages, kps, vis = source.batch(order[start:start + batch_size], generator)
+            pred = source.rep.landmarks(regressor, stages, size).float()
         target = pixels_to_normalized(kps, source.image_size)
-        loss = regression_loss(source.rep.landmarks(regressor, stages, size), target, vis)
+        loss = regression_loss(pred, target, vis)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -229,10 +233,12 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         lr = epoch_cosine_lr(settings.lr, epoch + 1, settings.schedule_epochs, eta_min)
         set_lr(optimizer, lr)
         order = _epoch_order(len(train), settings.samples_per_epoch, rng)
-        loss = train_epoch(regressor, optimizer, train, order, cfg.train.batch_size, size, generator)
+        loss = train_epoch(regressor, optimizer, train, order, cfg.train.batch_size, size, generator,
+                           cfg.train.precision)
         logged = {"train_loss": loss, "lr": lr, "images_per_sec": len(order) / (time.perf_counter() - t0)}
         if val is not None:
-            logged["val_pck"] = score("pck", predict_rows(regressor, val, size), val, plan.manifest)
+            logged["val_pck"] = score("pck", predict_rows(regressor, val, size, precision=cfg.train.precision), val,
+                                      plan.manifest)
             if logged["val_pck"] > best[0]:
                 best = (logged["val_pck"], epoch, copy.deepcopy(regressor.state_dict()))
         run_logger.log_metrics(logged, step=epoch)
@@ -242,7 +248,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     if best[2] is not None:
         regressor.load_state_dict(best[2])
         metrics["best_epoch"], metrics["val_pck"] = best[1], best[0]
-    pred = predict_rows(regressor, test, size)
+    pred = predict_rows(regressor, test, size, precision=cfg.train.precision)
     metrics[plan.metric] = score(plan.metric, pred, test, plan.manifest)
     if plan.metric == "pck":
         metrics["pck_float"] = score("pck_float", pred, test, plan.manifest)

@@ -139,13 +139,14 @@ def _source(cfg: SegmentConfig, plan: SegmentPlan, split: str, rows: np.ndarray 
 
 
 @torch.no_grad()
-def predict_masks(head, source: MaskRows, size, image_size: int, batch_size: int = 64) -> np.ndarray:
+def predict_masks(head, source: MaskRows, size, image_size: int, batch_size: int = 64,
+                  precision: str = "fp32") -> np.ndarray:
     """Boolean foreground predictions (N, H, W), logits > 0, for every row of `source`."""
     grad, source.grad = source.grad, False
     out = []
     for start in range(0, len(source), batch_size):
         pos = np.arange(start, min(start + batch_size, len(source)))
-        with autocast(source.rep.device):
+        with autocast(source.rep.device, precision):
             logits = source.rep.mask_logits(head, source.stages(pos), size, image_size)
         out.append((logits > 0).cpu())
     source.grad = grad
@@ -163,11 +164,11 @@ def _batches(n: int, samples: int, batch_size: int, rng: np.random.Generator, dr
 
 
 def train_epoch(head, optimizer, source: MaskRows, batches: list[np.ndarray], epoch: int, epochs: int,
-                base_lr: float, size, image_size: int) -> float:
+                base_lr: float, size, image_size: int, precision: str = "fp32") -> float:
     total, count = 0.0, 0
     for i, pos in enumerate(batches):
         set_lr(optimizer, cosine_lr(base_lr, epoch + i / len(batches), epochs))
-        with autocast(source.rep.device):
+        with autocast(source.rep.device, precision):
             logits = source.rep.mask_logits(head, source.stages(pos), size, image_size)
         loss = F.binary_cross_entropy_with_logits(logits.float(), source.target(pos))
         optimizer.zero_grad(set_to_none=True)
@@ -208,13 +209,14 @@ def evaluate_segmentation(cfg: SegmentConfig, run_logger: RunLogger, plan: Segme
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
         batches = _batches(len(train), plan.settings.samples_per_epoch, batch_size, rng, drop_last=cfg.finetune)
-        loss = train_epoch(head, optimizer, train, batches, epoch, cfg.train.epochs, plan.settings.lr, size, image_size)
+        loss = train_epoch(head, optimizer, train, batches, epoch, cfg.train.epochs, plan.settings.lr, size, image_size,
+                           cfg.train.precision)
         seen = sum(len(b) for b in batches)
         run_logger.log_metrics({"train_loss": loss, "images_per_sec": seen / (time.perf_counter() - t0)}, step=epoch)
         bar.update(1, loss=loss)
 
     rep.backbone.eval()
-    pred = predict_masks(head, test, size, image_size)
+    pred = predict_masks(head, test, size, image_size, precision=cfg.train.precision)
     gt = np.asarray(test.masks[test.index]) > 127
     metrics: dict[str, Any] = {
         "iou": mask_iou(pred, gt), "train_loss": loss, "epochs": cfg.train.epochs,

@@ -77,13 +77,14 @@ def param_groups(model: LandmarkNet, lr: float, backbone_lr: float) -> list[dict
             {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr_scale": backbone_lr / lr}]
 
 
-def train_step(model, optimizer, images_u8, keypoints, visible, mean, std, image_size: int) -> float:
+def train_step(model, optimizer, images_u8, keypoints, visible, mean, std, image_size: int,
+               precision: str = "fp32") -> float:
     """One step on border-cropped uint8 images (B, S, S, 3) with pixel keypoints (B, K, 2) -> loss."""
     x = input_tensor(images_u8, mean, std, images_u8.device)
     if x.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     target = pixels_to_normalized(keypoints.float(), image_size)
-    with autocast(x.device):
+    with autocast(x.device, precision):
         pred = model(x)
     loss = regression_loss(pred.float(), target, visible.bool())
     optimizer.zero_grad(set_to_none=True)
@@ -94,7 +95,7 @@ def train_step(model, optimizer, images_u8, keypoints, visible, mean, std, image
 
 @torch.no_grad()
 def evaluate(model: LandmarkNet, data_path: str, image_size: int, mean, std, eye_indices, device,
-             batch_size: int = 64) -> tuple[str, float, dict[str, np.ndarray]]:
+             batch_size: int = 64, precision: str = "fp32") -> tuple[str, float, dict[str, np.ndarray]]:
     """(metric name, value, predictions) on the test split: IOD % with eye indices, else the official PCK %."""
     model.eval()
     split = load_split(data_path, "test", image_size)
@@ -102,7 +103,7 @@ def evaluate(model: LandmarkNet, data_path: str, image_size: int, mean, std, eye
     for start in range(0, len(split["image"]), batch_size):
         images = torch.from_numpy(split["image"][start:start + batch_size])
         x = input_tensor(images, mean, std, device)
-        with autocast(device):
+        with autocast(device, precision):
             preds.append(normalized_to_pixels(model(x).float(), image_size).cpu())
     pred = torch.cat(preds).numpy()
     model.train()
@@ -160,7 +161,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 break  # shards may differ by a batch; keep ranks in lock-step for DDP
             lr = cosine_lr(config["lr"], epoch + i / steps_per_epoch, cfg.train.epochs)
             set_lr(optimizer, lr)
-            loss = train_step(ddp_model, optimizer, b["image"], b["keypoints"], b["visible"], mean, std, size)
+            loss = train_step(ddp_model, optimizer, b["image"], b["keypoints"], b["visible"], mean, std, size,
+                              cfg.train.precision)
             losses.append(loss)
             step += 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:
@@ -172,7 +174,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger.log_metrics({"train_loss": epoch_loss, "epoch": epoch}, step=step)
         last = epoch == cfg.train.epochs - 1
         if last and rank == 0:
-            name, value, out = evaluate(model, cfg.data.path, size, mean, std, config["eye_indices"], device)
+            name, value, out = evaluate(model, cfg.data.path, size, mean, std, config["eye_indices"], device,
+                                        precision=cfg.train.precision)
             metrics[name] = value
             logger.log_metrics({name: value}, step=step)
             _log_predictions(logger, out, size)

@@ -2,7 +2,7 @@
 and what benchmarks/train.py times on its own. Pretraining makes the views one batch ahead
 (`augment.prefetch.ViewsAhead`) and runs `step_on_views`; `train_step` is both in one call.
 
-On CUDA the step runs under bf16 autocast with channels_last inputs and weights; on CPU in fp32.
+The step runs in `train.precision` (fp32, or bf16 autocast); on CUDA with channels_last inputs and weights.
 """
 
 from __future__ import annotations
@@ -51,15 +51,15 @@ def compile_encoders(model: MoCo, mode: str | None = None) -> MoCo:
 
 
 def train_step(model, views: MoCoViews, optimizer, images_u8: torch.Tensor, device: torch.device,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               generator: torch.Generator | None = None, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """One MoCo step on uint8 images (B, H, W, 3) on `device` -> (loss, positive prob), 0-d tensors:
     the two views (drawn from `generator`), then `step_on_views`."""
     im_q, im_k = views(images_u8, generator)  # (B, 3, S, S) each
-    return step_on_views(model, optimizer, im_q, im_k, device)
+    return step_on_views(model, optimizer, im_q, im_k, device, precision)
 
 
 def step_on_views(model, optimizer, im_q: torch.Tensor, im_k: torch.Tensor,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                  device: torch.device, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """The network part of a MoCo step on views (B, 3, S, S) -> (loss, positive prob), 0-d tensors.
 
     The results stay on the device: reading them (`.item()`) waits for the GPU, so callers do
@@ -68,7 +68,7 @@ def step_on_views(model, optimizer, im_q: torch.Tensor, im_k: torch.Tensor,
     if device.type == "cuda":
         im_q = im_q.contiguous(memory_format=torch.channels_last)
         im_k = im_k.contiguous(memory_format=torch.channels_last)
-    with autocast(device):
+    with autocast(device, precision):
         logits, labels = model(im_q, im_k)  # (B, 1+K), (B,)
         loss = info_nce(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)

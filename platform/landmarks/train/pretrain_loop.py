@@ -76,7 +76,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:
                 lr = cosine_lr(cfg.train.lr, epoch + i / steps_per_epoch, cfg.train.epochs, cfg.train.warmup_epochs)
             set_lr(optimizer, lr)
-            loss, pos = step_on_views(ddp_model, optimizer, im_q, im_k, device)
+            loss, pos = step_on_views(ddp_model, optimizer, im_q, im_k, device, cfg.train.precision)
             loss_sum += loss
             seen, n, step = seen + images.shape[0] * world, n + 1, step + 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:  # .item() waits for the GPU

@@ -99,20 +99,21 @@ def pair_views(images_u8: torch.Tensor, border: int, image_size: int, mean: Sequ
     return out[0], out[1], grid
 
 
-def _hypercolumn_blocks(backbone: nn.Module, x: torch.Tensor, layers: int) -> list[torch.Tensor]:
+def _hypercolumn_blocks(backbone: nn.Module, x: torch.Tensor, layers: int, precision: str = "fp32",
+                        ) -> list[torch.Tensor]:
     """Frozen stage outputs of normalized images, in hypercolumn order (layer4, layer3, ...), float32."""
     if x.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast(x.device):
+    with torch.no_grad(), autocast(x.device, precision):
         stages = backbone.stages(x, num_stages=4)
     return [s.float() for s in stages[::-1][:layers]]
 
 
 def dense_corr_step(model: nn.Module, backbone: nn.Module, optimizer, x: torch.Tensor, layers: int,
-                    map_size: int, temperature: float, power: float) -> float:
+                    map_size: int, temperature: float, power: float, precision: str = "fp32") -> float:
     """One official step: projected hypercolumns of the augmented images, the dense correlation loss."""
-    with autocast(x.device):
-        feats = model(_hypercolumn_blocks(backbone, x, layers), (map_size, map_size))  # (B, dim, h, w)
+    with autocast(x.device, precision):
+        feats = model(_hypercolumn_blocks(backbone, x, layers, precision), (map_size, map_size))  # (B, dim, h, w)
     loss = dense_correlation_loss(feats.float(), temperature, power, stride=x.shape[-1] // map_size)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -121,10 +122,11 @@ def dense_corr_step(model: nn.Module, backbone: nn.Module, optimizer, x: torch.T
 
 
 def tps_pair_step(model: nn.Module, backbone: nn.Module, optimizer, img_a, img_b, grid, layers: int,
-                  map_size: int, temperature: float, power: float) -> float:
+                  map_size: int, temperature: float, power: float, precision: str = "fp32") -> float:
     """One `projector.loss=tps_pair` step: both warped images projected, the equivariance loss between them."""
-    with autocast(img_a.device):
-        feats = model(_hypercolumn_blocks(backbone, torch.cat([img_a, img_b]), layers), (map_size, map_size))
+    with autocast(img_a.device, precision):
+        feats = model(_hypercolumn_blocks(backbone, torch.cat([img_a, img_b]), layers, precision),
+                      (map_size, map_size))
     feat_a, feat_b = feats.float().chunk(2)
     loss = equivariance_loss(feat_a, feat_b, grid, temperature=temperature, power=power)
     optimizer.zero_grad(set_to_none=True)
@@ -207,12 +209,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 break  # shards may differ by a batch; keep ranks in lock-step for DDP
             if cfg.projector.loss == "dense_corr":
                 x = views.view(to_levels(batch["image"]), generator)  # one MoCo view
-                loss = dense_corr_step(model, backbone, optimizer, x, cfg.layers, size, temperature, power)
+                loss = dense_corr_step(model, backbone, optimizer, x, cfg.layers, size, temperature, power,
+                                       cfg.train.precision)
             else:
                 img_a, img_b, grid = pair_views(batch["image"], config["border"], cfg.data.image_size,
                                                 config["mean"], config["std"], (size, size), generator)
                 loss = tps_pair_step(model, backbone, optimizer, img_a, img_b, grid, cfg.layers, size, temperature,
-                                     power)
+                                     power, cfg.train.precision)
             losses.append(loss)
             step += 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:
