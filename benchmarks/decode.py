@@ -1,19 +1,22 @@
-"""JPEG decode rate: per CPU core (PIL, torchvision) and on the GPU (nvJPEG), for stored face images.
+"""Decode rate of stored face images: PNG (ingest's lossless default) and JPEG (--image-format jpeg) per
+CPU core (PIL, torchvision), and JPEG on the GPU (nvJPEG); bytes per image and pixel loss of each.
 
     python benchmarks/decode.py [--num-images 2048] [--image-size 96] [--batch-size 1024]
         [--target 20000] [--out decode.json] [--mlflow benchmarks] [--quick]
 
 Input: synthetic faces rendered at the stored size (input x 136/96) and encoded as ingest stores
-them (JPEG quality 95), held in memory as the bytes a Parquet image column holds. Rows:
+them (PNG, or JPEG quality 95), held in memory as the bytes a Parquet image column holds. Rows:
 
-  pil          PIL decode, one image at a time (the reader's default decoder), one thread
-  torchvision  torchvision.io.decode_jpeg on a list of byte tensors (the reader's "torchvision"
-               decoder, libjpeg-turbo), one thread
-  cuda         torchvision.io.decode_jpeg(..., device="cuda") on batches of --batch-size (nvJPEG),
-               from the bytes in host memory, the images stacked (B, H, W, 3) as the views take them
+  pil / png          PIL decode of PNG, one image at a time (the reader's decoder for PNG), one thread
+  pil / jpeg         PIL decode of JPEG, one thread
+  torchvision / jpeg torchvision.io.decode_jpeg on a list of byte tensors (the reader's "torchvision"
+                     decoder, libjpeg-turbo), one thread
+  cuda / jpeg        torchvision.io.decode_jpeg(..., device="cuda") on batches of --batch-size (nvJPEG),
+                     from the bytes in host memory, the images stacked (B, H, W, 3) as the views take them
 
-Each row also gives its pixels' largest and mean difference from PIL's on the first 64 images
-(nvJPEG's IDCT is not libjpeg-turbo's: a GPU decode changes the training inputs slightly).
+Each row also gives its pixels' largest and mean difference from the rendered image on the first 64
+images: what storing in that format (and decoding with that decoder) changes in the training inputs
+(PNG: nothing; JPEG q95: its loss; nvJPEG's IDCT is not libjpeg-turbo's).
 
 images/s per core for the CPU rows (one thread each, so the figure scales with the cores a node
 gives its readers); the summary's `cpu_cores_per_gpu` is --target / the best CPU rate: how many
@@ -22,7 +25,6 @@ cores one GPU's pretraining at --target images/s needs for decoding alone.
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from typing import Any
@@ -30,23 +32,23 @@ from typing import Any
 import numpy as np
 import torch
 from common import bench_parser, finish
-from PIL import Image
 
 
-def encoded_faces(n: int, image_size: int, quality: int = 95) -> list[bytes]:
-    """`n` synthetic faces at the stored size, JPEG-encoded as ingest stores them."""
+def rendered_faces(n: int, image_size: int) -> list[np.ndarray]:
+    """`n` synthetic faces at the stored size, (S, S, 3) uint8."""
     from landmarks.data.converters.base import face_border, face_store_size
     from landmarks.data.converters.synthetic import LEVELS
     from landmarks.data.converters.synthetic_render import render_face
 
     stored, border = face_store_size(image_size), face_border(image_size)
-    out = []
-    for i in range(n):
-        image, _, _ = render_face(stored, border, 0, i % 97, i, LEVELS["normal"])
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-        out.append(buffer.getvalue())
-    return out
+    return [render_face(stored, border, 0, i % 97, i, LEVELS["normal"])[0] for i in range(n)]
+
+
+def encode(images: list[np.ndarray], fmt: str) -> list[bytes]:
+    """As ingest stores them (`data.shards.encode_image`): "png" or "jpeg" (quality 95)."""
+    from landmarks.data.shards import encode_image
+
+    return [encode_image(image, fmt) for image in images]
 
 
 def decode_pil(data: list[bytes]) -> list[np.ndarray]:
@@ -94,15 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
 
-    data = encoded_faces(args.num_images, args.image_size)
-    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
-    shape = decode_pil(data[:1])[0].shape
+    rendered = rendered_faces(args.num_images, args.image_size)
+    data = {fmt: encode(rendered, fmt) for fmt in ("png", "jpeg")}
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data["jpeg"]]
+    shape = rendered[0].shape
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core
+    n = args.num_images
     rows: list[dict[str, Any]] = [
-        {"decoder": "pil", "device": "cpu", "images_per_s": _rate(lambda: decode_pil(data), len(data), args.repeats)},
-        {"decoder": "torchvision", "device": "cpu",
-         "images_per_s": _rate(lambda: decode_torchvision(tensors), len(data), args.repeats)},
+        {"decoder": "pil", "format": "png", "device": "cpu",
+         "images_per_s": _rate(lambda: decode_pil(data["png"]), n, args.repeats)},
+        {"decoder": "pil", "format": "jpeg", "device": "cpu",
+         "images_per_s": _rate(lambda: decode_pil(data["jpeg"]), n, args.repeats)},
+        {"decoder": "torchvision", "format": "jpeg", "device": "cpu",
+         "images_per_s": _rate(lambda: decode_torchvision(tensors), n, args.repeats)},
     ]
     torch.set_num_threads(threads)
     for row in rows:
@@ -111,13 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         batches = [tensors[i:i + args.batch_size] for i in range(0, len(tensors), args.batch_size)]
         decoded = sum(len(b) for b in batches)
         rate = _rate(lambda: [decode_torchvision(b, args.device) for b in batches], decoded, args.repeats, cuda=True)
-        rows.append({"decoder": "cuda", "device": torch.cuda.get_device_name(), "per": "gpu", "images_per_s": rate})
-    reference = torch.from_numpy(np.stack(decode_pil(data[:64]))).int()  # pixels against PIL's
+        rows.append({"decoder": "cuda", "format": "jpeg", "device": torch.cuda.get_device_name(), "per": "gpu",
+                     "images_per_s": rate})
+    source = torch.from_numpy(np.stack(rendered[:64])).int()  # the rendered pixels: what storage should keep
     for row in rows:
-        device = "cuda" if row["decoder"] == "cuda" else "cpu"
-        pixels = reference if row["decoder"] == "pil" else decode_torchvision(tensors[:64], device).cpu().int()
-        row["max_abs_diff_vs_pil"] = int((pixels - reference).abs().max())
-        row["mean_abs_diff_vs_pil"] = round(float((pixels - reference).abs().float().mean()), 4)
+        if row["decoder"] == "pil":
+            pixels = torch.from_numpy(np.stack(decode_pil(data[row["format"]][:64]))).int()
+        else:
+            pixels = decode_torchvision(tensors[:64], "cuda" if row["decoder"] == "cuda" else "cpu").cpu().int()
+        row["bytes_per_image"] = round(sum(map(len, data[row["format"]])) / n)
+        row["max_abs_diff_vs_source"] = int((pixels - source).abs().max())
+        row["mean_abs_diff_vs_source"] = round(float((pixels - source).abs().float().mean()), 4)
         row["images_per_s"] = round(row["images_per_s"], 1)
     best_cpu = max(r["images_per_s"] for r in rows if r["device"] == "cpu")
     summary: dict[str, Any] = {"best_cpu_images_per_core_s": best_cpu,
@@ -126,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         gpu = rows[-1]["images_per_s"]
         summary["gpu_decode_images_per_s"] = gpu
         summary["gpu_decode_ms_per_target_s"] = round(1000 * args.target / gpu, 1)  # GPU ms spent per second of training
-    params = {"num_images": len(data), "stored_shape": list(shape), "jpeg_quality": 95,
-              "mean_bytes": round(sum(map(len, data)) / len(data)), "batch_size": args.batch_size,
+    summary["png_cpu_cores_per_gpu"] = round(args.target / rows[0]["images_per_s"], 1)
+    params = {"num_images": n, "stored_shape": list(shape), "jpeg_quality": 95, "batch_size": args.batch_size,
               "target_images_per_s": args.target, "quick": args.quick}
-    finish(args, "decode", rows, params=params, summary=summary, label_keys=("decoder",),
-           columns=["decoder", "device", "per", "images_per_s", "max_abs_diff_vs_pil", "mean_abs_diff_vs_pil"],
+    finish(args, "decode", rows, params=params, summary=summary, label_keys=("decoder", "format"),
+           columns=["decoder", "format", "device", "per", "images_per_s", "bytes_per_image",
+                    "max_abs_diff_vs_source", "mean_abs_diff_vs_source"],
            notes=[f"cpu_cores_per_gpu = {args.target:.0f} images/s / the best CPU decoder's rate per core"])
     return 0
 

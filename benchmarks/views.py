@@ -7,9 +7,9 @@ Input: random uint8 faces at the stored size (input x 136/96); the views are wha
 feeds the network each step (2 x batch images). Rows:
 
   total       views(images) for each JPEG backend (--jpeg-backends) and canvas step (see
-              augment/views.py, _jpeg_noise): ms per call and images/s (batch / time)
-  stage       one view pass over the 2 x batch images split into its stages (jpeg, crop, jitter,
-              lighting), each timed alone, at the default canvas step
+              augment/jpeg_noise.py): ms per call and images/s (batch / time)
+  stage       one view pass over the 2 x batch images split into its stages (the random draws, the JPEG
+              noise, the crop and colour jitter, the lighting), each timed alone, at the default canvas step
   compare     --compare: each batched JPEG backend's views against the PIL backend's (libjpeg, the
               official pixels) for the same random draws, in 8-bit levels: mean and max |difference|
 """
@@ -73,13 +73,18 @@ def main() -> int:
                          "ms": seconds * 1e3, "images_per_s": batch / seconds})
     views = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border).to(device)  # auto
     x = views_module.to_levels(torch.cat((images, images)))
-    after_jpeg = views._jpeg_noise(x, gen)
-    crops = views._random_resized_crop(after_jpeg, gen)
-    stages = {"jpeg": lambda: views._jpeg_noise(x, gen), "crop": lambda: views._random_resized_crop(after_jpeg, gen),
-              "jitter": lambda: views._color_jitter(crops, gen), "lighting": lambda: views._lighting(crops / 255, gen)}
+    draws = views.draw(x.shape[0], x.shape[2], x.shape[3], gen)
+    backend = views.backend(device)
+    plain = MoCoViews(args.image_size, mean=[0.5] * 3, std=[0.25] * 3, border=border, jpeg=False).to(device)
+    pixels = plain._pil_pixels if backend == "pil" else plain._tensor_pixels
+    levels = pixels(x, draws)
+    stages = {"draw": lambda: views.draw(x.shape[0], x.shape[2], x.shape[3], gen),
+              "jpeg": lambda: views_module.jpeg_noise(x, draws.jpeg_z.to(device), draws.jpeg_quality, backend),
+              "crop+jitter": lambda: pixels(x, draws),
+              "lighting": lambda: views._lighting(levels / 255, draws.alpha)}
     for name, fn in stages.items():
         seconds = _timed(fn, steps, warmup, device)
-        rows.append({"row": "stage", "stage": name, "backend": "auto", "canvas_step": default_step,
+        rows.append({"row": "stage", "stage": name, "backend": backend, "canvas_step": default_step,
                      "ms": seconds * 1e3, "images_per_s": batch / seconds})
     if args.compare:
         rows += _compare(args.image_size, border, images, device)

@@ -61,19 +61,25 @@ def test_train_quick(tmp_path, ray_address):
 
 
 def test_views_quick(tmp_path):
-    doc = run_bench("views.py", tmp_path)
+    doc = run_bench("views.py", tmp_path, "--compare")
     stages = {r["stage"] for r in doc["rows"] if r["row"] == "stage"}
-    assert stages == {"jpeg", "crop", "jitter", "lighting"}
+    assert stages == {"draw", "jpeg", "crop+jitter", "lighting"}
+    compare = {r["backend"]: r for r in doc["rows"] if r["row"] == "compare"}
+    assert set(compare) == {"torch", "kornia"}  # the batched codecs against libjpeg, in 8-bit levels
+    assert 0 < compare["torch"]["mean_levels"] < compare["kornia"]["mean_levels"] < 10
     assert {r["backend"] for r in doc["rows"] if r["row"] == "total"} == {"pil", "torch"}  # the CPU default
-    assert all(r["ms"] > 0 and r["images_per_s"] > 0 for r in doc["rows"])
+    assert all(r["ms"] > 0 and r["images_per_s"] > 0 for r in doc["rows"] if r["row"] != "compare")
 
 
 def test_decode_quick(tmp_path):
     doc = run_bench("decode.py", tmp_path, "--target", "10000")
-    rows = {r["decoder"]: r for r in doc["rows"]}
-    assert set(rows) == {"pil", "torchvision"}  # + "cuda" on a GPU machine
+    rows = {(r["decoder"], r["format"]): r for r in doc["rows"]}
+    assert set(rows) == {("pil", "png"), ("pil", "jpeg"), ("torchvision", "jpeg")}  # + cuda on a GPU machine
     assert all(r["images_per_s"] > 0 and r["per"] == "core" for r in rows.values())
-    assert rows["torchvision"]["max_abs_diff_vs_pil"] == 0  # both libjpeg-turbo: the same pixels
+    assert rows[("pil", "png")]["max_abs_diff_vs_source"] == 0  # lossless: the stored pixels are the source's
+    jpeg, tv = rows[("pil", "jpeg")], rows[("torchvision", "jpeg")]
+    assert jpeg["mean_abs_diff_vs_source"] > 0.5 and jpeg["bytes_per_image"] < rows[("pil", "png")]["bytes_per_image"]
+    assert tv["max_abs_diff_vs_source"] == jpeg["max_abs_diff_vs_source"]  # both libjpeg-turbo: the same pixels
     best = max(r["images_per_s"] for r in rows.values())
     assert doc["summary"]["cpu_cores_per_gpu"] == pytest.approx(10000 / best, abs=0.05)
     assert doc["params"]["stored_shape"] == [136, 136, 3]

@@ -268,6 +268,12 @@ def test_mafl_splits_and_geometry_at_128(tmp_path):
     rec = conv.load(splits["test"][0])
     # keypoints *= imwidth / 178 at imwidth 182
     np.testing.assert_allclose(rec.keypoints, expected["000005.jpg"] * size / S, atol=1e-4)
+    # The split's order is list_eval_partition.txt's (official MAFLAligned), not the MAFL list's.
+    _write(tmp_path / "MAFL/training.txt", "000006.jpg\n000003.jpg\n")
+    assert [i.image_id for i in get_converter("mafl")(str(tmp_path)).splits()["train"]] == ["000003.jpg", "000006.jpg"]
+    lines = (tmp_path / "Eval/list_eval_partition.txt").read_text().splitlines()
+    _write(tmp_path / "Eval/list_eval_partition.txt", "\n".join(lines[::-1]) + "\n")
+    assert [i.image_id for i in get_converter("mafl")(str(tmp_path)).splits()["train"]] == ["000006.jpg", "000003.jpg"]
 
 
 def test_celeba_aligned_prefers_the_hq_folder(tmp_path):
@@ -365,8 +371,19 @@ def test_300w_crop_and_subsets(tmp_path):
             assert np.linalg.norm(_blob_centre(rec.image) - blob) < 0.5
 
 
-def test_300w_image_follows_the_official_truncated_resize(tmp_path):
-    """int(W * fac) < W * fac shrinks the official resize: the window sits left of fac's."""
+def _pil_two_pass(image: np.ndarray, size: tuple[int, int], resample=Image.Resampling.BILINEAR) -> np.ndarray:
+    """PIL's resize in Pillow 8.4's order (the official environment): horizontal pass, then vertical."""
+    im = Image.fromarray(image)
+    if im.size[0] != size[0]:
+        im = im.resize((size[0], im.size[1]), resample)
+    if im.size[1] != size[1]:
+        im = im.resize(size, resample)
+    return np.asarray(im)
+
+
+def test_300w_image_is_the_official_double_resample(tmp_path):
+    """ThreeHundredW: im.resize((int(W fac), int(H fac))) with PIL's default (bicubic), pad_and_crop of the
+    100 px window (zeros where it leaves the image), then Resize(imwidth), bilinear: pixel for pixel."""
     w, h = 200, 220
     xs, ys = np.meshgrid(np.arange(w), np.arange(h))
     wave = 127.5 + 100 * np.sin(2 * np.pi * xs / 23.0) * np.cos(2 * np.pi * ys / 29.0)
@@ -381,21 +398,15 @@ def test_300w_image_follows_the_official_truncated_resize(tmp_path):
     conv = get_converter("300w")(str(tmp_path))
     rec = conv.load(conv.splits()["train"][0])
     np.testing.assert_allclose(rec.keypoints, _official_300w(kps, bb, w, h)["kps"], atol=1e-4)
-
-    def official_image(width, height):  # resize, pad_and_crop (zeros), Resize(imwidth)
-        fac = 52 / bw
-        cutl = int(np.floor(fac * (bb[0] + (bw + 1) / 2))) - 50
-        cutt = int(np.floor(fac * (bb[1] + (bw + 1) / 2))) - 52
-        small = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-        canvas = np.zeros((height + 200, width + 200, 3), np.uint8)
-        canvas[100 : 100 + height, 100 : 100 + width] = small
-        window = canvas[100 + cutt : 200 + cutt, 100 + cutl : 200 + cutl]
-        return np.asarray(Image.fromarray(window).resize((S, S), Image.Resampling.BILINEAR)).astype(float)
-
-    ours = rec.image.astype(float)
-    official = np.abs(ours - official_image(int(w * 52 / bw), int(h * 52 / bw))).mean()
-    untruncated = np.abs(ours - official_image(round(w * 52 / bw), round(h * 52 / bw))).mean()
-    assert official < 0.5 * untruncated, (official, untruncated)
+    fac = 52 / bw
+    cutl = int(np.floor(fac * (bb[0] + (bw + 1) / 2))) - 50
+    cutt = int(np.floor(fac * (bb[1] + (bw + 1) / 2))) - 52
+    small = _pil_two_pass(image, (int(w * fac), int(h * fac)), Image.Resampling.BICUBIC)
+    canvas = np.zeros((small.shape[0] + 200, small.shape[1] + 200, 3), np.uint8)  # pad_and_crop's zeros
+    canvas[100:100 + small.shape[0], 100:100 + small.shape[1]] = small
+    window = canvas[100 + cutt:200 + cutt, 100 + cutl:200 + cutl]
+    assert cutt < 0 or cutl < 0 or cutt + 100 > small.shape[0] or cutl + 100 > small.shape[1]  # it pads
+    np.testing.assert_array_equal(rec.image, _pil_two_pass(window, (S, S)))
 
 
 def test_cub_parts_masks_and_subset(tmp_path):
@@ -416,6 +427,9 @@ def test_cub_parts_masks_and_subset(tmp_path):
             cols = np.floor((np.arange(96) + 0.5) * w / 96).astype(int)
             np.testing.assert_array_equal(rec.mask, src[rows][:, cols])  # nearest, same grid as the image
             assert rec.mask.shape == rec.image.shape[:2] == (96, 96)
+            # CUB's Resize((96, 96)) of the whole photo, PIL renormalising at the edges (no dark ring)
+            raw = np.asarray(Image.open(next(tmp_path.glob(f"images/*/{name.split('/')[-1]}"))).convert("RGB"))
+            np.testing.assert_array_equal(rec.image, _pil_two_pass(raw, (96, 96)))
 
 
 def test_inat_unlabeled_and_list_file(tmp_path):
@@ -457,6 +471,10 @@ def test_inat_squash_by_default_and_center_crop_option(tmp_path, crop, column):
     horizontal = rec.image[:, :10] if crop is None else rec.image[:, 56:]  # away from the vertical band
     assert abs(_band_centre(vertical, 1) - column) < 0.3
     assert abs(_band_centre(horizontal, 0) - (25 * 64 / 100 - 0.5)) < 0.3  # rows: 100 -> 64 either way
+    if crop is None:  # InatAve's Resize((imwidth, imwidth)): PIL's, whose edge pixels are not darkened
+        raw = np.asarray(Image.open(path).convert("RGB"))
+        np.testing.assert_array_equal(rec.image, _pil_two_pass(raw, (64, 64)))
+        assert rec.image[0, 0, 0] == rec.image[0, 0, 2] and rec.image[:, 0].mean() > 25  # the 30-gray edge kept
     with pytest.raises(ConfigError, match="crop must be one of none, center"):
         get_converter("inat-aves")(str(tmp_path), options={"crop": "face-box"})
 

@@ -23,7 +23,7 @@ import pytest
 from landmarks.data.converters.base import BadItem, Converter, DatasetInfo, Record, parse_float
 from landmarks.data.ingest import STATE_NAME, IngestError, ingest, verify_dataset
 from landmarks.data.manifest import GEOMETRY_VERSION, Manifest, ManifestError, check_geometry, open_manifest
-from landmarks.data.shards import SCHEMA
+from landmarks.data.shards import SCHEMA, decode_image
 from landmarks.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,13 +235,20 @@ def test_check_geometry_refuses_old_cub_and_warns_for_faces(tmp_path, caplog):
     with pytest.raises(UserError, match=r"ingested before keypoints followed the official scaling.*re-ingest "
                                         r"with `python jobs/ingest.py cub --root /raw/CUB_200_2011 --out "):
         check_geometry(_old_manifest("cub", 15), str(tmp_path / "cub"))
-    with pytest.raises(UserError, match="geometry_version 1 < 2"):
+    with pytest.raises(UserError, match="geometry_version 1 < 3"):
         check_geometry(_old_manifest("cub", 15, geometry_version=1), str(tmp_path / "cub"))
-    check_geometry(_old_manifest("cub", 15, geometry_version=2), str(tmp_path / "cub"))  # re-ingested: fine
+    check_geometry(_old_manifest("cub", 15, geometry_version=3), str(tmp_path / "cub"))  # re-ingested: fine
     with caplog.at_level("WARNING", logger="landmarks.data.manifest"):
         check_geometry(_old_manifest("mafl", 5), str(tmp_path / "mafl"))  # a warning, no error
     assert "'mafl' was ingested before keypoints followed the official scaling" in caplog.text
     assert "under one stored pixel" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="landmarks.data.manifest"):
+        check_geometry(_old_manifest("mafl", 5, geometry_version=2), str(tmp_path / "mafl"))
+        check_geometry(_old_manifest("cub", 15, geometry_version=2), str(tmp_path / "cub"))  # pixels: a warning
+    assert "before its pixels were the official ones (geometry_version 2 < 3)" in caplog.text
+    assert "matching's different-identity pairs are not the official ones" in caplog.text
+    assert "python jobs/ingest.py cub --root /raw/CUB_200_2011" in caplog.text
 
 
 def test_open_manifest_checks_geometry_only_for_landmark_jobs(tmp_path):
@@ -266,7 +273,7 @@ def test_schema_manifest_and_stats(ray_local, tmp_path):
                 "std", "has_masks", "image_format", "splits", "source", "created_at", "skipped"):
         assert key in on_disk, key
     assert on_disk["K"] == 3 and on_disk["stored_size"] == TOY_SIZE and on_disk["border"] == 4
-    assert on_disk["geometry_version"] == GEOMETRY_VERSION == 2
+    assert on_disk["geometry_version"] == GEOMETRY_VERSION == 3
     check_geometry(m, str(out))  # a fresh dataset passes
     assert not (out / STATE_NAME).exists()
     assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.name.startswith(".")) == []
@@ -287,6 +294,15 @@ def test_schema_manifest_and_stats(ray_local, tmp_path):
     pix = np.concatenate([conv.load(it).image.reshape(-1, 3) for it in conv.splits()["train"]]) / 255.0
     np.testing.assert_allclose(m.mean, pix.mean(0), atol=1e-9)
     np.testing.assert_allclose(m.std, pix.std(0), atol=1e-9)
+
+    # image_format="png" (the real datasets' default): lossless, the stored pixels are the converter's
+    png = ingest(TOY, str(raw), str(tmp_path / "png"), rows_per_shard=20, progress=False, image_format="png")
+    assert png.image_format == "png" and png.extra["ingest_params"]["image_format"] == "png"
+    first = pq.read_table(tmp_path / "png" / "train" / "part-00000.parquet").slice(0, 1).to_pylist()[0]
+    assert first["image"][:4] == b"\x89PNG"
+    np.testing.assert_array_equal(decode_image(first["image"]), conv.load(conv.splits()["train"][0]).image)
+    with pytest.raises(IngestError, match="png, jpeg"):
+        ingest(TOY, str(raw), str(tmp_path / "gif"), progress=False, image_format="gif")
 
 
 def test_resume_after_interrupted_ingest(ray_local, tmp_path):

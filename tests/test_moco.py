@@ -2,6 +2,7 @@
 
 import copy
 import io
+import math
 import socket
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 
 from landmarks import dist
 from landmarks.losses import info_nce
-from landmarks.models import MoCo, positive_probability
+from landmarks.models import MoCo, positive_logit, positive_probability
 
 
 class TinyEncoder(nn.Module):
@@ -74,13 +75,42 @@ def test_queue_pointer_wraps_around():
     torch.testing.assert_close(model.queue.norm(dim=0), torch.ones(8))
 
 
-def test_queue_not_divisible_by_batch_is_refused_without_side_effects():
-    model = MoCo(TinyEncoder(4), dim=4, K=10)
+def test_batches_straddle_the_end_of_the_queue_as_memorymoco():
+    """K=10, batches of 4 (the last of an epoch may be any size): columns 0-3, 4-7, then 8, 9, 0, 1."""
+    torch.manual_seed(2)
+    model = MoCo(TinyEncoder(4), dim=4, K=10, m=1.0).eval()
+    batches = [torch.randn(4, 3, 6, 6) for _ in range(3)] + [torch.randn(3, 3, 6, 6)]
+    for im, ptr in zip(batches, [4, 8, 2, 5]):
+        model(im, im)
+        assert int(model.queue_ptr) == ptr
+    with torch.no_grad():
+        k3, k4 = _keys(model.encoder_k, batches[2]), _keys(model.encoder_k, batches[3])
+    torch.testing.assert_close(model.queue[:, [8, 9, 0, 1]], k3.T)
+    torch.testing.assert_close(model.queue[:, 2:5], k4.T)
+
+
+def test_batch_larger_than_the_queue_is_refused_without_side_effects():
+    model = MoCo(TinyEncoder(4), dim=4, K=3)
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"K=10 is not divisible by the global batch size 4"):
+    with pytest.raises(ValueError, match=r"K=3 is smaller than the global batch 4"):
         model(torch.randn(4, 3, 6, 6), torch.randn(4, 3, 6, 6))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_initial_queue_is_memorymocos_uniform_rows():
+    """NCEAverage.MemoryMoCo: rand(K, dim) * 2 s - s with s = 1 / sqrt(dim / 3): uniform, not normalised,
+    with an expected squared norm of 1 per key."""
+    torch.manual_seed(0)
+    model = MoCo(TinyEncoder(128), dim=128, K=4096)
+    s = 1 / math.sqrt(128 / 3)
+    assert model.queue.shape == (128, 4096)
+    assert model.queue.min() >= -s and model.queue.max() <= s and model.queue.min() < -0.99 * s
+    norms = model.queue.norm(dim=0)
+    assert norms.std() > 0.01 and abs(float((norms ** 2).mean()) - 1.0) < 0.01
+    counts = torch.histc(model.queue.flatten(), bins=4, min=-s, max=s)  # uniform: equal quarters
+    assert (counts / counts.sum() - 0.25).abs().max() < 0.01
+    assert abs(float(model.key_similarity())) < 0.01  # cosines of the (normalised) random keys
 
 
 def test_momentum_update_math():
@@ -119,11 +149,13 @@ def test_state_round_trip_is_bit_exact():
     assert torch.equal(logits_a, logits_b)
 
 
-def test_positive_probability():
+def test_positive_probability_and_the_official_prob():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     e2 = torch.exp(torch.tensor(2.0))
     expected = (e2 / (e2 + 2) + 1 / 3) / 2
     torch.testing.assert_close(positive_probability(logits), expected)
+    # train_moco.py's `prob = out[:, 0].mean()`: the logits are already <q, k> / T
+    assert float(positive_logit(logits)) == pytest.approx(1.0)
 
 
 def test_dist_helpers_single_process():
@@ -180,8 +212,8 @@ def _dist_worker(rank, port, out_dir, perm_seed):
             },
             f"{out_dir}/rank{rank}.pt",
         )
-        with pytest.raises(ValueError, match="global batch size 6"):  # 3 per worker x 2 workers
-            model(torch.randn(3, 3, 6, 6), torch.randn(3, 3, 6, 6))
+        with pytest.raises(ValueError, match="global batch 10"):  # 5 per worker x 2 workers > K = 8
+            model(torch.randn(5, 3, 6, 6), torch.randn(5, 3, 6, 6))
     finally:
         tdist.destroy_process_group()
 

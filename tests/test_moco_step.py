@@ -36,11 +36,11 @@ def _run(device: torch.device, steps: int = 3, precision: str = "fp32"):
 def test_step_updates_encoder_and_queue_and_keeps_results_on_device():
     device = torch.device("cpu")
     model, queue0, weight0, out = _run(device)
-    loss, pos = out[-1]
-    assert loss.shape == () and pos.shape == () and not loss.requires_grad
+    loss, pos, prob = out[-1]
+    assert loss.shape == () and pos.shape == () and prob.shape == () and not loss.requires_grad
     # InfoNCE over 1 + 64 candidates starts near log(65) and stays finite.
-    assert all(torch.isfinite(lo) and 0 < lo.item() < 10 for lo, _ in out)
-    assert 0.0 <= pos.item() <= 1.0
+    assert all(torch.isfinite(lo) and 0 < lo.item() < 10 for lo, _, _ in out)
+    assert 0.0 <= pos.item() <= 1.0 and -1 / 0.07 <= prob.item() <= 1 / 0.07  # <q, k+> / T
     assert int(model.queue_ptr) == (3 * 8) % 64 and queue_sha256(model) != queue0
     assert not torch.equal(model.encoder_q.conv1.weight, weight0)
     # Only the query encoder gets gradients; the key encoder follows by momentum.
@@ -106,7 +106,7 @@ def test_cpu_step_in_bf16_trains_and_stays_near_fp32():
         torch.manual_seed(3)
         out = [train_step(model, views, optimizer, images, torch.device("cpu"), torch.Generator().manual_seed(4),
                           precision) for _ in range(2)]
-        assert all(torch.isfinite(lo) for lo, _ in out)
+        assert all(torch.isfinite(lo) for lo, _, _ in out)
         first[precision] = out[0][0].item()
     assert first["bf16"] == pytest.approx(first["fp32"], rel=0.05)
 
@@ -116,7 +116,7 @@ def test_cuda_step_runs_in_bf16_channels_last_and_agrees_with_fp32():
     device = torch.device("cuda")
     model, _, _, out = _run(device, precision="bf16")
     assert model.encoder_q.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert all(torch.isfinite(lo).item() for lo, _ in out)
+    assert all(torch.isfinite(lo).item() for lo, _, _ in out)
     with autocast(device, "bf16"):
         y = torch.ones(4, 4, device=device) @ torch.ones(4, 4, device=device)
     assert y.dtype == torch.bfloat16

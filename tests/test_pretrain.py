@@ -59,7 +59,7 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monk
     assert late < early - 0.05, epoch_losses
     run = client.get_run(run_id)
     assert run.data.tags["backbone"] == "resnet18" and run.data.tags["dataset"] == "synthetic-faces"
-    assert {"loss", "positive_prob", "lr", "images_per_sec", "key_similarity"} <= set(run.data.metrics)
+    assert {"loss", "positive_prob", "prob", "lr", "images_per_sec", "key_similarity"} <= set(run.data.metrics)
     # Healthy keys stay spread out, below the job's collapse warning; the summary reports the final value.
     assert -0.1 < m1["key_similarity"] < COLLAPSED_KEY_SIMILARITY
     assert m1["key_similarity"] == pytest.approx(run.data.metrics["final_key_similarity"])
@@ -104,7 +104,7 @@ def test_bad_inputs_fail_before_work(tiny_faces, tmp_path, ray_local, monkeypatc
         ([f"data.path={tmp_path}/nope"], "no dataset.json"),
         ([f"data.path={tiny_faces}", "ray.num_workers=64", "train.batch_size=64"], "the Ray cluster has"),
         ([f"data.path={tiny_faces}", "train.batch_size=33"], "not divisible by ray.num_workers"),
-        ([f"data.path={tiny_faces}", "train.batch_size=48"], "must be a multiple of train.batch_size"),
+        ([f"data.path={tiny_faces}", "train.batch_size=128"], "moco.queue_size=64 is smaller than train.batch_size=128"),
         ([f"data.path={tiny_faces}", "mlflow.run_name=tiny", "model.backbone=resnet50_half"],
          "from backbone 'resnet18'"),
     ]

@@ -16,7 +16,6 @@ from landmarks.data import (
     load_manifest,
     read_dataset,
     read_split_numpy,
-    shuffled_blocks,
 )
 from test_ingest import TOY, ToyFaces, load_cli_module, make_raw, ray_local, toy_record  # noqa: F401
 
@@ -165,21 +164,23 @@ def test_read_and_decode_are_one_task_per_shard(toy):
         assert ds.num_blocks() == 3 and ds.count() == 12
 
 
-def test_shuffled_blocks_mix_shards_in_a_seeded_order(toy):
-    """Training streams cut each shard's block into small blocks and shuffle those, so a worker's
-    rows come from every shard and not in the ingest order."""
+def test_training_reads_are_a_fresh_full_permutation_every_epoch(toy):
+    """shuffle_seed: every execution (an epoch) is a new permutation of all the rows (the official
+    DataLoader(shuffle=True)), not the ingest order; with a fraction, of the fraction's rows."""
     _, ds_path = toy
 
     def ids(ds):
         return [r["image_id"] for r in ds.take_all()]
 
-    read = read_dataset(str(ds_path), "train")
-    first = shuffled_blocks(read, seed=0, rows_per_block=2).materialize()
-    assert first.num_blocks() == 7  # 5, 5, 2 rows -> 3+3+1
-    order = {0: ids(first), 1: ids(shuffled_blocks(read, seed=1, rows_per_block=2))}
-    assert sorted(order[0]) == sorted(ids(read)) and len(order[0]) == 12
-    assert order[0] == ids(shuffled_blocks(read, seed=0, rows_per_block=2))
-    assert order[0] != order[1] and ids(read) not in order.values()
+    plain = ids(read_dataset(str(ds_path), "train"))
+    shuffled = read_dataset(str(ds_path), "train", shuffle_seed=0)
+    epochs = [ids(shuffled) for _ in range(3)]
+    assert all(sorted(e) == sorted(plain) for e in epochs) and len(plain) == 12
+    assert len({tuple(e) for e in epochs}) == 3 and tuple(plain) not in {tuple(e) for e in epochs}
+    assert "RandomShuffle" in shuffled.stats()
+    half = read_dataset(str(ds_path), "train", fraction=0.5, seed=3, images_only=True, shuffle_seed=1)
+    assert half.count() == 6 and half.count() == len(read_dataset(str(ds_path), "train", fraction=0.5, seed=3,
+                                                                  images_only=True).take_all())
 
 
 def test_device_batches_on_cpu(toy):

@@ -78,13 +78,13 @@ def test_budget_settings_resolve_before_training(eval_data):
     full = check_regression(_cfg(faces))
     n = full.manifest.splits["train"].rows
     assert full.settings == Resolved(lr=1e-3, weight_decay=5e-4, samples_per_epoch=n, epochs=10, schedule_epochs=10,
-                                     tps_augment=False)  # the CPU preset's epochs; auto = the paper's below
+                                     tps_augment=False, track_test=False)  # the CPU preset's epochs; auto below
     assert list(full.rows) == list(range(n)) and full.metric == "iod" and full.tags["init"] == "random"
     limited = check_regression(_cfg(faces, "annotations=5", "train.seed=3", "repeat=1", "train.epochs=auto",
                                     "train.schedule_epochs=auto"))
     # the 5 images tiled min(1000, n) // 5 times an epoch, 1000 epochs of the 1000-epoch cosine
     assert limited.settings == Resolved(lr=1e-2, weight_decay=5e-2, samples_per_epoch=5 * (n // 5), epochs=1000,
-                                        schedule_epochs=1000, tps_augment=True)
+                                        schedule_epochs=1000, tps_augment=True, track_test=True)
     assert list(limited.rows) == sorted(budget_indices(n, 5, seed=4))
     manual = check_regression(_cfg(faces, "annotations=5", "tps_augment=false", "train.lr=0.5"))
     assert (manual.settings.lr, manual.settings.tps_augment) == (0.5, False)
@@ -160,13 +160,18 @@ def in_trial(tmp_path, monkeypatch):
 
 
 def test_limited_budget_trains_on_warped_images(eval_data, in_trial):
-    cfg = _cfg(str(eval_data["faces"]), "annotations=4", "train.epochs=1", "train.samples_per_epoch=16",
+    """TPS-warped training; the test split scored every epoch, its best epoch reported beside the last."""
+    cfg = _cfg(str(eval_data["faces"]), "annotations=4", "train.epochs=3", "train.samples_per_epoch=16",
                "train.batch_size=8")
     metrics = run_regress(cfg, JobArgs(None, None, False))
     assert np.isfinite(metrics["iod"])
     run = in_trial.get_run(metrics["mlflow_run_id"])
     assert run.data.tags["features.train"] == "off" and run.data.tags["features.test"] in ("hit", "miss")
     assert run.data.tags["budget"] == "4" and run.data.params["resolved.tps_augment"] == "True"
+    per_epoch = [m.value for m in sorted(in_trial.get_metric_history(run.info.run_id, "test_iod"), key=lambda m: m.step)]
+    assert len(per_epoch) == 3 and per_epoch[-1] == pytest.approx(metrics["iod"])  # the last epoch is the result
+    assert metrics["iod_best_on_test"] == pytest.approx(min(per_epoch))
+    assert metrics["best_test_epoch"] == int(np.argmin(per_epoch))
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def epoch_cosine_lr(base_lr: float, epoch: int, total_epochs: int, eta_min: floa
     start of every epoch (``eval_face.py``, ``eval_animal.py``, ``train_feature_projector.py``),
     so epoch e trains at eta_min + (base - eta_min) (1 + cos(pi e / T)) / 2; the MoCo pretraining
     (``train_moco.py`` ``adjust_learning_rate``) is the same with eta_min = 0. A run may stop
-    before epoch T (the face regressors stop at 120 / 45 / 80 of 200).
+    before epoch T (the face regressors stop after 121 / 46 / 81 of 200).
     """
     if total_epochs < 1:
         raise ValueError(f"total_epochs must be >= 1, got {total_epochs}")

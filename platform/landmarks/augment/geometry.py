@@ -21,8 +21,12 @@ Coordinate convention, used by every converter and stored in the Parquet shards:
   right of (below) the content it was annotated on: 0.12 px for the 178 -> 136 CelebA crop,
   0 at scale 1, -0.5 px at 2x. The annotations are taken as the official code takes them.
 
-Images are resized with PIL's bilinear filter, which widens its support when
-downscaling (antialiased); masks with nearest neighbour, so they stay binary.
+Pixels are what the official loaders compute: a box with integer corners (every official crop) is
+cut out alone, zero-padded where it leaves the image (`crop_padded`, the official `pad_and_crop`),
+and resized alone with PIL's bilinear filter (`pil_resize`), which widens its support when
+downscaling (antialiased) and renormalises its weights at the crop's edges, in Pillow 8.4's pass
+order (the official environment's). Masks are resized with nearest neighbour, so they stay binary.
+Only a fractional box (our own in-the-wild face crop) is resampled inside a margin of real pixels.
 """
 
 from __future__ import annotations
@@ -64,8 +68,8 @@ def crop_resize(
     if image_hw3.ndim != 3 or image_hw3.shape[2] != 3 or image_hw3.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image_hw3.shape} {image_hw3.dtype}")
 
-    # Bilinear downscaling reads up to `scale` pixels beyond the box: keep real pixels (or
-    # zeros) there so that the result does not depend on where the box sits in the image.
+    # A fractional box: bilinear downscaling reads up to `scale` pixels beyond it, so real pixels (or
+    # zeros) are kept there and the result does not depend on where the box sits in the image.
     margin = math.ceil(max(width / out_w, height / out_h, 1.0)) + 1
     image = _resize_box(image_hw3, left, top, width, height, out_w, out_h, margin, Image.Resampling.BILINEAR)
 
@@ -95,6 +99,34 @@ def scale_keypoints(keypoints_k2: np.ndarray, box: Box, out_size: tuple[int, int
     return (kps - (left, top)) * scale
 
 
+def pil_resize(array: np.ndarray, size: tuple[int, int], resample: int = Image.Resampling.BILINEAR) -> np.ndarray:
+    """PIL's resize of a whole (H, W[, 3]) uint8 array to size = (W', H'), in Pillow 8.4's order (the
+    official environment): the horizontal pass, then the vertical one, each rounded to 8 bits. Pillow
+    13 runs the vertical pass first when the height shrinks more than twice as much as the width."""
+    pil = Image.fromarray(np.ascontiguousarray(array))
+    width, height = (int(v) for v in size)
+    if resample == Image.Resampling.NEAREST or pil.size == (width, height):
+        return np.asarray(pil.resize((width, height), resample))
+    if pil.size[0] != width:
+        pil = pil.resize((width, pil.size[1]), resample)
+    if pil.size[1] != height:
+        pil = pil.resize((width, height), resample)
+    return np.asarray(pil)
+
+
+def crop_padded(array: np.ndarray, left: int, top: int, width: int, height: int) -> np.ndarray:
+    """array[top:top + height, left:left + width] with zeros where the box leaves the array (the official
+    `pad_and_crop`)."""
+    h, w = array.shape[:2]
+    if left >= 0 and top >= 0 and left + width <= w and top + height <= h:
+        return array[top:top + height, left:left + width]
+    out = np.zeros((height, width) + array.shape[2:], dtype=array.dtype)
+    sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + width, w), min(top + height, h)
+    if sx0 < sx1 and sy0 < sy1:
+        out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = array[sy0:sy1, sx0:sx1]
+    return out
+
+
 def _resize_box(
     array: np.ndarray,
     left: float,
@@ -107,6 +139,9 @@ def _resize_box(
     resample: int,
 ) -> np.ndarray:
     """Resize the box of `array` ((H, W) or (H, W, 3) uint8) to (out_h, out_w), zero-padded."""
+    if all(float(v).is_integer() for v in (left, top, width, height)):  # the official crop, then resize
+        box = crop_padded(array, int(left), int(top), int(width), int(height))
+        return pil_resize(box, (out_w, out_h), resample)
     x0, y0 = math.floor(left) - margin, math.floor(top) - margin
     x1, y1 = math.ceil(left + width) + margin, math.ceil(top + height) + margin
     h, w = array.shape[:2]

@@ -2,7 +2,7 @@
 
     ahead = ViewsAhead(views, generator, device)          # views: a MoCoViews
     for images, im_q, im_k in ahead(batches):             # batches: uint8 (B, H, W, 3) on `device`
-        loss, pos = step_on_views(model, optimizer, im_q, im_k, device)
+        loss, pos, prob = step_on_views(model, optimizer, im_q, im_k, device)
 
 On CUDA the views of batch i+1 are queued on a side stream before the step of batch i is, so the
 GPU runs the two together instead of one after the other (benchmarks/README.md: at 96 px the views

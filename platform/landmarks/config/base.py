@@ -39,9 +39,6 @@ class DataConfig(Section):
     path: str = Field("", description="dataset directory or s3:// URI written by jobs/ingest.py")
     image_size: int = Field(96, ge=32, description="network input size (faces stored at x136/96)")
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="seeded fraction of the training split")
-    shuffle_buffer_rows: int = Field(
-        1024, ge=1, description="rows each training worker's local shuffle buffer holds, reshuffled every epoch "
-        "(Ray Data iter_torch_batches' local_shuffle_buffer_size); more mixes better, costs memory and first-batch wait")
 
 
 class ModelConfig(Section):

@@ -19,13 +19,12 @@ from .reader import (
     load_split,
     read_dataset,
     read_split_numpy,
-    shuffled_blocks,
     split_image_ids,
 )
 
 __all__ = [
     "IngestError", "Manifest", "ManifestError", "device_batches", "ingest", "iter_split", "load_manifest",
-    "load_split", "read_dataset", "read_split_numpy", "shuffled_blocks", "split_image_ids", "verify_dataset",
+    "load_split", "read_dataset", "read_split_numpy", "split_image_ids", "verify_dataset",
 ]
 
 

@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output directory or s3://bucket/prefix")
     p.add_argument("--image-size", type=int, default=96, help="network input size (default 96)")
     p.add_argument("--rows-per-shard", type=int, default=1000)
+    p.add_argument("--image-format", choices=("png", "jpeg"), default=None,
+                   help="encoding of the stored images: png (lossless, the official pixels; the default for real "
+                        "datasets) or jpeg (quality 95: 3-4x smaller, faster to decode; synthetic-faces' default)")
     p.add_argument("--num-images", type=int, help="synthetic-faces: number of images")
     p.add_argument("--seed", type=int, help="synthetic-faces: seed")
     p.add_argument("--skip-bad", action="store_true", help="skip (and report) bad annotations/images")
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             options = {k: v for k, v in (("num_images", args.num_images), ("seed", args.seed)) if v is not None}
             manifest = ingest(args.dataset, args.root, args.out, image_size=args.image_size,
                               rows_per_shard=args.rows_per_shard, skip_bad=args.skip_bad, options=options,
-                              progress=not args.no_progress, overwrite=args.overwrite, verbose=args.verbose)
+                              progress=not args.no_progress, overwrite=args.overwrite, verbose=args.verbose,
+                              image_format=args.image_format)
             print(f"{manifest.name} -> {redact(args.out)}")
     except (UserError, BadItem) as err:
         if args.verbose:

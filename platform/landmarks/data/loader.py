@@ -53,10 +53,14 @@ def default_device():
     return torch.device("cpu")
 
 
+def epoch_steps(rows: int, workers: int, batch_per_worker: int) -> int:
+    """Batches each Ray Train worker gets in an epoch of `rows` rows, the last one partial: Ray Train splits
+    a dataset equally (rows // workers each, `streaming_split(equal=True)`), batches are not dropped."""
+    return max(1, -(-(rows // workers) // batch_per_worker))
+
+
 def device_batches(shard: Any, batch_size: int, device: Any = None, drop_last: bool = True,
-                   prefetch_batches: int = 2, columns: tuple[str, ...] = TENSOR_COLUMNS,
-                   local_shuffle_buffer_size: int | None = None,
-                   local_shuffle_seed: int | None = None) -> Iterator[dict[str, Any]]:
+                   prefetch_batches: int = 2, columns: tuple[str, ...] = TENSOR_COLUMNS) -> Iterator[dict[str, Any]]:
     """Yield {"image": (B, H, W, 3) uint8, "keypoints": (B, K, 2) float32, "visible": (B, K) bool,
     "mask": (B, H, W) uint8 where present} on `device` (default: the worker's device).
 
@@ -77,6 +81,4 @@ def device_batches(shard: Any, batch_size: int, device: Any = None, drop_last: b
         pin_memory=on_cuda,
         drop_last=drop_last,
         prefetch_batches=prefetch_batches,
-        local_shuffle_buffer_size=local_shuffle_buffer_size,
-        local_shuffle_seed=local_shuffle_seed,
     )

@@ -36,7 +36,10 @@ MANIFEST_NAME = "dataset.json"
 # 2: keypoints scaled as the official loaders scale them, no half-pixel shift
 #    (`landmarks.augment.geometry`); inat-aves and celeba-wild images resized whole by default;
 #    300W cut through the official code's int-truncated resize.
-GEOMETRY_VERSION = 2
+# 3: the official pixels: stored losslessly (PNG) by default, every crop resized alone in Pillow 8.4's
+#    pass order (no darkened edge ring for CUB / iNat), 300W resampled twice (bicubic, then bilinear);
+#    MAFL's splits in list_eval_partition.txt's order (the official matching pairs).
+GEOMETRY_VERSION = 3
 # Datasets whose version-1 keypoints are refused for landmark jobs (the others get a warning).
 _REINGEST_REQUIRED = ("cub",)
 _OLD_GEOMETRY_NOTE = {
@@ -278,6 +281,16 @@ def check_geometry(manifest: Manifest, data_path: str) -> None:
     if version >= GEOMETRY_VERSION:
         return
     where = storage.redact(str(data_path))
+    if version == 2 and manifest.name == "synthetic-faces":  # our own renderer: nothing official changed
+        return
+    if version == 2:  # the keypoints are right; the pixels (and MAFL's test order) are not the official ones
+        note = ("its test split is in testing.txt's order, so matching's different-identity pairs are not the "
+                "official ones, and its" if manifest.name == "mafl" else "its")
+        logger.warning("%s: dataset %r was ingested before its pixels were the official ones (geometry_version 2 < "
+                       "%d); %s images were stored as JPEG and resampled in one step. Re-ingest to match the "
+                       "paper's protocol: `%s`", where, manifest.name, GEOMETRY_VERSION, note,
+                       _reingest_command(manifest, where))
+        return
     head = (f"{where}: dataset {manifest.name!r} was ingested before keypoints followed the official "
             f"scaling (geometry_version {version} < {GEOMETRY_VERSION})")
     command = _reingest_command(manifest, where)

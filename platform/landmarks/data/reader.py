@@ -37,18 +37,13 @@ _READ_COLUMNS = ["image_id", "image", "keypoints", "visible", "identity"]
 TORCHVISION_DECODE_MIN_ROWS = 20_000
 
 
-# Rows per block of a training stream (`shuffled_blocks`): blocks this small mix the shards
-# across workers (32 rows of 96 px faces: ~1.8 MB); slicing a decoded block is zero-copy.
-TRAIN_BLOCK_ROWS = 32
-
-
 def load_manifest(path: str) -> Manifest:
     """The dataset.json of the dataset directory (or s3:// URI) `path`."""
     return Manifest.load(path)
 
 
 def read_dataset(path: str, split: str, fraction: float | None = None, seed: int = 0,
-                 verify: bool = True, images_only: bool = False) -> Any:
+                 verify: bool = True, images_only: bool = False, shuffle_seed: int | None = None) -> Any:
     """A `ray.data.Dataset` over one split of an ingested dataset (rows as in the module doc).
 
     images_only: rows hold only "image", what pretraining and the projector read: ids,
@@ -56,10 +51,19 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
     `TORCHVISION_DECODE_MIN_ROWS` rows are decoded by torchvision straight from the Arrow
     buffer (`shards.decode_jpeg_images`), smaller ones by PIL.
 
+    shuffle_seed: the training jobs' order, the official DataLoader(shuffle=True)'s: every execution
+    of the dataset (every epoch of a Ray Train job) is a fresh random permutation of all its rows,
+    reproducible from the seed (Ray Data's `random_shuffle` with `RandomSeedConfig(seed,
+    reseed_after_execution=True)`), so batches, shuffle-BN groups and queue contents change
+    composition every epoch. The encoded rows are shuffled, before decoding (a JPEG or PNG row is 3-10x
+    smaller than its pixels); the first batch of an epoch waits for its split to be read.
+
     Connecting to Ray is the caller's job (`landmarks.cluster.connect`). Raises ManifestError (naming
     the shard) before any work if the split's shards do not match dataset.json; with `verify=False`
     only their presence is checked by Ray.
     """
+    from ray.data import RandomSeedConfig
+
     manifest, fs, paths = _prepare(path, split, verify)
     threshold = fraction_threshold(_image_ids(fs, paths), fraction, seed) if _partial(fraction) else None
     columns, decoder = _columns(manifest), None
@@ -69,23 +73,19 @@ def read_dataset(path: str, split: str, fraction: float | None = None, seed: int
         decoder = "torchvision" if manifest.image_format == "jpeg" and big else "pil"
     # batch_size=None: each decode call takes a whole shard, which lets Ray Data fuse it with the
     # shard's read into one task (a map with a batch size is not fused with a read in Ray 2.60).
-    return _read_parquet_per_file(paths, fs, columns).map_batches(
+    rows = _read_parquet_per_file(paths, fs, columns)
+    if shuffle_seed is not None:
+        if threshold is not None:  # the fraction is kept before the shuffle: fewer rows move
+            rows = rows.map_batches(_keep_fraction, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+                                    fn_kwargs={"seed": seed, "threshold": threshold})
+            threshold = None
+        rows = rows.random_shuffle(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+    return rows.map_batches(
         _decode, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
         fn_kwargs={"k": manifest.K, "has_masks": manifest.has_masks, "size": manifest.stored_size,
                    "seed": seed, "threshold": threshold,
                    "images": decoder},
     )
-
-
-def shuffled_blocks(dataset: Any, seed: int, rows_per_block: int = TRAIN_BLOCK_ROWS) -> Any:
-    """`dataset` cut into blocks of `rows_per_block` rows, in a seeded random block order.
-
-    What the training jobs stream to their workers. `read_dataset` yields one block per shard
-    and shards keep the source order (CUB's are sorted by species): whole shards in random
-    order would leave each worker's batches drawn from one or two shards. The workers'
-    local shuffle buffers then reorder rows again every epoch.
-    """
-    return dataset.repartition(target_num_rows_per_block=rows_per_block).randomize_block_order(seed=seed)
 
 
 def _read_parquet_per_file(paths: list[str], fs: Any, columns: list[str]) -> Any:
@@ -187,10 +187,7 @@ def _decode(table, k: int, has_masks: bool, size: int, seed: int, threshold: int
     """Parquet rows -> decoded arrays, dropping rows outside the `fraction` before decoding.
     images: the decoder ("pil" | "torchvision") when only the image column is wanted."""
     if threshold is not None:
-        import pyarrow as pa
-
-        keep = row_keys(table.column("image_id").to_pylist(), seed) < np.uint64(threshold)
-        table = table.filter(pa.array(keep, pa.bool_()))
+        table = _keep_fraction(table, seed, threshold)
     if images is not None:
         if table.num_rows == 0:
             return {"image": np.zeros((0, size, size, 3), np.uint8)}
@@ -198,6 +195,14 @@ def _decode(table, k: int, has_masks: bool, size: int, seed: int, threshold: int
     if table.num_rows == 0:
         return _decode_empty(k, has_masks, size)
     return decode_batch(table, k, has_masks)
+
+
+def _keep_fraction(table, seed: int, threshold: int):
+    """The rows of a `fraction` (`fraction_threshold`): those whose seeded image_id hash is below it."""
+    import pyarrow as pa
+
+    keep = row_keys(table.column("image_id").to_pylist(), seed) < np.uint64(threshold)
+    return table.filter(pa.array(keep, pa.bool_()))
 
 
 def _decode_empty(k: int, has_masks: bool, size: int) -> dict[str, np.ndarray]:

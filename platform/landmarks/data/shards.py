@@ -2,7 +2,7 @@
 
 One row per image:
 
-    image_id  string            image      binary (JPEG q95 or PNG)
+    image_id  string            image      binary (PNG, or JPEG q95 with --image-format jpeg)
     height    int32             width      int32
     keypoints list<float32> 2K  x0, y0, x1, y1, ... stored-image pixels, 0-based
     visible   list<bool> K      identity   string, nullable
@@ -34,7 +34,8 @@ SCHEMA = pa.schema([
     pa.field("identity", pa.string(), nullable=True),
     pa.field("mask", pa.binary(), nullable=True),
 ])
-JPEG_QUALITY = 95  # the stored image is decoded many times; keep it close to lossless
+JPEG_QUALITY = 95  # --image-format jpeg: the stored image is decoded many times; keep it close to lossless
+IMAGE_FORMATS = ("png", "jpeg")  # png: lossless, the default of every real dataset
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:

@@ -5,7 +5,10 @@
 A `LandmarkRegressor` (50 soft-argmax points per landmark, then a linear map) is trained on the
 frozen hypercolumn / conv4 / projected map of the train split (or an `annotations`-sized
 seeded subset of it) and scored on the test split: inter-ocular error (faces) or the official
-PCK (CUB, whose epoch is chosen on the val split). Without augmentation the backbone's stage
+PCK (CUB, whose epoch is chosen on the val split). With `track_test` (limited face budgets) the test
+split is also scored after every epoch, as the official eval_face.py does to keep its best-on-test
+checkpoint: `iod_best_on_test` / `best_test_epoch` are reported beside the last epoch's `iod`, which
+stays the result. Without augmentation the backbone's stage
 outputs come from the feature cache (`landmarks.features`); with TPS augmentation (limited face
 budgets, `tps_augment=auto`) each batch is warped at the stored size and passed through the
 backbone afresh.
@@ -228,6 +231,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     eta_min = settings.lr * OFFICIAL_ETA_MIN_FACTOR
     bar = Progress(settings.epochs, "regress", every=5.0)
     best = (-math.inf, -1, None)  # (val pck, epoch, state) for CUB
+    best_test = (math.inf, -1)  # (test error, epoch): the official best-on-test checkpoint (track_test)
     for epoch in range(settings.epochs):
         t0 = time.perf_counter()
         lr = epoch_cosine_lr(settings.lr, epoch + 1, settings.schedule_epochs, eta_min)
@@ -241,6 +245,13 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
                                       plan.manifest)
             if logged["val_pck"] > best[0]:
                 best = (logged["val_pck"], epoch, copy.deepcopy(regressor.state_dict()))
+        if settings.track_test:
+            logged[f"test_{plan.metric}"] = score(plan.metric, predict_rows(regressor, test, size,
+                                                                           precision=cfg.train.precision),
+                                                  test, plan.manifest)
+            error = logged[f"test_{plan.metric}"] * (1 if plan.metric == "iod" else -1)
+            if error < best_test[0]:
+                best_test = (error, epoch)
         run_logger.log_metrics(logged, step=epoch)
         bar.update(1, loss=loss, **({"val_pck": logged["val_pck"]} if val is not None else {}))
 
@@ -252,6 +263,9 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     metrics[plan.metric] = score(plan.metric, pred, test, plan.manifest)
     if plan.metric == "pck":
         metrics["pck_float"] = score("pck_float", pred, test, plan.manifest)
+    if settings.track_test:  # beside the last epoch's, never instead of it (the test split chose it)
+        metrics[f"{plan.metric}_best_on_test"] = abs(best_test[0])
+        metrics["best_test_epoch"] = best_test[1]
     run_logger.log_metrics({k: v for k, v in metrics.items() if k not in ("epochs", "train_loss")},
                            step=settings.epochs)
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,7 @@ from landmarks.models.heads import (
     soft_argmax,
     spatial_softmax,
 )
-from landmarks.models.moco import MoCo, positive_probability
+from landmarks.models.moco import MoCo, positive_logit, positive_probability
 from landmarks.models.representation import (
     Representation,
     assemble,
@@ -45,6 +45,7 @@ __all__ = [
     "dense_size",
     "hypercolumn",
     "load_backbone_weights",
+    "positive_logit",
     "positive_probability",
     "soft_argmax",
     "spatial_softmax",

@@ -3,11 +3,13 @@
 Follows facebookresearch/moco ``moco/builder.py`` (He et al., CVPR 2020) with
 the paper's settings (Cheng et al. Sec. 4, SPEC "Paper settings"): queue
 K=4096, momentum m=0.999, temperature T=0.07, 128-d linear head (no MLP).
-Differences from builder.py: no ``.cuda()`` (tensors stay on the input's
-device), the distributed helpers of ``landmarks.dist`` degrade to one process
-(so shuffle-BN shuffles within the batch and the gather is the identity), and
-a queue that the global batch does not divide raises a ``ValueError`` before
-any state changes.
+Differences from builder.py, each as the paper's own code (contrast-landmark
+``NCE/NCEAverage.py`` ``MemoryMoCo``): the queue starts as its uniform rows, U(-s, s)
+with s = 1 / sqrt(dim / 3), and the enqueue pointer wraps around the queue, so any
+batch up to K fits (the last, smaller batch of an epoch included). No ``.cuda()``
+(tensors stay on the input's device); the distributed helpers of ``landmarks.dist``
+degrade to one process (so shuffle-BN shuffles within the batch and the gather is the
+identity).
 
 Everything stateful is a parameter or a buffer (both encoders, ``queue``,
 ``queue_ptr``), so ``state_dict`` / ``torch.save`` round-trip it exactly.
@@ -16,6 +18,7 @@ Everything stateful is a parameter or a buffer (both encoders, ``queue``,
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +61,8 @@ class MoCo(nn.Module):
         for param_k in self.encoder_k.parameters():
             param_k.requires_grad = False  # updated by momentum only
 
-        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))  # (C, K)
+        stdv = 1.0 / math.sqrt(dim / 3)  # MemoryMoCo: rand(K, dim) * 2 s - s, rows not normalised
+        self.register_buffer("queue", torch.rand(K, dim).mul_(2 * stdv).add_(-stdv).T.contiguous())  # (C, K)
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @property
@@ -80,9 +84,10 @@ class MoCo(nn.Module):
     def _dequeue_and_enqueue(self, keys_nc: torch.Tensor) -> None:
         keys_nc = dist.concat_all_gather(keys_nc)  # (N_global, C)
         n = keys_nc.shape[0]
-        assert self.K % n == 0, "checked in forward"  # so a batch never straddles the end
-        # Columns ptr .. ptr+n-1 by index, so the pointer never has to be read back from the GPU.
-        columns = self.queue_ptr + torch.arange(n, device=self.queue_ptr.device)
+        assert n <= self.K, "checked in forward"
+        # Columns ptr .. ptr+n-1 modulo K (MemoryMoCo's fmod): a batch may straddle the end. By index, so
+        # the pointer never has to be read back from the GPU.
+        columns = (self.queue_ptr + torch.arange(n, device=self.queue_ptr.device)).remainder_(self.K)
         self.queue.index_copy_(1, columns, keys_nc.T.to(self.queue.dtype))
         self.queue_ptr.add_(n).remainder_(self.K)
 
@@ -112,17 +117,17 @@ class MoCo(nn.Module):
         enqueue of this step's keys (gathered over ranks).
 
         Raises:
-            ValueError: the views' batch sizes differ, or K is not a multiple of
-                the global batch (per-rank batch x world size).
+            ValueError: the views' batch sizes differ, or the global batch (per-rank batch x
+                world size) is larger than the queue.
         """
         if im_q.shape[0] != im_k.shape[0]:
             raise ValueError(f"query and key batches differ: {im_q.shape[0]} vs {im_k.shape[0]}")
         global_batch = im_q.shape[0] * dist.world_size()
-        if self.K % global_batch != 0:
+        if global_batch > self.K:
             raise ValueError(
-                f"MoCo queue size K={self.K} is not divisible by the global batch size {global_batch} "
-                f"({im_q.shape[0]} per worker x {dist.world_size()} workers); choose train.batch_size "
-                f"so that it divides {self.K}"
+                f"MoCo queue size K={self.K} is smaller than the global batch {global_batch} "
+                f"({im_q.shape[0]} per worker x {dist.world_size()} workers); raise moco.queue_size or lower "
+                f"train.batch_size"
             )
 
         q = F.normalize(self.encoder_q(im_q), dim=1)  # (N, C)
@@ -152,9 +157,10 @@ class MoCo(nn.Module):
         A collapse detector: near 0 for spread-out keys, towards 1 when every image maps to
         about the same embedding (seen with a learning rate too high for the batch, e.g. 0.06 at
         batch 64). For unit columns k_i, sum_{i != j} <k_i, k_j> = |sum_i k_i|^2 - K, so it is one
-        reduction over the (C, K) queue. Includes the random initial keys until they are replaced.
+        reduction over the (C, K) queue. Includes the random initial keys until they are replaced
+        (normalised here: the initial rows are not unit vectors).
         """
-        total = self.queue.float().sum(dim=1)  # (C,)
+        total = F.normalize(self.queue.float(), dim=0).sum(dim=1)  # (C,)
         k = self.K
         return (total.dot(total) - k) / max(k * (k - 1), 1)
 
@@ -166,3 +172,9 @@ class MoCo(nn.Module):
 def positive_probability(logits_nk: torch.Tensor) -> torch.Tensor:
     """Mean softmax probability of the positive key (index 0), a scalar for logging."""
     return torch.softmax(logits_nk.detach().float(), dim=1)[:, 0].mean()
+
+
+@torch.no_grad()
+def positive_logit(logits_nk: torch.Tensor) -> torch.Tensor:
+    """The official ``prob`` (train_moco.py, logged as ``ins_prob``): the mean positive logit, <q, k+> / T."""
+    return logits_nk.detach().float()[:, 0].mean()

@@ -25,7 +25,8 @@ from ..registry import METRIC_GOALS
 from .runs import HYPERCOLUMN_DIMS, RunRecord
 
 FACES = ("mafl", "aflw_m", "aflw_r", "300w")
-LABELS = {"iod": "IOD %", "pck": "PCK %", "iou": "IoU", "match_same_px": "same id px", "match_diff_px": "diff id px"}
+LABELS = {"iod": "IOD %", "pck": "PCK %", "iou": "IoU", "match_same_px": "same id px", "match_diff_px": "diff id px",
+          "iod_best_on_test": "IOD % best epoch on test"}
 LOWER_IS_BETTER = {metric: goal == "min" for metric, goal in METRIC_GOALS.items()}
 METHOD_INIT = {"ours": "ours", "ours_proj": "ours", "contrastive": "ours", "none": "random", "dve": "dve"}
 
@@ -219,8 +220,11 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("table6_segmentation", "Table 6: CUB figure-ground segmentation (mean IoU, higher is better)",
               ("init", "backbone", "representation", "finetuned", "budget"), ("iou",),
               _where(job=lambda r: r.job == "segment"), _paper_t6),
-    TableSpec("table7_aflw_m_budget", "Table 7: AFLW_M regression vs annotations, mean +- std over repeats (IOD %)",
-              ("init", "backbone", "representation", "dim", "budget"), ("iod",),
+    # The paper is compared with the last epoch's error; the official script also kept the epoch with the
+    # lowest test error (track_test), shown beside it, never in its place.
+    TableSpec("table7_aflw_m_budget", "Table 7: AFLW_M regression vs annotations, mean +- std over repeats "
+              "(IOD %, last epoch vs the paper; the best epoch on test beside it)",
+              ("init", "backbone", "representation", "dim", "budget"), ("iod", "iod_best_on_test"),
               lambda records: _budget_curves(records, cub=False), _paper_t7),
     TableSpec("table8_cub_budget", "Table 8: CUB regression vs annotations (PCK@0.05 %, higher is better)",
               ("init", "backbone", "representation", "dim", "budget"), ("pck",),

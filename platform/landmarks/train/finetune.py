@@ -175,16 +175,16 @@ def train_view(batch: dict[str, np.ndarray], keep_ids: frozenset | None, border:
 def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_id: str, verbose: bool):
     import ray
 
-    from ..data import read_dataset, shuffled_blocks
+    from ..data import read_dataset
     from .finetune_loop import train_loop_per_worker
 
     n = plan.manifest.splits["train"].rows
     keep = None if len(plan.rows) == n else frozenset(np.array(split_image_ids(cfg.data.path, "train"))[plan.rows])
-    dataset = read_dataset(cfg.data.path, "train", seed=cfg.train.seed, verify=False)
+    dataset = read_dataset(cfg.data.path, "train", seed=cfg.train.seed, verify=False,
+                           shuffle_seed=cfg.train.seed + cfg.repeat)  # a fresh permutation every epoch
     dataset = dataset.map_batches(train_view, batch_format="numpy",
                                   fn_kwargs={"keep_ids": keep, "border": plan.manifest.border,
                                              "image_size": cfg.data.image_size})
-    dataset = shuffled_blocks(dataset, seed=cfg.train.seed + cfg.repeat)
     state = {k: v.detach().cpu() for k, v in plan.backbone.state_dict().items()}
     return fit_torch_trainer(
         train_loop_per_worker,

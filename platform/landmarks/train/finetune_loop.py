@@ -22,7 +22,7 @@ from torch import nn
 from ..augment.views import input_tensor
 from ..config import FinetuneConfig
 from ..coords import normalized_to_pixels, pixels_to_normalized
-from ..data.loader import device_batches
+from ..data.loader import device_batches, epoch_steps
 from ..data.reader import load_split
 from ..dist import all_reduce_mean
 from ..losses import regression_loss
@@ -147,18 +147,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
 
     batch = config["batch_size"]
-    local_batch, steps_per_epoch = batch // world, max(config["train_rows"] // batch, 1)
+    local_batch = batch // world
+    steps_per_epoch = epoch_steps(config["train_rows"], world, local_batch)  # the last batch partial
     shard = ray.train.get_dataset_shard("train")
     bar = Progress(steps_per_epoch * (cfg.train.epochs - start_epoch), "finetune", every=10.0, enabled=rank == 0)
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
         losses, t0 = [], time.perf_counter()
         batches = device_batches(shard, local_batch, device=device, columns=("image", "keypoints", "visible"),
-                                 local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
-                                 local_shuffle_seed=seed * 1000 + epoch)
+                                 drop_last=False)
         for i, b in enumerate(batches):
-            if i >= steps_per_epoch:
-                break  # shards may differ by a batch; keep ranks in lock-step for DDP
             lr = cosine_lr(config["lr"], epoch + i / steps_per_epoch, cfg.train.epochs)
             set_lr(optimizer, lr)
             loss = train_step(ddp_model, optimizer, b["image"], b["keypoints"], b["visible"], mean, std, size,

@@ -14,7 +14,7 @@ import torch
 
 from ..augment import MoCoViews
 from ..losses import info_nce
-from ..models import MoCo, build_backbone, positive_probability
+from ..models import MoCo, build_backbone, positive_logit, positive_probability
 from ..precision import autocast
 
 if TYPE_CHECKING:
@@ -52,15 +52,16 @@ def compile_encoders(model: MoCo, mode: str | None = None) -> MoCo:
 
 def train_step(model, views: MoCoViews, optimizer, images_u8: torch.Tensor, device: torch.device,
                generator: torch.Generator | None = None, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """One MoCo step on uint8 images (B, H, W, 3) on `device` -> (loss, positive prob), 0-d tensors:
-    the two views (drawn from `generator`), then `step_on_views`."""
+    """One MoCo step on uint8 images (B, H, W, 3) on `device` -> (loss, positive prob, official prob),
+    0-d tensors: the two views (drawn from `generator`), then `step_on_views`."""
     im_q, im_k = views(images_u8, generator)  # (B, 3, S, S) each
     return step_on_views(model, optimizer, im_q, im_k, device, precision)
 
 
 def step_on_views(model, optimizer, im_q: torch.Tensor, im_k: torch.Tensor,
                   device: torch.device, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """The network part of a MoCo step on views (B, 3, S, S) -> (loss, positive prob), 0-d tensors.
+    """The network part of a MoCo step on views (B, 3, S, S) -> 0-d tensors (loss, the positive key's mean
+    softmax probability, the official ``prob``: its mean logit <q, k+> / T).
 
     The results stay on the device: reading them (`.item()`) waits for the GPU, so callers do
     that only when they log, and the CPU can queue the next step meanwhile.
@@ -74,7 +75,7 @@ def step_on_views(model, optimizer, im_q: torch.Tensor, im_k: torch.Tensor,
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), positive_probability(logits.detach())
+    return loss.detach(), positive_probability(logits), positive_logit(logits)
 
 
 def queue_sha256(model: MoCo) -> str:

@@ -29,9 +29,9 @@ def run_name(cfg: PretrainConfig, dataset: str) -> str:
 def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
     # 1. Everything that can be checked before work starts.
     manifest = open_manifest(cfg.data.path, "train", need_landmarks=False)
-    if cfg.moco.queue_size % cfg.train.batch_size:
-        raise UserError(f"moco.queue_size={cfg.moco.queue_size} must be a multiple of train.batch_size="
-                        f"{cfg.train.batch_size} (MoCo enqueues whole global batches)")
+    if cfg.moco.queue_size < cfg.train.batch_size:
+        raise UserError(f"moco.queue_size={cfg.moco.queue_size} is smaller than train.batch_size="
+                        f"{cfg.train.batch_size}: MoCo enqueues each global batch whole")
     train_rows = int(manifest.splits["train"].rows * cfg.data.fraction)
     if train_rows < cfg.train.batch_size:
         raise UserError(f"{cfg.data.path}: the train split has {train_rows} rows (x data.fraction), fewer than "
@@ -63,13 +63,12 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
 
 
 def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int, verbose: bool):
-    from ..data import read_dataset, shuffled_blocks
+    from ..data import read_dataset
     from ..data.normalization import input_stats
     from .pretrain_loop import train_loop_per_worker
 
     dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
-                           images_only=True)
-    dataset = shuffled_blocks(dataset, seed=cfg.train.seed)
+                           images_only=True, shuffle_seed=cfg.train.seed)  # a fresh permutation every epoch
     mean, std, _ = input_stats(manifest)
     return fit_torch_trainer(
         train_loop_per_worker,

@@ -15,7 +15,7 @@ import torch
 
 from ..augment import MoCoViews, ViewsAhead, views_generator
 from ..config import PretrainConfig
-from ..data.loader import device_batches
+from ..data.loader import device_batches, epoch_steps
 from ..dist import all_reduce_mean
 from ..progress import worker_print
 from ..schedules import cosine_lr, epoch_cosine_lr, set_lr
@@ -56,33 +56,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         jpeg=cfg.moco.jpeg, lighting_std=cfg.moco.lighting_std,
     ).to(device)
     local_batch = cfg.train.batch_size // world
-    steps_per_epoch = max(config["train_rows"] // cfg.train.batch_size, 1)
+    # Each rank gets the same rows an epoch (an equal split); the last batch is smaller, as the official
+    # DataLoader's, and every rank's is the same size, so shuffle BN and DDP stay in step.
+    steps_per_epoch = epoch_steps(config["train_rows"], world, local_batch)
     shard = ray.train.get_dataset_shard("train")
 
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
         loss_sum, t0, seen, n = torch.zeros((), device=device), time.perf_counter(), 0, 0
         batches = (b["image"] for b in device_batches(shard, local_batch, device=device, columns=("image",),
-                                                      local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
-                                                      local_shuffle_seed=cfg.train.seed * 1000 + epoch))
+                                                      drop_last=False))
         # The views draw from their own generator (per rank and epoch), so making them one batch
         # ahead (on a side CUDA stream, overlapping the step) leaves every number as it was.
         ahead = ViewsAhead(views, views_generator(cfg.train.seed, rank, epoch), device, cfg.train.views_ahead)
         for i, (images, im_q, im_k) in enumerate(ahead(batches)):
-            if i >= steps_per_epoch:
-                break  # shards may differ by a batch; keep ranks in lock-step for DDP
             if cfg.train.lr_schedule == "epoch":  # the official: set once per epoch (1-based), down to 0
                 lr = epoch_cosine_lr(cfg.train.lr, epoch + 1, cfg.train.epochs)
             else:
                 lr = cosine_lr(cfg.train.lr, epoch + i / steps_per_epoch, cfg.train.epochs, cfg.train.warmup_epochs)
             set_lr(optimizer, lr)
-            loss, pos = step_on_views(ddp_model, optimizer, im_q, im_k, device, cfg.train.precision)
+            loss, pos, prob = step_on_views(ddp_model, optimizer, im_q, im_k, device, cfg.train.precision)
             loss_sum += loss
             seen, n, step = seen + images.shape[0] * world, n + 1, step + 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:  # .item() waits for the GPU
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
-                loss_pos = all_reduce_mean(torch.stack([loss, pos]).float())  # over all ranks
-                logger.log_metrics({"loss": loss_pos[0].item(), "positive_prob": loss_pos[1].item(), "lr": lr,
+                means = all_reduce_mean(torch.stack([loss, pos, prob]).float()).tolist()  # over all ranks
+                logger.log_metrics({"loss": means[0], "positive_prob": means[1], "prob": means[2], "lr": lr,
                                     "images_per_sec": rate, "key_similarity": model.key_similarity().item()},
                                    step=step)
         # Every rank's queries count: rank 0 alone sees 1/world of them (5 steps x 16 images in the CPU tests).

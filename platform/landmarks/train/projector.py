@@ -156,12 +156,11 @@ def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manif
          use_gpu: bool, run_id: str, train_rows: int, verbose: bool):
     import ray
 
-    from ..data import read_dataset, shuffled_blocks
+    from ..data import read_dataset
     from .projector_loop import train_loop_per_worker
 
     dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
-                           images_only=True)
-    dataset = shuffled_blocks(dataset, seed=cfg.train.seed)
+                           images_only=True, shuffle_seed=cfg.train.seed)  # a fresh permutation every epoch
     state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
     return fit_torch_trainer(
         train_loop_per_worker,

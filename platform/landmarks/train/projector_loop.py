@@ -37,7 +37,7 @@ from ..augment.tps import (
 )
 from ..augment.views import border_crop, normalize, to_float_images, to_levels
 from ..config import ProjectorConfig
-from ..data.loader import device_batches
+from ..data.loader import device_batches, epoch_steps
 from ..dist import all_reduce_mean
 from ..losses import dense_correlation_loss, equivariance_loss
 from ..matching import describer, match_pairs
@@ -193,7 +193,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     temperature, power, size = cfg.train.resolved_temperature(dim), cfg.train.power, cfg.train.map_size
     views = MoCoViews(cfg.data.image_size, mean=config["mean"], std=config["std"], border=config["border"]).to(device)
     local_batch = cfg.train.batch_size // world
-    steps_per_epoch = max(config["train_rows"] // cfg.train.batch_size, 1)
+    steps_per_epoch = epoch_steps(config["train_rows"], world, local_batch)  # the last batch partial, as the official
     shard = ray.train.get_dataset_shard("train")
     bar = Progress(steps_per_epoch * (cfg.train.epochs - start_epoch), "train_projector", every=10.0,
                    enabled=rank == 0)
@@ -201,12 +201,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr = epoch_cosine_lr(cfg.train.lr, epoch + 1, cfg.train.epochs, cfg.train.lr * OFFICIAL_ETA_MIN_FACTOR)
         set_lr(optimizer, lr)
         losses, t0 = [], time.perf_counter()
-        batches = device_batches(shard, local_batch, device=device, columns=("image",),
-                                 local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows,
-                                 local_shuffle_seed=cfg.train.seed * 1000 + epoch)
+        batches = device_batches(shard, local_batch, device=device, columns=("image",), drop_last=False)
         for i, batch in enumerate(batches):
-            if i >= steps_per_epoch:
-                break  # shards may differ by a batch; keep ranks in lock-step for DDP
             if cfg.projector.loss == "dense_corr":
                 x = views.view(to_levels(batch["image"]), generator)  # one MoCo view
                 loss = dense_corr_step(model, backbone, optimizer, x, cfg.layers, size, temperature, power,

@@ -48,7 +48,9 @@ class DatasetInfo:
     input_size: int  # network input side after the eval border crop
     border: int  # eval-time border crop in stored pixels (20 at 136 for faces, 0 for CUB)
     has_masks: bool = False
-    image_format: str = "jpeg"  # "jpeg" or "png" for the encoded `image` column
+    # The encoded `image` column: "png" keeps the pixels of the canonical geometry, which are the official
+    # loaders' (they decode the source each time); "jpeg" (q95) is smaller and faster to decode.
+    image_format: str = "png"
 
     @property
     def num_landmarks(self) -> int:

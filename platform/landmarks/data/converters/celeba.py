@@ -46,7 +46,9 @@ move by the official scaling, x' = (x - left) * S / width (no half-pixel shift; 
 
 Splits: CelebA and CelebAWild give train / val / test from the eval partition (0 / 1 / 2),
 each minus the MAFL images when MAFL/ is present (the pretraining split never sees MAFL);
-MAFL gives train (training.txt) and test (testing.txt).
+MAFL gives train (training.txt) and test (testing.txt), each in the order of
+Eval/list_eval_partition.txt (the names' order), as the official `MAFLAligned` lists them: matching's
+"different identity" test pairs are consecutive images of that order.
 """
 
 from __future__ import annotations
@@ -298,11 +300,16 @@ class MAFL(_CelebAFiles):
         image_dir = self._image_dir(ALIGNED_DIRS)
         lm_path = self._root / "Anno" / "list_landmarks_align_celeba.txt"
         landmarks, identities = self._landmarks(lm_path, ALIGNED_WH), self._identities()
+        order = self._partition_order()
         out: dict[str, list[Any]] = {}
         for split, fname in (("train", "training.txt"), ("test", "testing.txt")):
             list_path = self._root / "MAFL" / fname
             out[split] = []
-            for line, name in self._name_list(list_path):
+            names = self._name_list(list_path)
+            # The official MAFLAligned lists a split in list_eval_partition.txt's order (the image names'),
+            # not the MAFL list's: matching's consecutive test pairs are the official ones.
+            names.sort(key=lambda item: order.get(item[1], (len(order), item[1])))
+            for line, name in names:
                 missing = self._missing(name, landmarks, lm_path)
                 if missing:
                     self.bad(str(list_path), line, f"{name} has no {missing}")
@@ -324,6 +331,12 @@ class MAFL(_CelebAFiles):
 
     def load(self, item: FaceItem) -> Record:
         return self._load_aligned(item)
+
+    def _partition_order(self) -> dict[str, tuple[int, str]]:
+        """name -> its position in Eval/list_eval_partition.txt (name order where the file is absent)."""
+        if not (self._root / "Eval" / "list_eval_partition.txt").is_file():
+            return {}
+        return {name: (i, name) for i, (_, name, _) in enumerate(self._partition())}
 
 
 @dataclass

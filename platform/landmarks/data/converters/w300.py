@@ -18,13 +18,12 @@ counted in `self.absent` and left out, so that a subset of the images works.
 Geometry, as contrast-landmark `data_loader/data_loaders_face.py` `ThreeHundredW.__getitem__`
 ("basically copied from matlab code"), in 1-based (MATLAB) coordinates: with
 bw = xmax - xmin + 1, bh = ymax - ymin + 1, bcx = xmin + (bw + 1) / 2, bcy = ymin + (bh + 1) / 2,
-the image is resized by fac = 52 / bw (face 52 px wide) to int(W * fac) x int(H * fac), and the
-100 x 100 window from (cutl, cutt) = (floor(fac * bcx) - 50, floor(fac * bcy) - 52) (0-based edge
-coordinates; `pad_and_crop`, zero padding) is resized to S x S, S = face_store_size(image_size)
-(`Resize(imwidth)`). We cut the same window from the original image, through the resize's
-actual scale int(W * fac) / W (not fac), and resize it once. The .pts landmarks (1-based) move
-as the official ones do, `kp * fac - cut`, then `- 1` ("from matlab to python style"), then
-`* imwidth / 100` (no half-pixel shift):
+the image is resized by fac = 52 / bw (face 52 px wide) to int(W * fac) x int(H * fac) (PIL's default
+filter, bicubic), the 100 x 100 window from (cutl, cutt) = (floor(fac * bcx) - 50, floor(fac * bcy) - 52)
+(0-based edge coordinates; `pad_and_crop`, zero padding) is cut out of that, and resized to S x S,
+S = face_store_size(image_size) (`Resize(imwidth)`, bilinear): two resamples, as the official. The
+.pts landmarks (1-based) move as the official ones do, `kp * fac - cut`, then `- 1` ("from matlab to
+python style"), then `* imwidth / 100` (no half-pixel shift):
 
     x' = (x * fac - cutl - 1) * S / 100,  y' = (y * fac - cutt - 1) * S / 100
 """
@@ -39,8 +38,9 @@ from typing import Any
 
 import numpy as np
 import scipy.io
+from PIL import Image
 
-from ...augment.geometry import Box, crop_resize, scale_keypoints
+from ...augment.geometry import crop_padded, pil_resize, scale_keypoints
 from ._rawio import MAT_ERRORS, check_inside, check_setup, read_image, read_lines
 from .base import (
     BadItem,
@@ -103,17 +103,6 @@ def official_window(bb_ground_truth: tuple[float, ...] | np.ndarray) -> Window:
     fac = FACE_PX / bw
     half = CROP_PX // 2
     return Window(fac, math.floor(fac * bcx) - half, math.floor(fac * bcy) - half - SHIFT_UP_PX)
-
-
-def image_box(window: Window, width: int, height: int) -> Box:
-    """The window as a box of the width x height original image (edge coordinates).
-
-    The official code resizes the image to int(width * fac) x int(height * fac) before cutting
-    the window, so the scale that maps the original onto the window is that size over the
-    original's, not `fac`.
-    """
-    sx, sy = int(width * window.fac) / width, int(height * window.fac) / height
-    return (window.left / sx, window.top / sy, CROP_PX / sx, CROP_PX / sy)
 
 
 def window_keypoints(kps_1based: np.ndarray, window: Window, size: int) -> np.ndarray:
@@ -253,6 +242,7 @@ class W300(Converter):
         if int(w * window.fac) < 1 or int(h * window.fac) < 1:
             raise BadItem(item.listed_at, None, f"face box {item.bb} is too wide for the {w}x{h} image")
         size = self.info.stored_size
-        out, _, _ = crop_resize(image, image_box(window, w, h), (size, size))
+        scaled = pil_resize(image, (int(w * window.fac), int(h * window.fac)), Image.Resampling.BICUBIC)
+        out = pil_resize(crop_padded(scaled, window.left, window.top, CROP_PX, CROP_PX), (size, size))
         moved = window_keypoints(kps, window, size)
         return Record(item.image_id, out, moved.astype(np.float32), np.ones(K, bool))
