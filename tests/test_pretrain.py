@@ -60,6 +60,12 @@ def test_two_workers_loss_falls_then_resume_continues(tiny_faces, tmp_path, monk
     run = client.get_run(run_id)
     assert run.data.tags["backbone"] == "resnet18" and run.data.tags["dataset"] == "synthetic-faces"
     assert {"loss", "positive_prob", "prob", "lr", "images_per_sec", "key_similarity"} <= set(run.data.metrics)
+    # The landmark probe: the initial weights (probe_epoch 0), then every epoch, beside the mean shape's error.
+    probe = sorted(client.get_metric_history(run_id, "probe_iod"), key=lambda m: m.step)
+    assert len(probe) == 9 and all(0 < m.value < 200 for m in probe)
+    epochs = sorted(client.get_metric_history(run_id, "probe_epoch"), key=lambda m: m.step)
+    assert [m.value for m in epochs] == list(range(9))
+    assert "probe_mean_shape_iod" in run.data.metrics and "probe IOD" in out.stdout + out.stderr
     # Healthy keys stay spread out, below the job's collapse warning; the summary reports the final value.
     assert -0.1 < m1["key_similarity"] < COLLAPSED_KEY_SIMILARITY
     assert m1["key_similarity"] == pytest.approx(run.data.metrics["final_key_similarity"])
@@ -105,6 +111,7 @@ def test_bad_inputs_fail_before_work(tiny_faces, tmp_path, ray_local, monkeypatc
         ([f"data.path={tiny_faces}", "ray.num_workers=64", "train.batch_size=64"], "the Ray cluster has"),
         ([f"data.path={tiny_faces}", "train.batch_size=33"], "not divisible by ray.num_workers"),
         ([f"data.path={tiny_faces}", "train.batch_size=128"], "moco.queue_size=64 is smaller than train.batch_size=128"),
+        ([f"data.path={tiny_faces}", "probe.query_split=nope"], "has no split 'nope'"),
         ([f"data.path={tiny_faces}", "mlflow.run_name=tiny", "model.backbone=resnet50_half"],
          "from backbone 'resnet18'"),
     ]

@@ -146,6 +146,23 @@ def pck_official(pred, gt, visible, image_size, box_size: int = 48, threshold: f
     return total / n
 
 
+def headline_metric(eye_indices) -> str:
+    """A landmark dataset's metric: "iod" where it has eye indices (faces), else "pck" (CUB)."""
+    return "iod" if eye_indices else "pck"
+
+
+def landmark_score(metric: str, pred, gt, visible, image_size: int, eye_indices=None) -> float:
+    """`metric` of predictions (N, K, 2) in input pixels: "iod" (%, lower is better; needs eye_indices), "pck"
+    (the official CUB PCK %, higher is better) or "pck_float" (PCK@0.05 of the input side on float distances)."""
+    if metric == "iod":
+        return inter_ocular_error(pred, gt, eye_indices, visible=visible)
+    if metric == "pck":
+        return pck_official(pred, gt, visible, image_size)
+    if metric == "pck_float":
+        return pck(pred, gt, visible, image_size, threshold=0.05)
+    raise ValueError(f"unknown landmark metric {metric!r}; valid: iod, pck, pck_float")
+
+
 def _masks(x) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     t = t if t.dtype == torch.bool else t.detach().float() > 0.5

@@ -61,6 +61,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "match": ("landmarks.config:MatchConfig", "landmarks.evaluate.match:run_match"),
     "segment": ("landmarks.config:SegmentConfig", "landmarks.evaluate.segment:run_segment"),
     "finetune": ("landmarks.config:FinetuneConfig", "landmarks.train.finetune:run_finetune"),
+    "baseline": ("landmarks.config:BaselineConfig", "landmarks.evaluate.baseline:run_baseline"),
     "sweep": ("landmarks.sweep:SweepConfig", "landmarks.sweep:run_sweep"),
     "predict": ("landmarks.config:PredictConfig", "landmarks.predict.job:run_predict"),
 }

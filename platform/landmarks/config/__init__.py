@@ -28,6 +28,7 @@ from .base import (
     with_overrides,
 )
 from .jobs import (
+    BaselineConfig,
     FinetuneConfig,
     MatchConfig,
     PredictConfig,
@@ -45,6 +46,7 @@ __all__ = [
     "AnnotationsMixin",
     "Backbone",
     "BackboneSource",
+    "BaselineConfig",
     "CheckpointConfig",
     "DataConfig",
     "FinetuneConfig",

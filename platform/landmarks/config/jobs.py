@@ -111,6 +111,20 @@ class PretrainTrain(TrainConfig):
                           "the first step compiles for about a minute)")
 
 
+class ProbeConfig(Section):
+    """The landmark probe after every pretraining epoch (`landmarks.probe`): seconds, no training."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="auto: on when the probe's dataset has landmarks (CelebA, the synthetic faces); "
+        "iNat has none: set probe.path to an annotated set (e.g. CUB) or leave it off")
+    path: str = Field("", description="annotated dataset to probe on; empty: data.path")
+    ref_split: str = Field("train", description="split of the reference images (the landmark templates)")
+    query_split: str = Field("auto", description="split of the scored images; auto: val if the dataset has "
+                             "one, else test")
+    images: int = Field(256, ge=4, description="images read for the probe, half reference and half query")
+    every_epochs: int = Field(1, ge=1)
+
+
 def _check_batch_split(cfg):
     if cfg.train.batch_size % cfg.ray.num_workers:
         raise ValueError(
@@ -125,6 +139,7 @@ class PretrainConfig(Section):
     model: ModelConfig = ModelConfig()
     moco: MocoConfig = MocoConfig()
     train: PretrainTrain = PretrainTrain()
+    probe: ProbeConfig = ProbeConfig()
     ray: RayConfig = RayConfig()
     mlflow: MlflowConfig = MlflowConfig(experiment="pretrain")
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -196,8 +211,17 @@ class RegressTrain(EvalTrain):
         return v
 
 
+class RegressorConfig(Section):
+    """The landmark regressor head (`models.LandmarkRegressor`)."""
+
+    init_std: float = Field(1.0, gt=0.0, description="std of the heatmap conv's initial weights: 1 = the official "
+                            "N(0, 1); small values (0.01) start the x100 soft-argmax soft and learn in far fewer "
+                            "steps (the demo's setting)")
+
+
 class RegressConfig(EvalCommon):
     train: RegressTrain = RegressTrain()
+    regressor: RegressorConfig = RegressorConfig()
     tps_augment: bool | Literal["auto"] = Field("auto", description="auto: on for limited face budgets")
     track_test: bool | Literal["auto"] = Field(
         "auto", description="also score the test split after every epoch and report the best one beside the last "
@@ -338,6 +362,7 @@ class FinetuneTrain(EvalTrain):
 
 class FinetuneConfig(EvalCommon):
     train: FinetuneTrain = FinetuneTrain()
+    regressor: RegressorConfig = RegressorConfig()
     representation: RepresentationKind = "conv4"
     mlflow: MlflowConfig = MlflowConfig(experiment="finetune")
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -352,6 +377,48 @@ class FinetuneConfig(EvalCommon):
     @model_validator(mode="after")
     def _batch_divisible(self):
         return _check_batch_split(self)
+
+
+class BaselineTrain(EvalTrain):
+    """The supervised baseline's training: Adam, a cosine over the steps, the regression loss."""
+
+    epochs: int = Field(25, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    samples_per_epoch: int | Literal["auto"] = Field(
+        "auto", description="auto: limited face budgets tile their N images to 1000 an epoch, as the regressor's")
+
+    @field_validator("samples_per_epoch")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("samples_per_epoch must be a positive integer or 'auto'")
+        return v
+
+
+class BaselineConfig(AnnotationsMixin):
+    """jobs/baseline.py: what a representation must beat at the same annotation budget (the same rows as
+    regress at the same train.seed and repeat). mean_shape: every test image gets the annotated rows' mean
+    landmarks. supervised: `model.backbone` from random init with a linear read-out of its last stage's map,
+    trained end to end on the annotated rows alone (TPS-augmented for limited face budgets, as the regressor)."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    method: Literal["mean_shape", "supervised"] = "supervised"
+    train: BaselineTrain = BaselineTrain()
+    tps_augment: bool | Literal["auto"] = Field("auto", description="auto: on for limited face budgets")
+    repeat: int = Field(0, ge=0, description="repeat index; offsets the subset/initialisation seed")
+    ray: EvalRay = EvalRay()
+    mlflow: MlflowConfig = MlflowConfig(experiment="baseline")
+
+    def resolve(self, dataset: str, train_rows: int, annotated: int) -> Resolved:
+        limited, is_cub = self.annotations != "all", dataset == "cub"
+        spe = repeated_samples(annotated, train_rows) if limited and not is_cub else annotated
+        spe = spe if self.train.samples_per_epoch == "auto" else int(self.train.samples_per_epoch)
+        tps = (limited and not is_cub) if self.tps_augment == "auto" else bool(self.tps_augment)
+        return Resolved(float(self.train.lr), float(self.train.weight_decay), spe, self.train.epochs,
+                        tps_augment=tps)
 
 
 class ModelSource(Section):
@@ -383,6 +450,7 @@ class PredictConfig(Section):
 
 __all__ = [
     "Backbone",
+    "BaselineConfig",
     "FinetuneConfig",
     "MatchConfig",
     "PredictConfig",

@@ -138,12 +138,21 @@ class Rows:
         images = torch.from_numpy(self.images[pos]).to(device)
         if not self.augment:
             return self.rep.stages(images), kps, vis
-        x, kps = tps_augment(images.permute(0, 3, 1, 2), kps, AUGMENT, generator)  # at the stored size
-        x, kps = to_float_images(border_crop(x, self.border)).contiguous(), kps - self.border
-        if x.shape[-1] != self.image_size:  # a dataset ingested for another input size
-            kps = kps * ((self.image_size - 1) / (x.shape[-1] - 1))
-            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        x, kps = warped_inputs(images, kps, self.border, self.image_size, generator)
         return self.rep.stages(normalize(x, self.rep.mean, self.rep.std)), kps, vis
+
+
+def warped_inputs(images_bhw3: torch.Tensor, keypoints: torch.Tensor, border: int, image_size: int,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Limited budgets' TPS augmentation, the official order: stored uint8 images (B, H, W, 3) and their
+    keypoints (B, K, 2) warped at the stored size, then border-cropped (and resized for a dataset ingested
+    for another input size) -> [0, 1] inputs (B, 3, S, S) and keypoints in input pixels."""
+    x, kps = tps_augment(images_bhw3.permute(0, 3, 1, 2), keypoints, AUGMENT, generator)  # at the stored size
+    x, kps = to_float_images(border_crop(x, border)).contiguous(), kps - border
+    if x.shape[-1] != image_size:  # a dataset ingested for another input size
+        kps = kps * ((image_size - 1) / (x.shape[-1] - 1))
+        x = F.interpolate(x, size=(image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+    return x, kps
 
 
 def _source(cfg: RegressConfig, plan: Plan, split: str, rows: np.ndarray | None, augment: bool) -> Rows:
@@ -224,7 +233,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     run_logger.set_tags({f"features.{name}": ("hit" if s.features.hit else "miss") if s.features else "off"
                          for name, s in (("train", train), ("test", test), ("val", val)) if s is not None})
 
-    regressor = LandmarkRegressor(rep.channels, plan.manifest.K).to(device)
+    regressor = LandmarkRegressor(rep.channels, plan.manifest.K, init_std=cfg.regressor.init_std).to(device)
     optimizer = torch.optim.Adam(regressor.parameters(), lr=settings.lr, betas=(cfg.train.adam_beta1, 0.999),
                                  weight_decay=settings.weight_decay)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from landmarks.models.backbones import (
 )
 from landmarks.models.heads import (
     LandmarkRegressor,
+    MapRegressor,
     Projector,
     SegmentationHead,
     soft_argmax,
@@ -33,6 +34,7 @@ __all__ = [
     "BACKBONES",
     "LandmarkRegressor",
     "LoadReport",
+    "MapRegressor",
     "MoCo",
     "Projector",
     "Representation",

@@ -83,8 +83,12 @@ class LandmarkRegressor(nn.Module):
     points' 2P coordinates (x0, y0, x1, y1, ...).
 
     Initialisation as the official ``IntermediateKeypointPredictor``: heatmap
-    weights ~ N(0, 1) (``torch.randn``), each landmark's linear map
-    ``nn.Linear(2P, 2, bias=False)``'s default, U(-1/sqrt(2P), 1/sqrt(2P)).
+    weights ~ N(0, 1) (``torch.randn``; ``init_std`` scales them), each landmark's
+    linear map ``nn.Linear(2P, 2, bias=False)``'s default, U(-1/sqrt(2P), 1/sqrt(2P)).
+    With N(0, 1) weights over a few hundred channels the x100 logits start in the
+    thousands: every soft-argmax is a hard argmax whose position barely has a gradient,
+    and only the linear maps learn until the conv finds its way out (slow in a short
+    run; docs/demo_study.md). A small ``init_std`` (0.01) starts soft.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class LandmarkRegressor(nn.Module):
         num_landmarks: int,
         points_per_landmark: int = 50,
         softmax_scale: float = 100.0,
+        init_std: float = 1.0,
     ) -> None:
         super().__init__()
         if min(in_channels, num_landmarks, points_per_landmark) < 1:
@@ -103,7 +108,7 @@ class LandmarkRegressor(nn.Module):
         self.num_landmarks, self.points_per_landmark = num_landmarks, points_per_landmark
         self.softmax_scale = float(softmax_scale)
         self.heatmaps = nn.Conv2d(in_channels, num_landmarks * points_per_landmark, 1, bias=False)
-        nn.init.normal_(self.heatmaps.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.heatmaps.weight, mean=0.0, std=float(init_std))
         # weight[k] maps landmark k's P points, flattened as (x0, y0, x1, y1, ...), to (x, y).
         bound = 1.0 / math.sqrt(2 * points_per_landmark)  # nn.Linear's default (kaiming_uniform a=sqrt(5))
         self.weight = nn.Parameter(torch.empty(num_landmarks, 2, 2 * points_per_landmark).uniform_(-bound, bound))
@@ -122,6 +127,22 @@ class LandmarkRegressor(nn.Module):
 
     def forward(self, feats_bchw: torch.Tensor) -> torch.Tensor:
         return self.combine(self.intermediate_points(feats_bchw))
+
+
+class MapRegressor(nn.Module):
+    """A plain supervised landmark regressor: a backbone's last stage map (B, C, h, w), flattened, one linear
+    layer -> landmarks (B, K, 2), normalized [-1, 1]; h = w = ceil(image_size / 32) for a ResNet.
+    The supervised baseline (`evaluate.baseline`), trained end to end from random init."""
+
+    def __init__(self, backbone: nn.Module, num_landmarks: int, image_size: int) -> None:
+        super().__init__()
+        side = math.ceil(image_size / 32)
+        self.backbone, self.num_landmarks = backbone, num_landmarks
+        self.readout = nn.Linear(backbone.stage_channels[-1] * side * side, 2 * num_landmarks)
+
+    def forward(self, x_b3hw: torch.Tensor) -> torch.Tensor:
+        features = self.backbone.stages(x_b3hw, num_stages=4)[3].flatten(1)  # (B, C h w)
+        return self.readout(features).reshape(-1, self.num_landmarks, 2)
 
 
 class SegmentationHead(nn.Module):

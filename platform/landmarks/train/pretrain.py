@@ -36,6 +36,7 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
     if train_rows < cfg.train.batch_size:
         raise UserError(f"{cfg.data.path}: the train split has {train_rows} rows (x data.fraction), fewer than "
                         f"one batch of train.batch_size={cfg.train.batch_size}")
+    probe_plan = plan_probe(cfg, manifest)
     name = run_name(cfg, manifest.name)
     previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
     if previous:
@@ -55,16 +56,42 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
         print(f"[pretrain] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)", flush=True)
 
     try:
-        result = _fit(cfg, name, manifest, use_gpu, logger.run_id, train_rows, args.verbose)
+        result = _fit(cfg, name, manifest, use_gpu, logger.run_id, train_rows, probe_plan, args.verbose)
     except Exception as err:
         logger.fail(f"{type(err).__name__}: {err}")
         raise
     return _finish(cfg, result, logger, manifest.name)
 
 
-def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int, verbose: bool):
+def plan_probe(cfg: PretrainConfig, manifest) -> tuple[str, str, str] | None:
+    """(dataset path, reference split, query split) of the per-epoch landmark probe, or None when it is off;
+    checked before any work (`probe.enabled: true` on a dataset without landmarks is refused)."""
+    probe = cfg.probe
+    path = probe.path or cfg.data.path
+    if probe.enabled is False:
+        return None
+    target = manifest if not probe.path else open_manifest(path, need_landmarks=False)
+    if target.K == 0:
+        if probe.enabled is True:
+            raise UserError(f"probe.enabled=true but {path} ({target.name}) has no landmarks; set probe.path to "
+                            "an annotated dataset (e.g. CUB for birds) or probe.enabled=false")
+        return None
+    query = probe.query_split
+    if query == "auto":
+        query = "val" if "val" in target.splits else "test"
+    for split in (probe.ref_split, query):
+        if split not in target.splits:
+            raise UserError(f"probe: {path} has no split {split!r}; its splits: {', '.join(target.splits)}")
+    return path, probe.ref_split, query
+
+
+def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int,
+         probe_plan: tuple[str, str, str] | None, verbose: bool):
+    import ray
+
     from ..data import read_dataset
     from ..data.normalization import input_stats
+    from ..probe import load_probe_data
     from .pretrain_loop import train_loop_per_worker
 
     dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
@@ -76,6 +103,8 @@ def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, t
             "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
             "mean": list(mean), "std": list(std), "train_rows": train_rows,
             "dataset": manifest.name,
+            "probe": None if probe_plan is None else ray.put(load_probe_data(
+                probe_plan[0], probe_plan[1], probe_plan[2], cfg.probe.images, cfg.data.image_size, cfg.train.seed)),
             # Views keep the manifest's eval border in proportion (20 px of 136 for 96 px faces).
             "border": round(manifest.border * cfg.data.image_size / manifest.input_size),
         },

@@ -17,6 +17,7 @@ from ..augment import MoCoViews, ViewsAhead, views_generator
 from ..config import PretrainConfig
 from ..data.loader import device_batches, epoch_steps
 from ..dist import all_reduce_mean
+from ..probe import probe
 from ..progress import worker_print
 from ..schedules import cosine_lr, epoch_cosine_lr, set_lr
 from ..tracking import RunLogger
@@ -60,6 +61,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # DataLoader's, and every rank's is the same size, so shuffle BN and DDP stay in step.
     steps_per_epoch = epoch_steps(config["train_rows"], world, local_batch)
     shard = ray.train.get_dataset_shard("train")
+    probe_data = ray.get(config["probe"]) if rank == 0 and config.get("probe") is not None else None
+    if probe_data is not None and start_epoch == 0:  # the initial weights: where the curve starts
+        _log_probe(logger, model, probe_data, device, step, epoch=-1)
 
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
@@ -95,12 +99,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meta = {"epoch": epoch, "step": step, "loss": epoch_loss, "backbone": cfg.model.backbone,
                     "low_dim": cfg.model.low_dim, "mlflow_run_id": config["mlflow_run_id"],
                     "dataset": config["dataset"], "image_size": cfg.data.image_size}
+        probed = ""
+        if probe_data is not None and checkpoint_due(epoch, cfg.probe.every_epochs, cfg.train.epochs):
+            probed = _log_probe(logger, model, probe_data, device, step, epoch)
         report_epoch(metrics, epoch, state, meta)
         if rank == 0:
             worker_print(f"[pretrain] epoch {epoch + 1}/{cfg.train.epochs}  loss {epoch_loss:.4f}  "
-                         f"key similarity {similarity:.2f}  step {step}")
+                         f"key similarity {similarity:.2f}{probed}  step {step}")
             if similarity > COLLAPSED_KEY_SIMILARITY:
                 worker_print(f"[pretrain] warning: the embeddings are collapsing (mean cosine {similarity:.2f} "
                              f"between queued keys): try a lower train.lr than {cfg.train.lr:g} (the paper's 0.03 "
                              f"is for batch 256; {cfg.train.batch_size} here) or a smaller backbone that can take "
                              f"more steps", warning=True)
+
+
+def _log_probe(logger: RunLogger, model, data, device: torch.device, step: int, epoch: int) -> str:
+    """The landmark probe of the query encoder (`landmarks.probe`) -> MLflow (`probe_iod` or `probe_pck`, and
+    the mean shape's, at the step; `probe_epoch` = epoch + 1, 0 for the initial weights); the text it prints."""
+    result = probe(model.encoder_q, data, device)
+    logger.log_metrics({**result, "probe_epoch": epoch + 1}, step=step)
+    name = f"probe_{data.metric}"
+    return f"  probe {data.metric.upper()} {result[name]:.2f} (mean shape {result[f'probe_mean_shape_{data.metric}']:.2f})"
