@@ -191,8 +191,9 @@ def _where(**conditions: Callable[[RunRecord], bool]) -> Callable[[list[RunRecor
 
 
 def _budget_curves(records: list[RunRecord], cub: bool) -> list[RunRecord]:
-    """Regression runs of settings that were run with a limited budget (and their 'all' point)."""
-    runs = [r for r in records if r.job == "regress" and (r.dataset == "cub") == cub]
+    """Regression runs of settings that were run with a limited budget (and their 'all' point), and the
+    baselines run at those budgets (`jobs/baseline.py`: init mean_shape / supervised, beside them)."""
+    runs = [r for r in records if r.job in ("regress", "baseline") and (r.dataset == "cub") == cub]
 
     def setting(r: RunRecord) -> tuple:
         return r.dataset, r.init, r.backbone, r.representation, r.dim

@@ -282,6 +282,11 @@ def get_run(run_id: str):
         raise UserError(f"MLflow run {run_id!r} does not exist at {safe_uri(tracking_uri())}") from None
 
 
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """Every (step, value) a run logged for a metric, in step order (empty when it logged none)."""
+    return sorted((m.step, m.value) for m in _client().get_metric_history(run_id, key))
+
+
 def download_artifact(run_id: str, artifact_path: str, dst: str | Path) -> Path:
     """Download one artifact (file or directory) of a run into the local directory `dst`; returns its path.
 
