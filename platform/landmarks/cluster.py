@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import socket
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -195,26 +197,67 @@ def _run_worker(loop: Callable[[dict], None], verbose: bool, config: dict[str, A
     loop(config)
 
 
+ABORT_TIMEOUT_S = 60.0  # how long Ctrl-C waits for Ray Train to stop its workers
+
+
+def _interruptible(trainer_cls: type) -> type:
+    """`trainer_cls` whose fit() raises KeyboardInterrupt on Ctrl-C once its workers are stopped.
+
+    Ray Train V2 installs its own SIGINT handler in the driver while fit() runs (in the main thread:
+    `DataParallelTrainer._register_sigint_handler`); it aborts the controller and then calls
+    sys.exit(0), so the job never sees the KeyboardInterrupt it waits for: no line, exit status 1, its
+    MLflow run left RUNNING. This handler aborts the same way (the controller stops the worker group
+    and exits), then raises KeyboardInterrupt in the driver. A second Ctrl-C while it waits interrupts
+    the wait.
+    """
+    import ray
+
+    class Interruptible(trainer_cls):
+        def _register_sigint_handler(self, controller: Any) -> None:
+            def on_sigint(signum: int, frame: Any) -> None:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                try:
+                    ray.get(controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    pass  # the controller exits as it aborts: its death is the answer
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+    return Interruptible
+
+
+def _worker_user_error(err: BaseException) -> UserError | None:
+    """The UserError a Train worker raised (e.g. the tracking server did not answer), if that ended the run.
+    Ray wraps it (WorkerGroupError.worker_failures -> UserExceptionWithTraceback)."""
+    for failure in (getattr(err, "worker_failures", None) or {}).values():
+        for candidate in (failure, getattr(failure, "_base_exc", None), getattr(failure, "__cause__", None)):
+            if isinstance(candidate, UserError):
+                return candidate
+    return None
+
+
 def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: Any, name: str, use_gpu: bool,
                       datasets: dict[str, Any], what: str, verbose: bool = False):
     """Run `loop` as a Ray Train TorchTrainer with the job's scaling (cfg.ray), checkpoint storage and
     retention (cfg.checkpoint) and failure policy (cfg.max_failures) -> ray.train.Result.
 
-    A worker's error reaches the user as one line, "<what> failed: <the cause>". Ray Train's own
-    INFO lines (worker group started, checkpoint created, results reported) are shown only with
-    `verbose`; the ray-train-*.log files of the session keep the first two either way.
+    A worker's error reaches the user as one line, "<what> failed: <the cause>" (a UserError the worker
+    raised keeps its class). Ctrl-C stops the workers and raises KeyboardInterrupt (`_interruptible`).
+    Ray Train's own INFO lines (worker group started, checkpoint created, results reported) are shown
+    only with `verbose`; the ray-train-*.log files of the session keep the first two either way.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    from .train.checkpoint import absolute_storage
+    from .train.checkpoint import absolute_storage, remove_orphan_temp_dirs
 
     # The controller polls its workers at this interval (Ray 2.60: 2 s) and needs two polls to see
     # the end of training: 0.5 s makes every fit return ~3 s sooner and notices a lost worker sooner,
     # for a few more tiny actor calls a second. An explicit setting wins.
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
 
-    trainer = TorchTrainer(
+    trainer = _interruptible(TorchTrainer)(
         functools.partial(_run_worker, loop, verbose),
         train_loop_config=loop_config,
         scaling_config=scaling_config(cfg.ray, use_gpu),
@@ -227,10 +270,19 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
         ),
         datasets=datasets,
     )
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         return trainer.fit()
     except TrainingFailedError as err:  # Ray wraps worker errors; surface the cause in one line
+        cause = _worker_user_error(err)
+        if cause is not None:
+            raise type(cause)(f"{what} failed: {cause}") from err
         raise UserError(f"{what} failed: {str(err).strip().splitlines()[-1]}") from err
+    finally:
+        if main_thread and previous is not None:  # Ray leaves its handler (or ours) installed after fit()
+            signal.signal(signal.SIGINT, previous)
+        remove_orphan_temp_dirs()  # checkpoints of workers killed before Ray persisted them (this node)
 
 
 def run_task(fn: Callable[..., Any], args: tuple, ray_cfg: Any, what: str, verbose: bool = False) -> Any:

@@ -276,6 +276,7 @@ class ProjectorTrain(TrainConfig):
 
 
 class ProjectorModel(ProjectorSource):
+    dim: int = Field(128, ge=1, le=4096, description="dimensions of the projector trained")
     softargmax_mul: float | Literal["auto"] = Field(
         "auto", description="multiplier of the projector's spatial softmax; auto: 7, 6.5 for 64 dims (official "
         "--softargmax_mul, searched on a validation set); 0: no softmax (a plain 1x1 conv)")

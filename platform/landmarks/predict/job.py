@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .. import storage, tracking
-from ..cli import JobArgs, job_main, print_summary
+from ..cli import JobArgs, Shorthand, job_main, print_summary
 from ..cluster import join_cluster
 from ..config import PredictConfig, absolute_paths
 from ..data.manifest import MANIFEST_NAME, Manifest, open_manifest
@@ -298,17 +298,11 @@ def _overlays(cfg: PredictConfig, model: LandmarkModel, rows: dict[str, np.ndarr
         image.save(directory / f"{i:04d}.png")
 
 
+SHORTHANDS = (Shorthand("--overlays", "output.overlays", "draw the predictions on the first N images",
+                        metavar="N"),
+              Shorthand("--skip-bad", "input.skip_bad", "skip and count unreadable images instead of stopping"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """jobs/predict.py: the shared job command line, plus `--overlays N` and `--skip-bad` as shorthands."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rewritten, i = [], 0
-    while i < len(argv):
-        if argv[i] == "--overlays" and i + 1 < len(argv):
-            rewritten.append(f"output.overlays={argv[i + 1]}")
-            i += 2
-            continue
-        rewritten.append("input.skip_bad=true" if argv[i] == "--skip-bad" else argv[i])
-        i += 1
-    return job_main(PredictConfig, run_predict, __doc__, rewritten)
+    return job_main(PredictConfig, run_predict, __doc__, argv, SHORTHANDS)
