@@ -49,22 +49,32 @@ def prepare_files(batch: dict[str, np.ndarray], preprocessing: dict, max_pixels:
     """Image files -> network inputs (a CPU task): read upright as RGB (`photo.read_photo`), crop and resize
     as the model's dataset did. An unreadable file becomes a row with its error (and a blank image)
     instead of failing the job."""
+    from PIL import Image
+
     pre = Preprocessing.from_dict(preprocessing)
     side = pre.input_size
     out: dict[str, list] = {"image_id": [], "image": [], "box": [], "error": []}
-    for image_id, path in zip(batch["image_id"], batch["path"]):
-        try:
-            image = read_photo(path, max_pixels)
-        except Exception as err:  # noqa: BLE001 (any decoder's error: the file is named and counted)
-            x, box, error = np.zeros((side, side, 3), np.uint8), (0.0, 0.0, 1.0, 1.0), f"{type(err).__name__}: {err}"
-        else:
-            (x, box), error = pre.image_to_input(image), ""
-        out["image_id"].append(str(image_id))
-        out["image"].append(x)
-        out["box"].append(np.asarray(box, np.float64))
-        out["error"].append(error)
+    worker_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels  # PIL's own refusal: twice it
+    try:
+        for image_id, path in zip(batch["image_id"], batch["path"]):  # one full-size photo in memory at a time
+            image, error = _read(path, max_pixels)
+            x, box = (np.zeros((side, side, 3), np.uint8), (0.0, 0.0, 1.0, 1.0)) if error else pre.image_to_input(image)
+            out["image_id"].append(str(image_id))
+            out["image"].append(x)
+            out["box"].append(np.asarray(box, np.float64))
+            out["error"].append(error)
+    finally:
+        Image.MAX_IMAGE_PIXELS = worker_limit  # the worker process runs other tasks after this one
     return {"image_id": np.array(out["image_id"], dtype=object), "image": np.stack(out["image"]),
             "box": np.stack(out["box"]), "error": np.array(out["error"], dtype=object)}
+
+
+def _read(path: str, max_pixels: int) -> tuple[np.ndarray | None, str]:
+    """(the photo, "") or (None, the reason it cannot be read)."""
+    try:
+        return read_photo(path, max_pixels), ""
+    except Exception as err:  # noqa: BLE001 (any decoder's error: the file is named and counted, not fatal)
+        return None, f"{type(err).__name__}: {err}"
 
 
 def prepare_stored(batch: dict[str, np.ndarray], preprocessing: dict) -> dict[str, np.ndarray]:
@@ -207,8 +217,8 @@ def _finish(cfg: PredictConfig, model: LandmarkModel, manifest: Manifest | None,
             ignored: list[str], logger: tracking.RunLogger, seconds: float) -> dict:
     bad = rows["error"] != ""
     if bad.any() and not cfg.input.skip_bad:
-        first = rows["image_id"][np.flatnonzero(bad)[0]]
-        raise UserError(f"{cfg.input.path}/{first}: cannot read this image ({rows['error'][bad][0]}); "
+        first = int(np.flatnonzero(bad)[np.argmin(rows["image_id"][bad])])  # the first by name
+        raise UserError(f"{cfg.input.path}/{rows['image_id'][first]}: cannot read this image ({rows['error'][first]}); "
                         f"{int(bad.sum())} unreadable file(s) in all; pass --skip-bad to predict the others")
     skipped = dict(sorted((str(i), str(e)) for i, e in zip(rows["image_id"][bad], rows["error"][bad])))
     rows = {k: v[~bad] for k, v in rows.items()}

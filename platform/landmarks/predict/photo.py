@@ -10,7 +10,8 @@
   floating-point images (mode F) and 32-bit ones outside 0..65535 have no known range and are refused.
 - Colour: palette, grey, CMYK, with alpha (dropped): PIL's conversion to RGB.
 - Size: more than `max_pixels` pixels (default PIL's `Image.MAX_IMAGE_PIXELS`, 89.5 megapixels) is refused
-  before decoding (PIL's decompression-bomb guard, as an error that names the size).
+  before decoding, as an error that names the size (PIL's decompression-bomb guard, which also refuses
+  to open more than twice its own limit, whatever `max_pixels` says).
 - Formats: whatever PIL decodes (`PHOTO_FORMATS`: JPEG, PNG, PPM/PGM, TIFF, BMP, WebP, GIF, ...).
 
 Every refusal is an `UnreadablePhoto` (a ValueError) whose message says why; callers name the file.
