@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -57,11 +58,18 @@ def resolve_address(address: str | None = None) -> str:
     return "local"
 
 
+# MLflow's HTTP retry budget and timeout (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _TIMEOUT, ...) as set
+# for the driver also hold in its Ray workers, which log to MLflow too (a cluster's workers do not inherit
+# the driver's environment). Credentials are not passed this way: a runtime env shows in the dashboard.
+PROPAGATED_ENV_PREFIX = "MLFLOW_HTTP_REQUEST_"
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
             verbose: bool = False) -> dict:
     """Initialise Ray once per process; returns the cluster's total resources.
 
-    Quiet by default: Ray's own INFO logs and Ray Data progress bars are shown with verbose=True.
+    Quiet by default: Ray's own INFO logs and Ray Data progress bars are shown with verbose=True. The
+    driver's MLflow HTTP settings reach every worker of the job (`PROPAGATED_ENV_PREFIX`).
     """
     import ray
 
@@ -81,6 +89,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
                 kwargs["num_gpus"] = num_gpus
         else:
             kwargs["address"] = target
+        settings = {k: v for k, v in os.environ.items() if k.startswith(PROPAGATED_ENV_PREFIX)}
+        if settings:  # the job's tasks and Train workers (Ray merges this with `ray job submit`'s own env)
+            kwargs["runtime_env"] = {"env_vars": settings}
         try:
             ray.init(**kwargs)
         except ConnectionError as err:
@@ -186,15 +197,25 @@ def task_options(ray_cfg: Any, use_gpu: bool) -> dict[str, float]:
 def _run_worker(loop: Callable[[dict], None], verbose: bool, config: dict[str, Any]) -> None:
     """A Train worker: unless `verbose`, hide the "Reporting training result ..." line that Ray 2.60
     logs at INFO per report and worker through a logger named after its file (so the `ray.train`
-    level misses it); then run the job's loop."""
+    level misses it), and the traceback Ray logs for a UserError (the driver says it in one line,
+    `fit_torch_trainer`); then run the job's loop."""
     if not verbose:
         try:
+            from ray.train.v2._internal import util
             from ray.train.v2._internal.execution import context
         except ImportError:  # another Ray layout: its lines show, nothing else changes
             pass
         else:
             logging.getLogger(context.__file__).setLevel(logging.WARNING)
+            logging.getLogger(util.__name__).addFilter(_NotUserError())
     loop(config)
+
+
+class _NotUserError(logging.Filter):
+    """Drops a log record made while a UserError is being handled (Ray's "Error in training function")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(sys.exc_info()[1], UserError)
 
 
 ABORT_TIMEOUT_S = 60.0  # how long Ctrl-C waits for Ray Train to stop its workers
