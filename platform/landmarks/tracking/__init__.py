@@ -1,4 +1,5 @@
-"""All MLflow calls live here (this package; `models.py`: logged models, the registry, dataset inputs).
+"""All MLflow calls live here (this package; `runlogger.py`: `RunLogger`, every write to a run; `models.py`:
+logged models, the registry, dataset inputs; `base.py`: the URI, the client, a server that does not answer).
 
 A job creates (or resumes) one run on the driver with `start_run`, hands the run id to
 its Ray workers, and rank 0 re-attaches with `RunLogger(run_id)`: every other rank gets
@@ -7,7 +8,9 @@ ids instead of the fluent API's global "active run", because Ray Tune trials and
 workers share a process with other runs.
 
 Tracking URI: `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` with artifacts in
-`<cwd>/mlartifacts`: what `mlflow ui`, started in the same directory, opens by default.
+`<cwd>/mlartifacts`: what `mlflow ui`, started in the same directory, opens by default. A server that
+does not answer after MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES) is a one-line
+`errors.TrackingUnavailable` naming it. Every run's source (the UI's Source column) is its job's script.
 
 Finding runs: `find_runs(experiment, tags=..., name=..., status=..., has_tag=..., parent=...)`
 builds MLflow's filter string; no other module writes one. Runs come back as MLflow `Run`
@@ -29,6 +32,7 @@ from .base import (
     DEFAULT_ARTIFACTS,
     DEFAULT_DB,
     fluent_tracking_uri,
+    model_requirements,
     redact_params,
     safe_uri,
     server_errors,
@@ -36,7 +40,7 @@ from .base import (
     tracking_uri,
 )
 from .base import client as _client
-from .runlogger import RunLogger, model_requirements
+from .runlogger import RunLogger
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's tag that nests a run under another in the UI
 

@@ -95,9 +95,16 @@ def server_errors(uri: str) -> Iterator[None]:
 @contextmanager
 def quick_requests() -> Iterator[None]:
     """MLflow HTTP requests with no retries and a 10 s timeout while inside (one last try after an outage,
-    instead of MLflow's minutes of backoff); the environment is put back after."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    instead of MLflow's minutes of backoff)."""
+    with _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+        yield
+
+
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Environment variables set while inside, then each put back as it was (set or not)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -108,12 +115,20 @@ def quick_requests() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def model_requirements(packages: tuple[str, ...]) -> list[str]:
-    """Pinned pip requirements of a logged model, from the installed versions of `packages`."""
+MODEL_PACKAGES = ("torch", "numpy", "pillow", "cloudpickle", "landmarks")  # what loading a logged model imports
+
+
+def model_requirements() -> list[str]:
+    """Pinned pip requirements of a logged torch model, from the installed versions (MLflow adds itself).
+
+    Given explicitly because MLflow otherwise infers them by loading the model again in a
+    subprocess that records its imports: 10-15 s per logged model on a 2-core machine, for the
+    same list (less pandas, which MLflow itself pulls in).
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in packages:
+    for package in MODEL_PACKAGES:
         try:
             pins.append(f"{package}=={version(package).split('+')[0]}")  # 2.14.1+cu130 -> 2.14.1
         except PackageNotFoundError:  # e.g. landmarks run from a source tree without an install
@@ -131,13 +146,10 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
-    saved_global, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        utils._tracking_uri = saved_global
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    saved_global = utils._tracking_uri
+    with _environ(MLFLOW_TRACKING_URI=uri):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            utils._tracking_uri = saved_global

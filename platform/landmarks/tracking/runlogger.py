@@ -23,6 +23,7 @@ from ..errors import Interrupted, TrackingUnavailable
 from .base import (
     client,
     fluent_tracking_uri,
+    model_requirements,
     quick_requests,
     redact_params,
     safe_uri,
@@ -30,20 +31,6 @@ from .base import (
     source_tags,
 )
 from .base import tracking_uri as default_uri
-
-MODEL_PACKAGES = ("torch", "numpy", "pillow", "cloudpickle", "landmarks")  # what loading a logged model imports
-
-
-def model_requirements() -> list[str]:
-    """Pinned pip requirements of a logged torch model, from the installed versions (MLflow adds itself).
-
-    Given explicitly because MLflow otherwise infers them by loading the model again in a
-    subprocess that records its imports: 10-15 s per logged model on a 2-core machine, for the
-    same list (less pandas, which MLflow itself pulls in).
-    """
-    from .base import model_requirements as pins
-
-    return pins(MODEL_PACKAGES)
 
 
 def _answers(method: Callable) -> Callable:
