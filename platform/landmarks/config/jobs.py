@@ -352,7 +352,8 @@ class ModelSource(Section):
 
 
 class PredictInput(Section):
-    path: str = Field("", description="an ingested dataset (local or s3://) or a local folder of JPEG/PNG images")
+    path: str = Field("", description="an ingested dataset (local or s3://) or a local folder of photos (any format "
+                      "PIL reads; other files are ignored)")
     split: str = Field("test", description="the dataset's split to predict")
     skip_bad: bool = Field(False, description="skip and count unreadable images (--skip-bad) instead of stopping")
 

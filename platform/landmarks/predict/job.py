@@ -1,19 +1,23 @@
 """Batch landmark prediction with a trained model, on Ray Data (jobs/predict.py).
 
     python jobs/predict.py --config jobs/configs/predict.yaml model.source=<run id | models:/NAME/1 | models:/NAME@best> \\
-        input.path=<dataset dir or s3:// | a folder of JPEG/PNG images> [--overlays N] [--skip-bad]
+        input.path=<dataset dir or s3:// | a folder of photos> [--overlays N] [--skip-bad]
 
-The model (what a regress, segment, train_projector or finetune run logged, `predict.model`) is fetched
-and checked before any work. Images stream through Ray Data: decoded and prepared on CPU tasks the way
-the model's training dataset prepared its images (`Preprocessing`: an ingested dataset's stored images
-lose the eval border; a photo is cropped and resized as its dataset's converter did), then a pool of
+The output folder (it must not hold anything) and the model (what a regress, segment, train_projector or
+finetune run logged, `predict.model`) are checked before any work. In a folder, every file of a format PIL
+decodes is a photo (`photo.read_photo`: EXIF orientation applied, 16 bits scaled, at most PIL's
+Image.MAX_IMAGE_PIXELS of the driver); the other files are ignored and named. Images stream through Ray
+Data: decoded and prepared on CPU tasks the way the model's training dataset prepared its images
+(`Preprocessing`: an ingested dataset's stored images lose the eval border; a photo is cropped and resized
+as its dataset's converter did), then a pool of
 `ray.num_workers` actors, each holding the model once (on a GPU share when the cluster has GPUs:
 `ray.gpus_per_worker` may be a fraction), predicts batches of `batch_size`.
 
 Output, written to a temp directory and renamed into `output.path` (nothing half-written):
 ``predictions.parquet`` (image_id; landmarks, x0, y0, x1, ... in pixels of the image as given: the
-original photo, or the dataset's stored image; landmarks_input in network-input pixels; a PNG mask for
-segmentation models), ``predictions.json`` (the manifest: model, input, rows, skipped files, metric),
+photo as shown, or the dataset's stored image; landmarks_input in network-input pixels; a PNG mask for
+segmentation models), ``predictions.json`` (the manifest: model, input, rows, skipped files and why,
+ignored files, metric),
 and ``overlays/*.png`` with `output.overlays` > 0. On a dataset with landmarks the job also reports
 the metric the training job reported (IOD or the official PCK) over the same split.
 """
