@@ -12,9 +12,13 @@ session's base temp dir, and shared by the three test modules:
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,3 +142,26 @@ def assert_one_line_error(proc: subprocess.CompletedProcess | tuple, *needles: s
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def interrupt_when(ready, timeout: float = 240.0) -> threading.Thread:
+    """Ctrl-C to this process (SIGINT, as a terminal sends it) from a thread, once `ready()` holds: a user
+    stopping a job that runs in process. The main thread then gets Python's (or the job's) SIGINT handler."""
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def keeps_growing(path: Path, wait: float = 3.0) -> bool:
+    """Whether the file a task appends to is still being written (it is not, once the task is stopped)."""
+    size = path.stat().st_size
+    time.sleep(wait)
+    return path.stat().st_size > size

@@ -119,3 +119,35 @@ def test_finetune_bad_input(eval_data, tmp_path, monkeypatch, capsys):
     ]:
         code = job_main(FinetuneConfig, run_finetune, None, base + extra)
         _eval_data.assert_one_line_error((code, capsys.readouterr().err), *needles)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_train_workers_and_reaches_the_job(ray_local, tmp_path):
+    """fine-tuning and projector training run on `cluster.fit_torch_trainer`: Ctrl-C in the driver stops the
+    Ray Train workers and raises KeyboardInterrupt there (Ray Train's own handler swallowed it: the job could
+    not mark its run KILLED), and the driver's SIGINT handler is Python's again afterwards."""
+    import signal
+    import time
+
+    from landmarks.cluster import fit_torch_trainer
+    from landmarks.config import load_config
+
+    beat = tmp_path / "beat"
+
+    def loop(config):  # beats (appends to a file) for a minute on rank 0
+        import ray.train
+
+        for _ in range(300 if ray.train.get_context().get_world_rank() == 0 else 0):
+            with beat.open("a") as f:
+                f.write(".")
+            time.sleep(0.2)
+
+    cfg = load_config(FinetuneConfig, PRESET, ["ray.num_workers=2", "ray.cpus_per_worker=0.5", "max_failures=0",
+                                               f"checkpoint.storage_path={tmp_path}/ray"])
+    _eval_data.interrupt_when(lambda: beat.exists() and beat.stat().st_size > 2)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fit_torch_trainer(loop, {}, cfg, "ctrl-c", False, {}, "fine-tuning")
+    assert time.monotonic() - t0 < 50  # stopped, not run to its end
+    assert not _eval_data.keeps_growing(beat)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

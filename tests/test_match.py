@@ -11,8 +11,9 @@ from mlflow.tracking import MlflowClient
 
 import _eval_data
 from landmarks.cli import JobArgs, job_main
-from landmarks.config import MatchConfig, load_config
-from landmarks.evaluate.match import run_match
+from landmarks.config import MatchConfig, absolute_paths, load_config
+from landmarks.errors import UserError
+from landmarks.evaluate.match import check_matching, run_match
 from landmarks.matching import describer
 from landmarks.models import Projector, build_backbone
 from landmarks.models.representation import Representation
@@ -60,7 +61,13 @@ def test_match_other_representations_in_process(eval_data, tmp_path, monkeypatch
         torch.save(Projector(960, 16).state_dict(), tmp_path / "proj" / "projector.pt")
         (tmp_path / "proj" / "meta.json").write_text(json.dumps(
             {"backbone_fingerprint": fingerprint, "backbone": "resnet18", "dim": 16, "in_channels": 960, "layers": 4}))
-        overrides += [f"projector.source={tmp_path / 'proj'}", "projector.dim=16"]
+        overrides += [f"projector.source={tmp_path / 'proj'}"]  # projector.dim: auto, read from the source
+        wrong = load_config(MatchConfig, PRESET, ["representation=projected", *overrides, "projector.dim=64"])
+        with pytest.raises(UserError, match=r"projector.dim=64 but projector.source .*proj projects to 16 dimensions; "
+                                            r"set projector.dim=16 or projector.dim=auto"):
+            check_matching(absolute_paths(wrong))
+        assert check_matching(absolute_paths(load_config(MatchConfig, PRESET, [
+            "representation=projected", *overrides, "projector.dim=16"]))).rep.projector.dim == 16
     cfg = load_config(MatchConfig, PRESET, [f"representation={representation}", *overrides])
     metrics = run_match(cfg, JobArgs(None, None, False))
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(metrics["mlflow_run_id"])

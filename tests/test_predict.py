@@ -42,15 +42,37 @@ def trained(eval_data, tmp_path_factory):
     mp.undo()
 
 
+ORIENTATION = 0x0112  # the EXIF tag
+BIG = (400, 300)  # a blank PNG over the test's lowered Image.MAX_IMAGE_PIXELS (100k): a 196 MP photo here
+
+
 @pytest.fixture(scope="module")
 def photos(trained):
-    """A folder of PNG and JPEG files (the test faces as stored, i.e. before the eval border crop) + a corrupt one."""
+    """A folder of PNG and JPEG files (the test faces as stored, i.e. before the eval border crop), a corrupt
+    one, and photos as cameras and editors write them (each with a twin the model must see the same):
+    phone.jpg stored portrait with EXIF orientation 6 (phone_upright.png: its pixels turned upright),
+    grey16.png in 16 bits (grey8.png), takeo.ppm (upright.png), big.png, and notes.txt (not an image)."""
     folder = trained["tmp"] / "photos"
     folder.mkdir()
     split = load_split(str(trained["faces"]), "test", 32, rows=range(4), stored=True)
     for i, image in enumerate(split["image"]):
         Image.fromarray(image).save(folder / (f"face{i}.png" if i % 2 else f"face{i}.jpg"), quality=95)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    wide = Image.fromarray(split["image"][0]).resize((92, 46), Image.Resampling.BILINEAR)  # shown 92 x 46
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # "turn 90 degrees clockwise to show"
+    wide.transpose(Image.Transpose.ROTATE_90).save(folder / "phone.jpg", exif=exif.tobytes(), quality=95)
+    with Image.open(folder / "phone.jpg") as stored:
+        assert stored.size == (46, 92)
+        stored.transpose(Image.Transpose.ROTATE_270).save(folder / "phone_upright.png")
+    grey = np.asarray(wide.convert("L"))
+    Image.fromarray(grey).save(folder / "grey8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "grey16.png")
+    assert Image.open(folder / "grey16.png").mode == "I;16"
+    wide.save(folder / "upright.png")
+    wide.save(folder / "takeo.ppm")
+    Image.new("RGB", BIG).save(folder / "big.png")
+    (folder / "notes.txt").write_text("not an image")
     return folder
 
 
@@ -60,10 +82,16 @@ def test_logged_model_loads_with_pyfunc_and_our_loader(trained, photos):
     from landmarks.predict.model import LandmarkModel
     from landmarks.tracking.models import fetch_landmark_model
 
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained['run_id']}/model")
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained['run_id']}/model")  # the run's "model"
     data = [(photos / name).read_bytes() for name in ("face0.jpg", "face1.png")]
     out = pyfunc.predict(pd.DataFrame({"image": data}))
     assert list(out.columns) == ["landmarks"] and len(out) == 2 and len(out["landmarks"][0]) == 10  # 5 (x, y)
+    # Photos are read as shown: EXIF orientation applied, 16 bits scaled (each as its twin).
+    twins = ("phone.jpg", "phone_upright.png", "grey16.png", "grey8.png")
+    got = pyfunc.predict(pd.DataFrame({"image": [(photos / name).read_bytes() for name in twins]}))["landmarks"]
+    np.testing.assert_allclose(got[0], got[1], atol=1e-3)
+    np.testing.assert_allclose(got[2], got[3], atol=1e-3)
+    assert np.asarray(got[0]).reshape(-1, 2).max(0).tolist() < [92, 46]  # in the 92 x 46 frame shown
 
     model = LandmarkModel.load(fetch_landmark_model(trained["run_id"], trained["tmp"] / "fetched"))
     assert model.task == "landmarks" and model.meta["dataset"] == "synthetic-faces" and model.meta["K"] == 5
@@ -72,6 +100,22 @@ def test_logged_model_loads_with_pyfunc_and_our_loader(trained, photos):
         x, box = model.preprocessing.image_to_input(image)
         ours = model.preprocessing.input_to_original(model.predict(x[None])["landmarks"][0], box)
         np.testing.assert_allclose(np.asarray(pyfunc_landmarks).reshape(-1, 2), ours, atol=1e-4)
+
+
+def test_models_are_named_by_what_they_are_and_runs_by_their_script(trained):
+    """The UI lists the logged model as regress-<dataset>-<backbone>-<representation> from jobs/regress.py
+    (not "model" from default_worker.py); the run's Source column shows the job script."""
+    client = MlflowClient(trained["uri"])
+    run = client.get_run(trained["run_id"])
+    models = client.search_logged_models([run.info.experiment_id])
+    ours = [m for m in models if m.source_run_id == trained["run_id"]]
+    assert [m.name for m in ours] == [f"regress-synthetic-faces-{run.data.tags['backbone']}-hypercolumn"]
+    assert ours[0].tags["mlflow.source.name"] == "jobs/regress.py" and run.data.tags["mlflow.source.name"] == (
+        "jobs/regress.py")
+    assert run.data.tags["landmark_model_id"] == ours[0].model_id
+    # The run's "model" is a few-kB pointer to it (no second copy of the weights).
+    files = client.list_artifacts(trained["run_id"], "model")
+    assert sum(f.file_size or 0 for f in files) < 20_000, [(f.path, f.file_size) for f in files]
 
 
 def test_runs_log_their_dataset_inputs(trained):
@@ -104,31 +148,65 @@ def test_predict_job_reproduces_the_regress_metric_through_ray_data(trained, ray
     assert run.data.tags["job"] == "predict" and run.inputs.dataset_inputs[0].dataset.name == "synthetic-faces/test"
 
 
-def test_predict_on_a_folder_names_or_skips_the_unreadable_file(trained, photos, ray_local, tmp_path, monkeypatch,
-                                                                capsys):
+def test_predict_on_a_folder_reads_photos_as_shown_and_names_what_it_skips_or_ignores(
+        trained, photos, ray_local, tmp_path, monkeypatch, capsys):
+    from PIL import Image as PILImage
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100_000)  # the driver's limit holds in every task
     base = ["--config", str(_eval_data.ROOT / "jobs" / "configs" / "predict.yaml"), f"model.source={trained['run_id']}",
             f"input.path={photos}", "ray.cpus_per_worker=0.5"]
     assert predict_main([*base, f"output.path={tmp_path / 'refused'}"]) == 1
-    _eval_data.assert_one_line_error((1, capsys.readouterr().err), "broken.jpg", "--skip-bad")
+    line = _eval_data.assert_one_line_error((1, capsys.readouterr().err), "big.png", "400 x 300 pixels",
+                                            "MAX_IMAGE_PIXELS", "2 unreadable file(s)", "--skip-bad")
+    assert "broken.jpg" not in line
     assert not (tmp_path / "refused").exists()  # nothing half-written
 
-    assert predict_main([*base, f"output.path={tmp_path / 'out'}", "--skip-bad", "--metrics-out",
+    out = tmp_path / "out"
+    assert predict_main([*base, f"output.path={out}", "--skip-bad", "--overlays", "20", "--metrics-out",
                          str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["images"] == 4 and metrics["skipped"] == 1
-    table = pq.read_table(tmp_path / "out" / "predictions.parquet").to_pydict()
-    assert sorted(table["image_id"]) == ["face0.jpg", "face1.png", "face2.jpg", "face3.png"]
-    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["skipped"] == ["broken.jpg"]
+    assert (metrics["images"], metrics["skipped"], metrics["ignored"]) == (10, 2, 1)
+    table = pq.read_table(out / "predictions.parquet").to_pydict()
+    assert sorted(table["image_id"]) == ["face0.jpg", "face1.png", "face2.jpg", "face3.png", "grey16.png", "grey8.png",
+                                         "phone.jpg", "phone_upright.png", "takeo.ppm", "upright.png"]
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert manifest["skipped"] == ["big.png", "broken.jpg"] and manifest["ignored"] == ["notes.txt"]
+    assert "megapixels" in manifest["skipped_errors"]["big.png"]
+    points = {i: np.asarray(p).reshape(-1, 2) for i, p in zip(table["image_id"], table["landmarks"])}
+    for photo, twin in (("phone.jpg", "phone_upright.png"), ("grey16.png", "grey8.png"), ("takeo.ppm", "upright.png")):
+        np.testing.assert_allclose(points[photo], points[twin], atol=1e-3, err_msg=photo)
+    assert points["phone.jpg"].max(0).tolist() < [92, 46]  # pixels of the photo as shown, not as stored (46 x 92)
+    # Overlays in the same order, drawn on the photo as shown.
+    sizes = {i: PILImage.open(out / "overlays" / f"{k:04d}.png").size for k, i in enumerate(table["image_id"])}
+    assert sizes["phone.jpg"] == sizes["grey16.png"] == (92, 46) and sizes["face1.png"] == (46, 46)
     # The PNG files are the stored test images: a photo's landmarks, in its own pixels, are the dataset row's.
     model_input = load_split(str(trained["faces"]), "test", 32, rows=range(4))
     from landmarks.predict.model import LandmarkModel
     from landmarks.tracking.models import fetch_landmark_model
 
     model = LandmarkModel.load(fetch_landmark_model(trained["run_id"], tmp_path / "m"))
-    row = table["image_id"].index("face1.png")
     expected = model.preprocessing.input_to_stored(model.predict(model_input["image"][1:2])["landmarks"][0])
-    np.testing.assert_allclose(np.asarray(table["landmarks"][row]).reshape(-1, 2), expected, atol=1e-3)
+    np.testing.assert_allclose(points["face1.png"], expected, atol=1e-3)
+
+
+def test_an_output_folder_in_use_is_refused_before_any_work(trained, photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "predictions.json").write_text("{}")
+    runs_before = len(tracking_runs(trained["uri"], "predict"))
+    argv = ["--config", str(_eval_data.ROOT / "jobs" / "configs" / "predict.yaml"), f"model.source={trained['run_id']}",
+            f"input.path={photos}", f"output.path={tmp_path / 'taken'}"]
+    _eval_data.assert_one_line_error((predict_main(argv), capsys.readouterr().err), "output.path", "taken",
+                                     "is not an empty directory")
+    assert len(tracking_runs(trained["uri"], "predict")) == runs_before  # no run, no model fetched, no Ray
+    assert (tmp_path / "taken" / "predictions.json").read_text() == "{}"
+
+
+def tracking_runs(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
 
 
 BAD = {

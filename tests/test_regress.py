@@ -113,6 +113,37 @@ def test_an_evaluation_task_looks_up_runs_in_the_jobs_store(ray_local, tmp_path,
     assert (metrics["lookup_uri"], metrics["run_uri"]) == (uri, uri)
 
 
+def test_ctrl_c_on_an_evaluation_job_cancels_its_task_and_kills_its_run(ray_local, tmp_path, monkeypatch, capsys):
+    """regress / segment / match run their evaluation as one Ray task (`evaluate.runner`): Ctrl-C stops the
+    task, marks the MLflow run KILLED and exits 130 with one line saying so."""
+    from landmarks.evaluate.runner import run_logged
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    beat = tmp_path / "beat"
+
+    def evaluate(cfg, logger):  # logs, then beats (appends to a file) for a minute: long enough to be stopped
+        import time
+
+        logger.log_metrics({"started": 1.0})
+        for _ in range(300):
+            with beat.open("a") as f:
+                f.write(".")
+            time.sleep(0.2)
+        return {"iod": 1.0}
+
+    def run(cfg, args):
+        return run_logged("regress", cfg, {}, "sleepy", evaluate, verbose=False)
+
+    _eval_data.interrupt_when(lambda: beat.exists() and beat.stat().st_size > 2)
+    code = job_main(RegressConfig, run, argv=["--config", PRESET, f"data.path={tmp_path}", "ray.cpus_per_worker=0.5"])
+    lines = _eval_data.job_stderr_lines(capsys.readouterr().err)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.search_runs([client.get_experiment_by_name("regress-synthetic").experiment_id])[0].info.run_id
+    assert code == 130 and lines == [f"interrupted: regress stopped; MLflow run {run_id} marked KILLED"], lines
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert not _eval_data.keeps_growing(beat)  # the task is gone, not left running on the cluster
+
+
 @pytest.mark.slow
 def test_regression_learns_logs_and_reuses_the_cache(eval_data, ray_address, tmp_path):
     # The official regressor (N(0, 1) heatmap weights) needs ~30 epochs of the 192 training dots to learn.

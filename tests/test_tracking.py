@@ -134,3 +134,68 @@ def test_logging_a_model_leaves_the_process_tracking_uri_alone(in_tmp_cwd, monke
     second = f"sqlite:///{in_tmp_cwd}/second.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", second)  # the next trial's store
     assert mlflow.get_tracking_uri() == second and tracking.tracking_uri() == second
+
+
+def test_a_server_that_does_not_answer_is_one_line_naming_it(monkeypatch):
+    """Nothing listens on the port (a stopped server): after MLflow's (lowered) retries, one error naming it."""
+    from conftest import free_port
+    from landmarks.errors import TrackingUnavailable
+
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    logger = tracking.RunLogger("0" * 32, uri=url)
+    with pytest.raises(TrackingUnavailable) as caught:
+        logger.log_metrics({"loss": 1.0}, step=3)
+    message = str(caught.value)
+    assert message.startswith(f"the MLflow tracking server {url} does not answer (Connection refused, after 0 "
+                              "retries"), message
+    assert "\n" not in message and caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert logger.fail("boom") is False  # one quick try, no retries: the server is still down
+
+    with pytest.raises(TrackingUnavailable, match=r"left RUNNING; once the server answers, rerun with x"), \
+            logger.ending("pretraining", rerun="rerun with x"):
+        logger.log_metrics({"loss": 1.0}, step=4)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    with pytest.raises(TrackingUnavailable, match=f"{url} does not answer"):
+        tracking.start_run("down", "r")
+
+
+def test_ending_marks_the_run_killed_on_ctrl_c_and_failed_on_an_error(in_tmp_cwd):
+    from mlflow.tracking import MlflowClient
+
+    from landmarks.errors import Interrupted
+
+    client = MlflowClient(tracking.tracking_uri())
+    stopped = tracking.start_run("ending", "stopped")
+    with pytest.raises(Interrupted) as caught, \
+            stopped.ending("pretraining", rerun="rerun with mlflow.run_name=stopped to resume"):
+        raise KeyboardInterrupt
+    assert str(caught.value) == (f"pretraining stopped; MLflow run {stopped.run_id} marked KILLED; rerun with "
+                                 "mlflow.run_name=stopped to resume")
+    assert isinstance(caught.value, KeyboardInterrupt)
+    assert client.get_run(stopped.run_id).info.status == "KILLED"
+
+    failed = tracking.start_run("ending", "failed")
+    with pytest.raises(ValueError, match="bad row"), failed.ending("regress"):
+        raise ValueError("bad row")
+    run = client.get_run(failed.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: bad row"
+
+
+def test_a_resumed_attempt_does_not_log_steps_the_run_already_has(in_tmp_cwd):
+    """Attempt 1 logged steps 1..45 and its checkpoint is at 40; attempt 2 redoes 41..45, then goes on."""
+    from mlflow.tracking import MlflowClient
+
+    first = tracking.start_run("steps", "r")
+    for step in range(5, 46, 5):
+        first.log_metrics({"loss": 1.0, "lr": 0.1}, step=step)
+    first.log_metrics({"epoch": 7.0}, step=40)
+    again = tracking.RunLogger(first.run_id)
+    again.skip_logged_steps()
+    for step in range(45, 56, 5):
+        again.log_metrics({"loss": 2.0, "lr": 0.2}, step=step)
+    again.log_metrics({"epoch": 8.0}, step=45)  # the epoch metric had no point at 45 yet: kept
+    client = MlflowClient(tracking.tracking_uri())
+    loss = [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")]
+    assert sorted(loss) == [(s, 1.0) for s in range(5, 46, 5)] + [(50, 2.0), (55, 2.0)]
+    assert sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "epoch")) == [(40, 7.0), (45, 8.0)]

@@ -13,7 +13,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -55,11 +58,18 @@ def resolve_address(address: str | None = None) -> str:
     return "local"
 
 
+# MLflow's HTTP retry budget and timeout (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _TIMEOUT, ...) as set
+# for the driver also hold in its Ray workers, which log to MLflow too (a cluster's workers do not inherit
+# the driver's environment). Credentials are not passed this way: a runtime env shows in the dashboard.
+PROPAGATED_ENV_PREFIX = "MLFLOW_HTTP_REQUEST_"
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
             verbose: bool = False) -> dict:
     """Initialise Ray once per process; returns the cluster's total resources.
 
-    Quiet by default: Ray's own INFO logs and Ray Data progress bars are shown with verbose=True.
+    Quiet by default: Ray's own INFO logs and Ray Data progress bars are shown with verbose=True. The
+    driver's MLflow HTTP settings reach every worker of the job (`PROPAGATED_ENV_PREFIX`).
     """
     import ray
 
@@ -79,6 +89,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
                 kwargs["num_gpus"] = num_gpus
         else:
             kwargs["address"] = target
+        settings = {k: v for k, v in os.environ.items() if k.startswith(PROPAGATED_ENV_PREFIX)}
+        if settings:  # the job's tasks and Train workers (Ray merges this with `ray job submit`'s own env)
+            kwargs["runtime_env"] = {"env_vars": settings}
         try:
             ray.init(**kwargs)
         except ConnectionError as err:
@@ -184,15 +197,65 @@ def task_options(ray_cfg: Any, use_gpu: bool) -> dict[str, float]:
 def _run_worker(loop: Callable[[dict], None], verbose: bool, config: dict[str, Any]) -> None:
     """A Train worker: unless `verbose`, hide the "Reporting training result ..." line that Ray 2.60
     logs at INFO per report and worker through a logger named after its file (so the `ray.train`
-    level misses it); then run the job's loop."""
+    level misses it), and the traceback Ray logs for a UserError (the driver says it in one line,
+    `fit_torch_trainer`); then run the job's loop."""
     if not verbose:
         try:
+            from ray.train.v2._internal import util
             from ray.train.v2._internal.execution import context
         except ImportError:  # another Ray layout: its lines show, nothing else changes
             pass
         else:
             logging.getLogger(context.__file__).setLevel(logging.WARNING)
+            logging.getLogger(util.__name__).addFilter(_NotUserError())
     loop(config)
+
+
+class _NotUserError(logging.Filter):
+    """Drops a log record made while a UserError is being handled (Ray's "Error in training function")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(sys.exc_info()[1], UserError)
+
+
+ABORT_TIMEOUT_S = 60.0  # how long Ctrl-C waits for Ray Train to stop its workers
+
+
+def _interruptible(trainer_cls: type) -> type:
+    """`trainer_cls` whose fit() raises KeyboardInterrupt on Ctrl-C once its workers are stopped.
+
+    Ray Train V2 installs its own SIGINT handler in the driver while fit() runs (in the main thread:
+    `DataParallelTrainer._register_sigint_handler`); it aborts the controller and then calls
+    sys.exit(0), so the job never sees the KeyboardInterrupt it waits for: no line, exit status 1, its
+    MLflow run left RUNNING. This handler aborts the same way (the controller stops the worker group
+    and exits), then raises KeyboardInterrupt in the driver. A second Ctrl-C while it waits interrupts
+    the wait.
+    """
+    import ray
+
+    class Interruptible(trainer_cls):
+        def _register_sigint_handler(self, controller: Any) -> None:
+            def on_sigint(signum: int, frame: Any) -> None:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                try:
+                    ray.get(controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    pass  # the controller exits as it aborts: its death is the answer
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+    return Interruptible
+
+
+def _worker_user_error(err: BaseException) -> UserError | None:
+    """The UserError a Train worker raised (e.g. the tracking server did not answer), if that ended the run.
+    Ray wraps it (WorkerGroupError.worker_failures -> UserExceptionWithTraceback)."""
+    for failure in (getattr(err, "worker_failures", None) or {}).values():
+        for candidate in (failure, getattr(failure, "_base_exc", None), getattr(failure, "__cause__", None)):
+            if isinstance(candidate, UserError):
+                return candidate
+    return None
 
 
 def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: Any, name: str, use_gpu: bool,
@@ -200,21 +263,22 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
     """Run `loop` as a Ray Train TorchTrainer with the job's scaling (cfg.ray), checkpoint storage and
     retention (cfg.checkpoint) and failure policy (cfg.max_failures) -> ray.train.Result.
 
-    A worker's error reaches the user as one line, "<what> failed: <the cause>". Ray Train's own
-    INFO lines (worker group started, checkpoint created, results reported) are shown only with
-    `verbose`; the ray-train-*.log files of the session keep the first two either way.
+    A worker's error reaches the user as one line, "<what> failed: <the cause>" (a UserError the worker
+    raised keeps its class). Ctrl-C stops the workers and raises KeyboardInterrupt (`_interruptible`).
+    Ray Train's own INFO lines (worker group started, checkpoint created, results reported) are shown
+    only with `verbose`; the ray-train-*.log files of the session keep the first two either way.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    from .train.checkpoint import absolute_storage
+    from .train.checkpoint import absolute_storage, remove_orphan_temp_dirs
 
     # The controller polls its workers at this interval (Ray 2.60: 2 s) and needs two polls to see
     # the end of training: 0.5 s makes every fit return ~3 s sooner and notices a lost worker sooner,
     # for a few more tiny actor calls a second. An explicit setting wins.
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
 
-    trainer = TorchTrainer(
+    trainer = _interruptible(TorchTrainer)(
         functools.partial(_run_worker, loop, verbose),
         train_loop_config=loop_config,
         scaling_config=scaling_config(cfg.ray, use_gpu),
@@ -227,10 +291,19 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
         ),
         datasets=datasets,
     )
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         return trainer.fit()
     except TrainingFailedError as err:  # Ray wraps worker errors; surface the cause in one line
+        cause = _worker_user_error(err)
+        if cause is not None:
+            raise type(cause)(f"{what} failed: {cause}") from err
         raise UserError(f"{what} failed: {str(err).strip().splitlines()[-1]}") from err
+    finally:
+        if main_thread and previous is not None:  # Ray leaves its handler (or ours) installed after fit()
+            signal.signal(signal.SIGINT, previous)
+        remove_orphan_temp_dirs()  # checkpoints of workers killed before Ray persisted them (this node)
 
 
 def run_task(fn: Callable[..., Any], args: tuple, ray_cfg: Any, what: str, verbose: bool = False) -> Any:

@@ -381,9 +381,9 @@ def load_representation(cfg: Any, manifest: Manifest, seed: int) -> Representati
                             "jobs/train_projector.py run (or a projector.pt file) trained on this backbone")
         in_channels = sum(block_channels(backbone.stage_channels, "hypercolumn", cfg.layers))
         projector = load_projector(cfg.projector.source, info["fingerprint"], in_channels, cfg.model.backbone)
-        if projector.dim != cfg.projector.dim:
-            raise UserError(f"projector.source {cfg.projector.source} projects to {projector.dim} dimensions but "
-                            f"projector.dim={cfg.projector.dim}; set projector.dim={projector.dim}")
+        if cfg.projector.dim not in ("auto", projector.dim):
+            raise UserError(f"projector.dim={cfg.projector.dim} but projector.source {cfg.projector.source} projects "
+                            f"to {projector.dim} dimensions; set projector.dim={projector.dim} or projector.dim=auto")
         info["projector_dim"] = projector.dim
     mean, std, _ = input_stats(manifest)
     return Representation(cfg.representation, backbone, info, projector, cfg.layers, mean, std)

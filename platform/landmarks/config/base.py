@@ -84,7 +84,15 @@ class BackboneSource(Section):
 
 class ProjectorSource(Section):
     source: str | None = Field(None, description="MLflow run id or file of a trained projector")
-    dim: int = Field(128, ge=1, le=4096)
+    dim: int | Literal["auto"] = Field(
+        "auto", description="dimensions of projector.source; auto: read from it (a number is checked against it)")
+
+    @field_validator("dim")
+    @classmethod
+    def _dim_range(cls, v: Any) -> Any:
+        if isinstance(v, int) and not 1 <= v <= 4096:
+            raise ValueError("projector.dim must be from 1 to 4096, or 'auto'")
+        return v
 
 
 Annotations = Union[int, Literal["all"]]  # noqa: UP007 (pydantic error locations read "annotations.int")

@@ -309,6 +309,7 @@ class ProjectorTrain(TrainConfig):
 
 
 class ProjectorModel(ProjectorSource):
+    dim: int = Field(128, ge=1, le=4096, description="dimensions of the projector trained")
     softargmax_mul: float | Literal["auto"] = Field(
         "auto", description="multiplier of the projector's spatial softmax; auto: 7, 6.5 for 64 dims (official "
         "--softargmax_mul, searched on a validation set); 0: no softmax (a plain 1x1 conv)")
@@ -427,7 +428,8 @@ class ModelSource(Section):
 
 
 class PredictInput(Section):
-    path: str = Field("", description="an ingested dataset (local or s3://) or a local folder of JPEG/PNG images")
+    path: str = Field("", description="an ingested dataset (local or s3://) or a local folder of photos (any format "
+                      "PIL reads; other files are ignored)")
     split: str = Field("test", description="the dataset's split to predict")
     skip_bad: bool = Field(False, description="skip and count unreadable images (--skip-bad) instead of stopping")
 

@@ -4,7 +4,7 @@
 
 From the command line the evaluation runs as one Ray task with the resources of `ray.*`
 (`cluster.run_task`); inside a Ray worker (a Tune trial) it runs in process. Either way the MLflow
-run is created first and ends FINISHED, or FAILED with the error as a tag.
+run is created first and ends FINISHED, FAILED with the error as a tag, or KILLED on Ctrl-C (exit 130).
 """
 
 from __future__ import annotations
@@ -36,15 +36,12 @@ def run_logged(job: str, cfg: Any, tags: dict, run_name: str, evaluate: Callable
     logger.log_params({**to_flat_dict(cfg), **(extra_params or {})})
     for manifest, path, split, context in datasets:
         logger.log_dataset(manifest, path, split, context)
-    try:
+    with logger.ending(job):  # Ctrl-C: the task cancelled, the run KILLED; an error: FAILED
         if in_ray_worker():
             metrics = evaluate(cfg, logger, **in_process)
         else:
             args = (evaluate, cfg.model_dump(mode="json"), type(cfg), logger.run_id, logger.uri)
             metrics = run_task(_remote_call, args, cfg.ray, job, verbose)
-    except BaseException as err:
-        logger.fail(f"{type(err).__name__}: {err}")
-        raise
     logger.finish()
     return {**metrics, "mlflow_run_id": logger.run_id}
 

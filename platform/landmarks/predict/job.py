@@ -1,19 +1,23 @@
 """Batch landmark prediction with a trained model, on Ray Data (jobs/predict.py).
 
     python jobs/predict.py --config jobs/configs/predict.yaml model.source=<run id | models:/NAME/1 | models:/NAME@best> \\
-        input.path=<dataset dir or s3:// | a folder of JPEG/PNG images> [--overlays N] [--skip-bad]
+        input.path=<dataset dir or s3:// | a folder of photos> [--overlays N] [--skip-bad]
 
-The model (what a regress, segment, train_projector or finetune run logged, `predict.model`) is fetched
-and checked before any work. Images stream through Ray Data: decoded and prepared on CPU tasks the way
-the model's training dataset prepared its images (`Preprocessing`: an ingested dataset's stored images
-lose the eval border; a photo is cropped and resized as its dataset's converter did), then a pool of
+The output folder (it must not hold anything) and the model (what a regress, segment, train_projector or
+finetune run logged, `predict.model`) are checked before any work. In a folder, every file of a format PIL
+decodes is a photo (`photo.read_photo`: EXIF orientation applied, 16 bits scaled, at most PIL's
+Image.MAX_IMAGE_PIXELS of the driver); the other files are ignored and named. Images stream through Ray
+Data: decoded and prepared on CPU tasks the way the model's training dataset prepared its images
+(`Preprocessing`: an ingested dataset's stored images lose the eval border; a photo is cropped and resized
+as its dataset's converter did), then a pool of
 `ray.num_workers` actors, each holding the model once (on a GPU share when the cluster has GPUs:
 `ray.gpus_per_worker` may be a fraction), predicts batches of `batch_size`.
 
 Output, written to a temp directory and renamed into `output.path` (nothing half-written):
 ``predictions.parquet`` (image_id; landmarks, x0, y0, x1, ... in pixels of the image as given: the
-original photo, or the dataset's stored image; landmarks_input in network-input pixels; a PNG mask for
-segmentation models), ``predictions.json`` (the manifest: model, input, rows, skipped files, metric),
+photo as shown, or the dataset's stored image; landmarks_input in network-input pixels; a PNG mask for
+segmentation models), ``predictions.json`` (the manifest: model, input, rows, skipped files and why,
+ignored files, metric),
 and ``overlays/*.png`` with `output.overlays` > 0. On a dataset with landmarks the job also reports
 the metric the training job reported (IOD or the official PCK) over the same split.
 """
@@ -31,42 +35,50 @@ from typing import Any
 import numpy as np
 
 from .. import storage, tracking
-from ..cli import JobArgs, job_main, print_summary
+from ..cli import JobArgs, Shorthand, job_main, print_summary
 from ..cluster import join_cluster
 from ..config import PredictConfig, absolute_paths
 from ..data.manifest import MANIFEST_NAME, Manifest, open_manifest
 from ..errors import UserError
 from .model import LandmarkModel, Preprocessing, mask_png
+from .photo import photo_suffixes, read_photo
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_FILE, MANIFEST_FILE, OVERLAYS = "predictions.parquet", "predictions.json", "overlays"
 
 
 # ----------------------------------------------------------------------------- Ray Data stages
 
 
-def prepare_files(batch: dict[str, np.ndarray], preprocessing: dict) -> dict[str, np.ndarray]:
-    """Image files -> network inputs (a CPU task): decode, crop and resize as the model's dataset did.
-    An unreadable file becomes a row with its error (and a blank image) instead of failing the job."""
-    from PIL import Image, UnidentifiedImageError
+def prepare_files(batch: dict[str, np.ndarray], preprocessing: dict, max_pixels: int) -> dict[str, np.ndarray]:
+    """Image files -> network inputs (a CPU task): read upright as RGB (`photo.read_photo`), crop and resize
+    as the model's dataset did. An unreadable file becomes a row with its error (and a blank image)
+    instead of failing the job."""
+    from PIL import Image
 
     pre = Preprocessing.from_dict(preprocessing)
     side = pre.input_size
     out: dict[str, list] = {"image_id": [], "image": [], "box": [], "error": []}
-    for image_id, path in zip(batch["image_id"], batch["path"]):
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-            x, box = pre.image_to_input(image)
-            error = ""
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            x, box, error = np.zeros((side, side, 3), np.uint8), (0.0, 0.0, 1.0, 1.0), f"{type(err).__name__}: {err}"
-        out["image_id"].append(str(image_id))
-        out["image"].append(x)
-        out["box"].append(np.asarray(box, np.float64))
-        out["error"].append(error)
+    worker_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels  # PIL's own refusal: twice it
+    try:
+        for image_id, path in zip(batch["image_id"], batch["path"]):  # one full-size photo in memory at a time
+            image, error = _read(path, max_pixels)
+            x, box = (np.zeros((side, side, 3), np.uint8), (0.0, 0.0, 1.0, 1.0)) if error else pre.image_to_input(image)
+            out["image_id"].append(str(image_id))
+            out["image"].append(x)
+            out["box"].append(np.asarray(box, np.float64))
+            out["error"].append(error)
+    finally:
+        Image.MAX_IMAGE_PIXELS = worker_limit  # the worker process runs other tasks after this one
     return {"image_id": np.array(out["image_id"], dtype=object), "image": np.stack(out["image"]),
             "box": np.stack(out["box"]), "error": np.array(out["error"], dtype=object)}
+
+
+def _read(path: str, max_pixels: int) -> tuple[np.ndarray | None, str]:
+    """(the photo, "") or (None, the reason it cannot be read)."""
+    try:
+        return read_photo(path, max_pixels), ""
+    except Exception as err:  # noqa: BLE001 (any decoder's error: the file is named and counted, not fatal)
+        return None, f"{type(err).__name__}: {err}"
 
 
 def prepare_stored(batch: dict[str, np.ndarray], preprocessing: dict) -> dict[str, np.ndarray]:
@@ -109,28 +121,42 @@ class Predictor:
 # ----------------------------------------------------------------------------- the job
 
 
-def _input(cfg: PredictConfig) -> tuple[str, Manifest | None, list[tuple[str, str]]]:
-    """("dataset", manifest, []) or ("folder", None, [(image_id, path), ...]); bad input is a UserError."""
+def _input(cfg: PredictConfig) -> tuple[str, Manifest | None, list[tuple[str, str]], list[str]]:
+    """("dataset", manifest, [], []) or ("folder", None, [(image_id, path), ...], [ignored files]): in a folder,
+    every file of a format PIL decodes is an image (`photo.photo_suffixes`), the others are ignored and
+    named; bad input is a UserError."""
     path = cfg.input.path
     if not path:
         raise UserError("input.path is not set: a dataset written by jobs/ingest.py, or a folder of images")
     if storage.exists(storage.join(path, MANIFEST_NAME)):
-        return "dataset", open_manifest(path, cfg.input.split, need_landmarks=False), []
+        return "dataset", open_manifest(path, cfg.input.split, need_landmarks=False), [], []
     if storage.is_s3(path) or not Path(path).is_dir():
         raise UserError(f"input.path {storage.redact(path)}: neither a dataset (no {MANIFEST_NAME}) nor a local "
                         "folder of images")
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"input.path {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return "folder", None, [(str(p.relative_to(path)), str(p)) for p in files]
+    suffixes = photo_suffixes()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    images = [(str(p.relative_to(path)), str(p)) for p in files if p.suffix.lower() in suffixes]
+    ignored = [str(p.relative_to(path)) for p in files if p.suffix.lower() not in suffixes]
+    if not images:
+        raise UserError(f"input.path {path}: no images in this folder ({len(ignored)} other file(s); images are "
+                        "files of a format PIL reads: .jpg, .png, .ppm, .tif, .bmp, .webp, ...)")
+    return "folder", None, images, ignored
+
+
+def _check_output(cfg: PredictConfig) -> None:
+    out = Path(cfg.output.path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output.path {cfg.output.path} exists and is not an empty directory; choose another or "
+                        "remove it")
 
 
 def run_predict(cfg: PredictConfig, args: JobArgs) -> dict:
     cfg = absolute_paths(cfg)
+    _check_output(cfg)  # before any work (and again when the results are moved there)
     with tempfile.TemporaryDirectory(prefix="landmarks-predict-") as tmp:
         model_dir = tracking.fetch_landmark_model(cfg.model.source, Path(tmp))  # UserError: not a model
         model = LandmarkModel.load(model_dir)
-    kind, manifest, files = _input(cfg)
+    kind, manifest, files, ignored = _input(cfg)
     use_gpu = join_cluster(cfg.ray, "prediction", args.verbose)
     actors = _actor_count(cfg, args.verbose)
     tags = {"job": "predict", "model_source": cfg.model.source, "task": model.task, "input": kind,
@@ -139,13 +165,10 @@ def run_predict(cfg: PredictConfig, args: JobArgs) -> dict:
     logger.log_params(tracking.flatten(cfg.model_dump(mode="json")))
     if manifest is not None:
         logger.log_dataset(manifest, cfg.input.path, cfg.input.split, context="prediction")
-    try:
+    with logger.ending("prediction"):
         t0 = time.perf_counter()
         rows = _predict(cfg, model, kind, files, use_gpu, actors)
-        metrics = _finish(cfg, model, manifest, rows, logger, time.perf_counter() - t0)
-    except BaseException as err:
-        logger.fail(f"{type(err).__name__}: {err}")
-        raise
+        metrics = _finish(cfg, model, manifest, rows, ignored, logger, time.perf_counter() - t0)
     logger.finish()
     metrics["mlflow_run_id"] = logger.run_id
     print_summary("predict", metrics)
@@ -178,9 +201,12 @@ def _predict(cfg: PredictConfig, model: LandmarkModel, kind: str, files: list[tu
     if kind == "dataset":
         ds = read_dataset(cfg.input.path, cfg.input.split).map_batches(
             prepare_stored, fn_kwargs={"preprocessing": pre}, batch_format="numpy", batch_size=cfg.batch_size)
-    else:
+    else:  # the size limit of this process's PIL (Image.MAX_IMAGE_PIXELS) holds in every task
+        from PIL import Image
+
         ds = ray.data.from_items([{"image_id": i, "path": p} for i, p in files]).map_batches(
-            prepare_files, fn_kwargs={"preprocessing": pre}, batch_format="numpy", batch_size=cfg.batch_size)
+            prepare_files, fn_kwargs={"preprocessing": pre, "max_pixels": Image.MAX_IMAGE_PIXELS},
+            batch_format="numpy", batch_size=cfg.batch_size)
     model_ref = ray.put((model.meta, model.state()))
     ds = ds.map_batches(Predictor, fn_constructor_kwargs={"model_ref": model_ref}, batch_format="numpy",
                         batch_size=cfg.batch_size, concurrency=(1, actors),
@@ -192,13 +218,13 @@ def _predict(cfg: PredictConfig, model: LandmarkModel, kind: str, files: list[tu
 
 
 def _finish(cfg: PredictConfig, model: LandmarkModel, manifest: Manifest | None, rows: dict[str, np.ndarray],
-            logger: tracking.RunLogger, seconds: float) -> dict:
+            ignored: list[str], logger: tracking.RunLogger, seconds: float) -> dict:
     bad = rows["error"] != ""
     if bad.any() and not cfg.input.skip_bad:
-        first = rows["image_id"][np.flatnonzero(bad)[0]]
-        raise UserError(f"{cfg.input.path}/{first}: cannot read this image ({rows['error'][bad][0]}); "
+        first = int(np.flatnonzero(bad)[np.argmin(rows["image_id"][bad])])  # the first by name
+        raise UserError(f"{cfg.input.path}/{rows['image_id'][first]}: cannot read this image ({rows['error'][first]}); "
                         f"{int(bad.sum())} unreadable file(s) in all; pass --skip-bad to predict the others")
-    skipped = sorted(str(i) for i in rows["image_id"][bad])
+    skipped = dict(sorted((str(i), str(e)) for i, e in zip(rows["image_id"][bad], rows["error"][bad])))
     rows = {k: v[~bad] for k, v in rows.items()}
     if manifest is not None:  # the split's order (the official PCK is taken per batch of 32 in that order)
         from ..data.reader import split_image_ids
@@ -206,11 +232,11 @@ def _finish(cfg: PredictConfig, model: LandmarkModel, manifest: Manifest | None,
         where = {image_id: i for i, image_id in enumerate(split_image_ids(cfg.input.path, cfg.input.split))}
         order = np.argsort([where[str(i)] for i in rows["image_id"]], kind="stable")
         rows = {k: v[order] for k, v in rows.items()}
-    metrics: dict[str, Any] = {"images": len(rows["image_id"]), "skipped": len(skipped),
+    metrics: dict[str, Any] = {"images": len(rows["image_id"]), "skipped": len(skipped), "ignored": len(ignored),
                                "images_per_sec": len(rows["image_id"]) / max(seconds, 1e-9)}
     if manifest is not None and "landmarks_input" in rows and "keypoints" in rows and manifest.K:
         metrics.update(_score(model, manifest, rows))
-    _write(cfg, model, rows, skipped, metrics, logger)
+    _write(cfg, model, rows, skipped, ignored, metrics, logger)
     logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
 
@@ -226,8 +252,8 @@ def _score(model: LandmarkModel, manifest: Manifest, rows: dict[str, np.ndarray]
     return {"pck": pck_official(pred, gt, visible, side), "pck_float": pck(pred, gt, visible, side)}
 
 
-def _write(cfg: PredictConfig, model: LandmarkModel, rows: dict[str, np.ndarray], skipped: list[str],
-           metrics: dict, logger: tracking.RunLogger) -> None:
+def _write(cfg: PredictConfig, model: LandmarkModel, rows: dict[str, np.ndarray], skipped: dict[str, str],
+           ignored: list[str], metrics: dict, logger: tracking.RunLogger) -> None:
     """predictions.parquet + predictions.json (+ overlays) into a temp directory, renamed into place."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -238,17 +264,16 @@ def _write(cfg: PredictConfig, model: LandmarkModel, rows: dict[str, np.ndarray]
             columns[name] = pa.array([r.reshape(-1).tolist() for r in rows[name]], pa.list_(pa.float32()))
     if "mask" in rows:
         columns["mask"] = pa.array(list(rows["mask"]), pa.binary())
-    out = cfg.output.path
-    final = Path(out)
-    if final.exists() and any(final.iterdir()):
-        raise UserError(f"output.path {out} exists and is not empty; choose another or remove it")
+    _check_output(cfg)  # something may have been written there while this job ran
+    final = Path(cfg.output.path)
     tmp = final.parent / storage.tmp_name(final.name)
     tmp.mkdir(parents=True)
     try:
         pq.write_table(pa.table(columns), tmp / OUTPUT_FILE)
         manifest = {"model_source": cfg.model.source, "task": model.task, "model_dataset": model.meta.get("dataset"),
                     "landmark_names": model.meta.get("landmark_names"), "input": cfg.input.path,
-                    "split": cfg.input.split, "rows": len(rows["image_id"]), "skipped": skipped,
+                    "split": cfg.input.split, "rows": len(rows["image_id"]), "skipped": list(skipped),
+                    "skipped_errors": skipped, "ignored": ignored,
                     "metrics": {k: v for k, v in metrics.items() if k != "mlflow_run_id"},
                     "mlflow_run_id": logger.run_id, "coordinates": "pixels of the image as given, x0, y0, x1, ..."}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -275,7 +300,7 @@ def _overlays(cfg: PredictConfig, model: LandmarkModel, rows: dict[str, np.ndarr
     if "landmarks" not in rows:  # a segmentation or projector model: nothing to draw
         return
     if Path(cfg.input.path, str(rows["image_id"][0])).is_file():
-        images = [Image.open(Path(cfg.input.path, str(i))).convert("RGB") for i in rows["image_id"][:n]]
+        images = [Image.fromarray(read_photo(Path(cfg.input.path, str(i)), max_pixels=0)) for i in rows["image_id"][:n]]
         points = rows["landmarks"][:n]
     else:  # rows are in split order: the split's first n rows at the input size
         split = load_split(cfg.input.path, cfg.input.split, model.preprocessing.input_size, rows=range(n))
@@ -287,17 +312,11 @@ def _overlays(cfg: PredictConfig, model: LandmarkModel, rows: dict[str, np.ndarr
         image.save(directory / f"{i:04d}.png")
 
 
+SHORTHANDS = (Shorthand("--overlays", "output.overlays", "draw the predictions on the first N images",
+                        metavar="N"),
+              Shorthand("--skip-bad", "input.skip_bad", "skip and count unreadable images instead of stopping"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """jobs/predict.py: the shared job command line, plus `--overlays N` and `--skip-bad` as shorthands."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rewritten, i = [], 0
-    while i < len(argv):
-        if argv[i] == "--overlays" and i + 1 < len(argv):
-            rewritten.append(f"output.overlays={argv[i + 1]}")
-            i += 2
-            continue
-        rewritten.append("input.skip_bad=true" if argv[i] == "--skip-bad" else argv[i])
-        i += 1
-    return job_main(PredictConfig, run_predict, __doc__, rewritten)
+    return job_main(PredictConfig, run_predict, __doc__, argv, SHORTHANDS)

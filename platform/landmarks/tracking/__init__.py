@@ -1,4 +1,5 @@
-"""All MLflow calls live here (this package; `models.py`: logged models, the registry, dataset inputs).
+"""All MLflow calls live here (this package; `runlogger.py`: `RunLogger`, every write to a run; `models.py`:
+logged models, the registry, dataset inputs; `base.py`: the URI, the client, a server that does not answer).
 
 A job creates (or resumes) one run on the driver with `start_run`, hands the run id to
 its Ray workers, and rank 0 re-attaches with `RunLogger(run_id)`: every other rank gets
@@ -7,7 +8,9 @@ ids instead of the fluent API's global "active run", because Ray Tune trials and
 workers share a process with other runs.
 
 Tracking URI: `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` with artifacts in
-`<cwd>/mlartifacts`: what `mlflow ui`, started in the same directory, opens by default.
+`<cwd>/mlartifacts`: what `mlflow ui`, started in the same directory, opens by default. A server that
+does not answer after MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES) is a one-line
+`errors.TrackingUnavailable` naming it. Every run's source (the UI's Source column) is its job's script.
 
 Finding runs: `find_runs(experiment, tags=..., name=..., status=..., has_tag=..., parent=...)`
 builds MLflow's filter string; no other module writes one. Runs come back as MLflow `Run`
@@ -20,63 +23,26 @@ import os
 import re
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..config.base import flatten
 from ..errors import UserError
+from .base import (
+    DEFAULT_ARTIFACTS,
+    DEFAULT_DB,
+    fluent_tracking_uri,
+    model_requirements,
+    redact_params,
+    safe_uri,
+    server_errors,
+    source_tags,
+    tracking_uri,
+)
+from .base import client as _client
+from .runlogger import RunLogger
 
-SECRET_WORDS = ("secret", "password", "token", "access_key")
-REDACTED = "***"
-DEFAULT_DB = "mlflow.db"
-DEFAULT_ARTIFACTS = "mlartifacts"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's tag that nests a run under another in the UI
-
-
-def tracking_uri() -> str:
-    """The tracking URI every process of a job uses (absolute, so Ray workers agree)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB}"
-
-
-MODEL_PACKAGES = ("torch", "numpy", "pillow", "cloudpickle", "landmarks")  # what loading a logged model imports
-
-
-def model_requirements() -> list[str]:
-    """Pinned pip requirements of a logged torch model, from the installed versions (MLflow adds itself).
-
-    Given explicitly because MLflow otherwise infers them by loading the model again in a
-    subprocess that records its imports: 10-15 s per logged model on a 2-core machine, for the
-    same list (less pandas, which MLflow itself pulls in).
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for package in MODEL_PACKAGES:
-        try:
-            pins.append(f"{package}=={version(package).split('+')[0]}")  # 2.14.1+cu130 -> 2.14.1
-        except PackageNotFoundError:  # e.g. landmarks run from a source tree without an install
-            pins.append(package)
-    return pins
-
-
-def _client(uri: str | None = None):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri or tracking_uri())
-
-
-def redact_params(params: dict[str, Any]) -> dict[str, Any]:
-    """`params` with the value of any key that looks like a credential (secret, token, ...) replaced by ***.
-
-    Not `storage.redact`, which scrubs credentials out of a text (URL userinfo, AWS secret values).
-    """
-    return {k: (REDACTED if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in params.items()}
 
 
 def git_commit() -> str:
@@ -110,106 +76,6 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         return exp.experiment_id
 
 
-class RunLogger:
-    """Logs to one MLflow run. Disabled (all calls no-ops) where `enabled` is False, e.g. rank != 0."""
-
-    def __init__(self, run_id: str | None, enabled: bool = True, uri: str | None = None):
-        self.run_id = run_id
-        self.enabled = bool(enabled and run_id)
-        self.uri = uri or tracking_uri()
-        self._client = _client(self.uri) if self.enabled else None
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        """Log (flattened, redacted) params; on a resumed run, params already there are skipped."""
-        if not self.enabled:
-            return
-        from mlflow.entities import Param
-
-        existing = self._client.get_run(self.run_id).data.params
-        flat = redact_params(flatten(params))
-        new = [Param(k, str(v)[:6000]) for k, v in flat.items() if k not in existing]
-        for i in range(0, len(new), 100):
-            self._client.log_batch(self.run_id, params=new[i : i + 100])
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
-        if items:
-            self._client.log_batch(self.run_id, metrics=items)
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in redact_params(tags).items() if v is not None]
-        if items:
-            self._client.log_batch(self.run_id, tags=items)
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            path = Path(path)
-            if path.is_dir():
-                self._client.log_artifacts(self.run_id, str(path), artifact_path)
-            else:
-                self._client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def log_dict(self, data: dict, artifact_file: str) -> None:
-        if self.enabled:
-            self._client.log_dict(self.run_id, data, artifact_file)
-
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        if self.enabled:
-            self._client.log_figure(self.run_id, figure, artifact_file)
-
-    def log_torch_model(self, model: Any, name: str = "model") -> None:
-        """An `mlflow.pytorch` model in this run (loadable with mlflow.pytorch.load_model)."""
-        if not self.enabled:
-            return
-        import mlflow
-        import mlflow.pytorch
-
-        with _fluent_tracking_uri(self.uri), \
-                mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            # "pickle": loadable wherever `landmarks` is installed; "pt2" would need an input example
-            # and a torch.export trace of every model we log.
-            mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                     pip_requirements=model_requirements())
-
-    def log_landmark_model(self, model: Any) -> None:
-        """A trained `predict.model.LandmarkModel` as this run's pyfunc model "model" (`tracking.models`)."""
-        if not self.enabled:
-            return
-        import mlflow
-
-        from .models import log_landmark_model
-
-        with _fluent_tracking_uri(self.uri), \
-                mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            log_landmark_model(model, model_requirements())
-
-    def log_dataset(self, manifest: Any, path: str, split: str, context: str) -> None:
-        """One split of an ingested dataset as an input of this run (the UI's Dataset column)."""
-        if self.enabled:
-            from .models import dataset_input
-
-            self._client.log_inputs(self.run_id, datasets=[dataset_input(manifest, path, split, context)])
-
-    def finish(self, status: str = "FINISHED") -> None:
-        if self.enabled:
-            self._client.set_terminated(self.run_id, status=status)
-
-    def fail(self, message: str) -> None:
-        """Mark the run failed with a one-line error tag (and nothing else)."""
-        if self.enabled:
-            self.set_tags({"error": message[:5000]})
-            self._client.set_terminated(self.run_id, status="FAILED")
-
-
 def load_torch_model(run_id: str, name: str = "model") -> Any:
     """The `mlflow.pytorch` model `name` logged in run `run_id` (e.g. a pretraining run's
     "backbone_model"), from the current tracking URI.
@@ -219,30 +85,8 @@ def load_torch_model(run_id: str, name: str = "model") -> Any:
     import mlflow.pytorch
 
     # MLflow downloads into a fresh temp dir of its own and leaves it; the model is in memory after.
-    with _fluent_tracking_uri(tracking_uri()), tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp:
+    with fluent_tracking_uri(tracking_uri()), tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp:
         return mlflow.pytorch.load_model(f"runs:/{run_id}/{name}", dst_path=tmp)
-
-
-@contextmanager
-def _fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at `uri`, then put back both its global and MLFLOW_TRACKING_URI.
-
-    `mlflow.set_tracking_uri` also writes the environment variable and wins over it afterwards,
-    so without this one job would redirect every later run in the process (Tune trials, tests).
-    """
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    saved_global, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        utils._tracking_uri = saved_global
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def start_run(
@@ -252,24 +96,24 @@ def start_run(
     run_id: str | None = None,
     parent_run_id: str | None = None,
 ) -> RunLogger:
-    """Create a run (or resume `run_id`) in `experiment`, tagged with the git commit.
+    """Create a run (or resume `run_id`) in `experiment`, tagged with the git commit and, as its source (the
+    UI's Source column), the script of its "job" tag.
 
     Returns a RunLogger for the driver. Tags with value None are dropped.
     """
-    client = _client()
-    if run_id:
-        run = get_run(run_id)
-        client.update_run(run_id, status="RUNNING")
-        logger = RunLogger(run.info.run_id)
-    else:
+    with server_errors(tracking_uri()):
+        client = _client()
+        if run_id:
+            run = get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+            return RunLogger(run.info.run_id)
         exp_id = get_or_create_experiment(experiment)
-        all_tags = {"git_commit": git_commit()}
+        all_tags = {"git_commit": git_commit(), **source_tags((tags or {}).get("job"))}
         if parent_run_id:
             all_tags[PARENT_RUN_TAG] = parent_run_id
         all_tags.update({k: v for k, v in (tags or {}).items() if v is not None})
         run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in redact_params(all_tags).items()})
-        logger = RunLogger(run.info.run_id)
-    return logger
+        return RunLogger(run.info.run_id)
 
 
 def get_run(run_id: str):
@@ -277,7 +121,8 @@ def get_run(run_id: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        return _client().get_run(run_id)
+        with server_errors(tracking_uri()):
+            return _client().get_run(run_id)
     except MlflowException:
         raise UserError(f"MLflow run {run_id!r} does not exist at {safe_uri(tracking_uri())}") from None
 
@@ -353,14 +198,6 @@ def _search_runs(experiment: str, filter_string: str, max_results: int) -> list:
             return runs
 
 
-def safe_uri(uri: str) -> str:
-    """A URI with any user:password@ part removed, for messages."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://{rest.split('@', 1)[1]}"
-    return uri
-
-
 def run_links(run_id: str) -> list[str]:
     """Human-readable lines: the run id, and UI links when the tracking URI is an http server."""
     uri = tracking_uri()
@@ -381,7 +218,7 @@ def fetch_landmark_model(source: str, dst: Path, uri: str | None = None) -> Path
     from the tracking server `uri` (default: this process's)."""
     from .models import fetch_landmark_model as fetch
 
-    with _fluent_tracking_uri(uri or tracking_uri()):
+    with fluent_tracking_uri(uri or tracking_uri()):
         return fetch(source, dst)
 
 
@@ -389,7 +226,7 @@ def register_model(run_id: str, name: str, alias: str | None = "best") -> str:
     """Register the "model" of `run_id` as a new version of `name`, with `alias` -> the version."""
     from .models import register_model as register
 
-    with _fluent_tracking_uri(tracking_uri()):
+    with fluent_tracking_uri(tracking_uri()):
         return register(run_id, name, alias)
 
 
@@ -397,5 +234,13 @@ def registered_versions(run_ids: set[str]) -> list[dict[str, Any]]:
     """The registered model versions made from the runs `run_ids` (name, version, aliases, run_id)."""
     from .models import registered_versions as versions
 
-    with _fluent_tracking_uri(tracking_uri()):
+    with fluent_tracking_uri(tracking_uri()):
         return versions(run_ids)
+
+
+__all__ = [
+    "DEFAULT_ARTIFACTS", "DEFAULT_DB", "PARENT_RUN_TAG", "RunLogger", "download_artifact", "fetch_landmark_model",
+    "find_runs", "flatten", "get_or_create_experiment", "get_run", "git_commit", "load_torch_model",
+    "model_requirements", "redact_params", "register_model", "registered_versions", "run_links", "safe_uri",
+    "start_run", "tracking_uri",
+]

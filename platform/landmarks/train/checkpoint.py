@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,43 @@ STATE = "state.pt"
 META = "meta.json"
 
 
+TEMP_PREFIX = "landmarks-ckpt-"  # + "<pid>-<run id[:8]>-": the process that wrote it, the MLflow run
+
+
 def save_checkpoint_dir(state: dict[str, Any], meta: dict[str, Any], directory: str | Path | None = None) -> Path:
-    """Write state.pt + meta.json into `directory` (a new temp dir by default); returns it."""
-    directory = Path(directory or tempfile.mkdtemp(prefix="landmarks-ckpt-"))
+    """Write state.pt + meta.json into `directory` (by default a new temp dir, `TEMP_PREFIX`, which the
+    caller removes; `remove_orphan_temp_dirs` takes those of processes that died first); returns it."""
+    if directory is None:
+        remove_orphan_temp_dirs()
+        run = str(meta.get("mlflow_run_id") or "norun")[:8]
+        directory = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{run}-")
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state, directory / STATE)
     (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
+
+
+def remove_orphan_temp_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the temp checkpoint dirs on this machine whose writing process is gone (a worker killed
+    between writing one and Ray persisting it: Ctrl-C, a lost node, a restart) -> those removed."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def checkpoint_due(epoch: int, every_epochs: int, epochs: int) -> bool:
@@ -45,15 +76,21 @@ def report_epoch(metrics: dict[str, Any], epoch: int, state: dict[str, Any] | No
 
     On the epochs that checkpoint, the worker holding the weights (rank 0) passes `state` and
     `meta`; otherwise, and on the other workers, neither is passed and only `metrics` are reported.
-    The checkpoint is written to a temp dir that Ray deletes once it is copied to the run's storage,
-    so a long run does not fill the node's disk with one copy per epoch.
+    The checkpoint is written to a temp dir that is removed once `report` returns (Ray has copied it to
+    the run's storage) or fails (Ray deletes it only after a successful copy: a report skipped because
+    another worker died left a full copy behind), so nothing accumulates on the node's disk.
     """
     import ray.train
 
-    checkpoint = None if state is None else ray.train.Checkpoint.from_directory(
-        str(save_checkpoint_dir(state, meta or {})))
-    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}",
-                     delete_local_checkpoint_after_upload=True)
+    if state is None:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}")
+        return
+    local = save_checkpoint_dir(state, meta or {})
+    try:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(local)),
+                         checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}", delete_local_checkpoint_after_upload=True)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def resume(device: torch.device, **restore: Any) -> tuple[dict | None, int, int]:
@@ -107,6 +144,11 @@ def latest_checkpoint(storage_path: str, name: str) -> tuple[str, dict] | None:
         return None
     latest = metas[-1]
     return storage.join(root, latest.split("/")[0]), storage.read_json(storage.join(root, latest))
+
+
+def resume_hint(name: str) -> str:
+    """How a training job interrupted (Ctrl-C, a tracking server down) continues where it stopped."""
+    return f"rerun with mlflow.run_name={name} (the same command) to resume from its last checkpoint"
 
 
 def check_compatible(meta: dict, backbone: str, where: str) -> None:

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..models.representation import Representation
 from ..predict.model import LandmarkModel, model_meta
 from ..sources import load_backbone
-from .checkpoint import latest_checkpoint, load_checkpoint_dir
+from .checkpoint import latest_checkpoint, load_checkpoint_dir, resume_hint
 
 COMPATIBLE = ("backbone_fingerprint", "representation", "layers", "num_landmarks", "train_rows")
 
@@ -121,7 +121,7 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
     if previous:
         state = "already finished, nothing to train" if done else f"resuming after epoch {previous[1]['epoch'] + 1}"
         print(f"[finetune] {name}: {state} ({previous[0]})", flush=True)
-    try:
+    with logger.ending("fine-tuning", rerun=resume_hint(name)):
         if done:
             checkpoint_path, final = previous[0], previous[1]
         else:
@@ -130,9 +130,6 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
                 raise UserError("fine-tuning ended without a final checkpoint and test score")
             checkpoint_path, final = result.checkpoint.path, result.metrics
         _log_model(cfg, plan, checkpoint_path, metric, float(final[metric]), logger)
-    except BaseException as err:
-        logger.fail(f"{type(err).__name__}: {err}")
-        raise
     metrics = {metric: float(final[metric]), "train_loss": float(final["train_loss"]),
                "epochs": int(final["epoch"]) + 1, "mlflow_run_id": logger.run_id, "checkpoint": checkpoint_path}
     logger.set_tags({"checkpoint_uri": checkpoint_path})

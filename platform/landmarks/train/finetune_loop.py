@@ -144,6 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(param_groups(model, config["lr"], cfg.train.backbone_lr), lr=config["lr"],
                                  betas=(cfg.train.adam_beta1, 0.999), weight_decay=config["weight_decay"])
     _, start_epoch, step = resume(device, model=model, optimizer=optimizer)
+    logger.skip_logged_steps()  # an earlier attempt's points after its last checkpoint stay the only ones
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
 
     batch = config["batch_size"]

@@ -19,7 +19,7 @@ from ..cluster import fit_torch_trainer, join_cluster
 from ..config import PretrainConfig, to_flat_dict
 from ..data.manifest import open_manifest
 from ..errors import UserError
-from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint_dir
+from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint_dir, resume_hint
 
 
 def run_name(cfg: PretrainConfig, dataset: str) -> str:
@@ -55,12 +55,9 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
     if previous:
         print(f"[pretrain] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)", flush=True)
 
-    try:
+    with logger.ending("pretraining", rerun=resume_hint(name)):
         result = _fit(cfg, name, manifest, use_gpu, logger.run_id, train_rows, probe_plan, args.verbose)
-    except Exception as err:
-        logger.fail(f"{type(err).__name__}: {err}")
-        raise
-    return _finish(cfg, result, logger, manifest.name)
+        return _finish(cfg, result, logger, manifest.name)
 
 
 def plan_probe(cfg: PretrainConfig, manifest) -> tuple[str, str, str] | None:

@@ -45,6 +45,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr=cfg.train.lr, momentum=cfg.train.sgd_momentum, weight_decay=cfg.train.weight_decay,
     )
     state, start_epoch, step = resume(device, model=model, optimizer=optimizer)
+    logger.skip_logged_steps()  # an earlier attempt's points after its last checkpoint stay the only ones
     if state is not None:
         logger.set_tags({"resumed_from_epoch": state["epoch"], "resume_queue_sha256": queue_sha256(model)})
     # DDP after loading (prepare_model moves to the device; no-op wrapper for one worker).

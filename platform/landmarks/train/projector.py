@@ -43,7 +43,7 @@ from ..models.representation import Representation
 from ..models.representation import block_channels as blocks
 from ..predict.model import LandmarkModel, model_meta
 from ..sources import load_backbone
-from .checkpoint import latest_checkpoint, load_checkpoint_dir
+from .checkpoint import latest_checkpoint, load_checkpoint_dir, resume_hint
 
 PROJECTOR_FILE = "projector.pt"
 META_FILE = "meta.json"
@@ -114,7 +114,7 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
     if previous:
         state = "already finished, nothing to train" if done else f"resuming after epoch {previous[1]['epoch'] + 1}"
         print(f"[train_projector] {name}: {state} ({previous[0]})", flush=True)
-    try:
+    with logger.ending("projector training", rerun=resume_hint(name)):
         if done:
             from ray.train import Checkpoint
 
@@ -128,9 +128,6 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
         metrics, kept = _finish(checkpoint, meta, loss, logger)
         _log_model(cfg, backbone, info, meta, manifest, kept, metrics, logger)
         logger.finish()
-    except BaseException as err:
-        logger.fail(f"{type(err).__name__}: {err}")
-        raise
     print_summary("train_projector", metrics)
     return metrics
 

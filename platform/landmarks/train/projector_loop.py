@@ -186,6 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(projector.parameters(), lr=cfg.train.lr, betas=(cfg.train.adam_beta1, 0.999),
                                  weight_decay=cfg.train.weight_decay)
     state, start_epoch, step = resume(device, projector=projector, optimizer=optimizer)
+    logger.skip_logged_steps()  # an earlier attempt's points after its last checkpoint stay the only ones
     best = None if state is None else state.get("best")  # {"projector", "epoch", "val_match_diff_px", ...}
     model = ray.train.torch.prepare_model(BlockProjector(projector), move_to_device=False)
     validate = _validator(config, cfg, backbone, projector, device) if rank == 0 else None
