@@ -102,7 +102,7 @@ def test_every_job_that_trains_has_precision_and_paper_presets_run_fp32():
     from landmarks.registry import JOBS, config_class, config_class_for_preset
 
     training = [job for job in JOBS if "train.epochs" in valid_keys(config_class(job))]
-    assert set(training) == {"pretrain", "train_projector", "regress", "segment", "finetune"}
+    assert set(training) == {"pretrain", "train_projector", "regress", "segment", "finetune", "baseline"}
     for job in training:
         cls = config_class(job)
         assert "train.precision" in valid_keys(cls) and cls().train.precision == "fp32"

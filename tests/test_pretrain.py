@@ -19,6 +19,8 @@ import torch
 from _eval_data import RAY_FORWARDED_LINE, job_stderr_lines
 from conftest import ROOT, VENV_BIN, free_port, job_env, run_job, stop_group, wait_http
 from landmarks import tracking
+from landmarks.data.loader import epoch_steps
+from landmarks.data.manifest import Manifest
 from landmarks.train.checkpoint import TEMP_PREFIX, latest_checkpoint, load_checkpoint_dir
 from landmarks.train.pretrain_loop import COLLAPSED_KEY_SIMILARITY
 
@@ -116,10 +118,12 @@ def test_ctrl_c_kills_the_run_then_the_rerun_resumes_it_loss_falls_no_step_twice
             *TINY, "train.lr=0.2", "moco.crop_min_scale=0.5", "moco.color_jitter=0.2", "train.epochs=8",
             "checkpoint.every_epochs=4", "--metrics-out", str(tmp_path / "m1.json")]
     client = _client(uri)
+    # Steps an epoch: each of 2 workers gets half the train split in batches of 16, the last one partial.
+    spe = epoch_steps(Manifest.load(str(tiny_faces)).splits["train"].rows, 2, 16)
     first = Job(args, tmp_path, env)
-    first.wait_for(lambda: "[pretrain] epoch 4/8" in first.text(), "end of epoch 4")  # checkpoint at step 20
+    first.wait_for(lambda: "[pretrain] epoch 4/8" in first.text(), "end of epoch 4")  # the checkpoint of epoch 4
     run_id = tracking_run_id(client, "tiny")
-    first.wait_for(lambda: _max_step(client, run_id) >= 22, "2 steps of epoch 5")  # the next checkpoint: 40
+    first.wait_for(lambda: _max_step(client, run_id) >= 4 * spe + 2, "2 steps of epoch 5")
     t0 = time.monotonic()
     first.proc.send_signal(signal.SIGINT)
     code, out, err = first.finish()
@@ -130,8 +134,8 @@ def test_ctrl_c_kills_the_run_then_the_rerun_resumes_it_loss_falls_no_step_twice
     assert not _job_tracebacks(out + err) and stopped_in < 60, err[-3000:]
     assert client.get_run(run_id).info.status == "KILLED"
     ckpt_uri, meta = latest_checkpoint(str(tmp_path / "ray"), "tiny")
-    assert (meta["epoch"], meta["step"], meta["mlflow_run_id"]) == (3, 20, run_id), first.text()[-3000:]
-    assert _max_step(client, run_id) > 20  # the aborted epoch's points, past the checkpoint
+    assert (meta["epoch"], meta["step"], meta["mlflow_run_id"]) == (3, 4 * spe, run_id), first.text()[-3000:]
+    assert _max_step(client, run_id) > 4 * spe  # the aborted epoch's points, past the checkpoint
     saved_state, _ = load_checkpoint_dir(ckpt_uri)
 
     # The same command resumes the same MLflow run at epoch 4 with the saved queue.
@@ -151,14 +155,14 @@ def test_ctrl_c_kills_the_run_then_the_rerun_resumes_it_loss_falls_no_step_twice
     assert [int(m.value) for m in client.get_metric_history(run_id, "epoch")] == list(range(8))  # nothing twice
     for key in ("loss", "key_similarity", "positive_prob"):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
-        assert steps == list(range(1, 41)), (key, steps)  # 5 steps an epoch, each logged once
+        assert steps == list(range(1, 8 * spe + 1)), (key, steps)  # every step logged once
     # Each checkpoint is written to a temp dir removed once Ray has it in storage (or the worker is gone).
     assert not _temp_checkpoints(run_id)  # (other jobs on this machine may have theirs in flight)
 
     epoch_losses = [m.value for m in sorted(client.get_metric_history(run_id, "epoch_loss"), key=lambda m: m.step)]
     assert len(epoch_losses) == 8
     # The queue (64 keys) is full after two steps; from then on the loss must fall. An epoch here is
-    # 5 steps of 2 x 16 images, its loss noisy by ~0.05: compare three-epoch means.
+    # ~6 steps of 2 x 16 images, its loss noisy by ~0.05: compare three-epoch means.
     early, late = sum(epoch_losses[1:4]) / 3, sum(epoch_losses[-3:]) / 3
     assert late < early - 0.05, epoch_losses
     assert run.data.tags["backbone"] == "resnet18" and run.data.tags["dataset"] == "synthetic-faces"
