@@ -13,36 +13,39 @@ from landmarks.models import build_backbone
 from landmarks.probe import ProbeData, load_probe_data, mean_shape, probe
 
 
-class PositionCode(nn.Module):
-    """A fake backbone whose every stage is a one-hot code of the pixel's position: a perfect descriptor
-    of *where*, so the template of a landmark that sits at the same pixel in every image finds it."""
+class RedDots(nn.Module):
+    """A fake backbone whose every stage is (red channel, 1) at the input's resolution: after the probe's
+    per-cell normalisation, a one-hot code of the cell that holds a red dot, from which a linear map reads
+    the dot's position exactly."""
 
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-        self.stage_channels = (size * size,) * 4
+    stage_channels = (2, 2, 2, 2)
 
     def stages(self, x: torch.Tensor, num_stages: int = 4) -> list[torch.Tensor]:
-        b, s = x.shape[0], self.size
-        code = torch.eye(s * s, device=x.device).reshape(s * s, s, s)[None].expand(b, -1, -1, -1)
-        return [code] * num_stages
+        red = x[:, :1]  # the inputs are normalized with mean 0, std 1: the red channel / 255
+        return [torch.cat((red, torch.ones_like(red)), 1)] * num_stages
 
 
-def _data(keypoints: np.ndarray, n: int = 6, size: int = 16) -> ProbeData:
-    images = np.zeros((n, size, size, 3), np.uint8)
-    kps = np.broadcast_to(keypoints, (n, *keypoints.shape)).astype(np.float32).copy()
-    visible = np.ones(kps.shape[:2], bool)
-    return ProbeData(images, kps, visible, images.copy(), kps.copy(), visible.copy(), (0, 1), [0.5] * 3, [0.25] * 3,
-                     size)
+def _dots(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """16 x 16 images with a red 2 x 2 dot on one cell of the 8 x 8 grid; landmark 0 at its centre, landmark 1
+    4 px to its right (an inter-ocular distance of 4 px)."""
+    images = np.zeros((n, 16, 16, 3), np.uint8)
+    cells = np.stack((rng.integers(0, 6, n), rng.integers(0, 8, n)), 1)  # (column, row)
+    for i, (cx, cy) in enumerate(cells):
+        images[i, 2 * cy:2 * cy + 2, 2 * cx:2 * cx + 2, 0] = 255
+    centre = 2 * cells + 0.5
+    return images, np.stack((centre, centre + (4, 0)), 1).astype(np.float32)
 
 
-def test_probe_finds_landmarks_that_a_descriptor_pins_down():
-    # the hypercolumn is 8 x 8 for a 16 px input: cell centres at linspace(0, 15, 8) px; put the landmarks there
-    centres = np.linspace(0, 15, 8)
-    kps = np.array([[centres[1], centres[2]], [centres[6], centres[2]], [centres[4], centres[5]]])
-    result = probe(PositionCode(8), _data(kps), torch.device("cpu"))
-    assert result["probe_iod"] == pytest.approx(0.0, abs=1e-4)
-    assert result["probe_mean_shape_iod"] == pytest.approx(0.0, abs=1e-4)  # every face the same
+def test_a_linear_read_out_of_informative_features_finds_the_landmarks():
+    rng = np.random.default_rng(0)
+    (ref, ref_kps), (query, query_kps) = _dots(512, rng), _dots(64, rng)
+    data = ProbeData(ref, ref_kps, np.ones((512, 2), bool), query, query_kps, np.ones((64, 2), bool), (0, 1),
+                     [0.0] * 3, [1.0] * 3, 16)
+    result = probe(RedDots(), data, torch.device("cpu"), ridge=1e-4)
+    assert result["probe_mean_shape_iod"] > 50  # the dots are all over the image
+    assert result["probe_iod"] < 1.0  # 1 % of 4 px: the ridge read-out recovers them
+    loose = probe(RedDots(), data, torch.device("cpu"), ridge=1e6)  # a huge penalty: the mean shape
+    assert loose["probe_iod"] == pytest.approx(result["probe_mean_shape_iod"], rel=0.01)
 
 
 def test_mean_shape_baseline_is_the_naive_mean():

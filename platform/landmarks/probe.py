@@ -1,19 +1,20 @@
 """A landmark probe of a backbone in seconds: pretraining's health signal (and the demo's curve).
 
-Training-free, so it can run after every epoch: the hypercolumn of a few hundred annotated images,
-L2-normalized stage block by stage block (the matching protocol's descriptors); one template per
-landmark, the mean descriptor at that landmark over the *reference* images; on each *query* image
-(another split: other identities), each landmark is predicted at the cell whose descriptor is
-nearest its template (the largest dot product). The error is the dataset's metric, inter-ocular
-error % (faces) or the official PCK % (CUB), beside the error of predicting the reference images'
-mean shape, the floor a representation must beat to carry landmark information at all.
+A linear read-out fitted in closed form, so it can run after every epoch: each stage output of a
+few hundred annotated *reference* images is average-pooled to `map_size` x `map_size` and L2-normalized
+over its channels at every cell (the hypercolumn's blocks, as the matching descriptors), flattened and
+concatenated; a ridge regression (in its dual, an n x n solve) maps that vector to the landmark
+coordinates, and predicts them on the *query* images (another split: other identities). The error
+is the dataset's metric, inter-ocular error % (faces) or the official PCK % (CUB), beside the error of
+predicting the reference images' mean shape, which the read-out becomes as the ridge grows.
 
     data = load_probe_data("data/mafl", "train", "test", images=256, image_size=96)
     probe(backbone, data, torch.device("cuda"))   # -> {"probe_iod": 12.3, "probe_mean_shape_iod": 38.0}
 
-A backbone that learns landmark-aware features lowers the error epoch by epoch; a collapsing one
-raises it. It measures correspondence across identities (what the paper's matching and regression
-rest on), not the regression head's result itself.
+It follows the landmark regressor's result across backbones and pretraining lengths (docs/demo_study.md:
+same order as the regressor's error on random init, MoCo after 1k / 2.5k / 5k steps and a supervised
+network), where matching each landmark's mean descriptor did not: early MoCo features matched worse
+than random ones while their regression was already better.
 """
 
 from __future__ import annotations
@@ -24,20 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .coords import normalized_to_pixels, pixels_to_normalized
 from .data.budgets import budget_indices
 from .data.manifest import Manifest
 from .data.normalization import input_stats
 from .data.reader import load_split
-from .matching import describer
 from .metrics import headline_metric, landmark_score
-from .models.representation import Representation, dense_size
+from .models.representation import Representation
 
 
 @dataclass
 class ProbeData:
     """Annotated images at the network input size: (N, S, S, 3) uint8 images, (N, K, 2) float32 keypoints in
-    input pixels, (N, K) bool visible, for the reference (templates) and the query (scored) rows."""
+    input pixels, (N, K) bool visible, for the reference (fitted) and the query (scored) rows."""
 
     ref_images: np.ndarray
     ref_keypoints: np.ndarray
@@ -84,36 +83,41 @@ def mean_shape(keypoints: np.ndarray, visible: np.ndarray) -> np.ndarray:
     return ((keypoints * weight).sum(0) / np.maximum(weight.sum(0), 1.0)).astype(np.float32)
 
 
-def _descriptors(describe, images: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:
-    return torch.cat([describe(torch.from_numpy(images[i:i + batch_size]).to(device))
-                      for i in range(0, len(images), batch_size)])
+def _descriptors(rep: Representation, images: np.ndarray, map_size: int, batch_size: int) -> torch.Tensor:
+    """(N, D): every stage output pooled to map_size x map_size, L2-normalized per cell, flattened, concatenated."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        stages = rep.stages(torch.from_numpy(images[i:i + batch_size]))
+        blocks = [F.normalize(F.adaptive_avg_pool2d(s.float(), map_size), dim=1).flatten(1) for s in stages[::-1]]
+        out.append(torch.cat(blocks, 1))
+    return torch.cat(out).double()
 
 
 @torch.no_grad()
-def probe(backbone: torch.nn.Module, data: ProbeData, device: torch.device, layers: int = 4,
-          batch_size: int = 64) -> dict[str, float]:
-    """{"probe_<metric>": the template probe's error, "probe_mean_shape_<metric>": the mean shape's}.
+def probe(backbone: torch.nn.Module, data: ProbeData, device: torch.device, layers: int = 4, map_size: int = 8,
+          ridge: float = 0.1, batch_size: int = 64) -> dict[str, float]:
+    """{"probe_<metric>": the ridge read-out's error, "probe_mean_shape_<metric>": the mean shape's}.
 
+    ridge: the penalty as a fraction of the mean squared norm of a (centred) reference descriptor.
     The backbone is used in eval mode and left in the mode it was in.
     """
     was_training = backbone.training
     backbone.eval()
     try:
         rep = Representation("hypercolumn", backbone, {}, None, layers, data.mean, data.std, device)
-        size = dense_size("hypercolumn", data.image_size)
-        describe = describer(rep, size)
-        ref = _descriptors(describe, data.ref_images, device, batch_size)  # (N, C, h, w)
-        kps = pixels_to_normalized(torch.from_numpy(data.ref_keypoints).to(device), data.image_size)
-        at = F.grid_sample(ref, kps[:, :, None, :].to(ref.dtype), align_corners=True)[..., 0]  # (N, C, K)
-        vis = torch.from_numpy(data.ref_visible).to(device).to(ref.dtype)[:, None, :]  # (N, 1, K)
-        templates = F.normalize((at * vis).sum(0).T, dim=1)  # (K, C)
-        query = _descriptors(describe, data.query_images, device, batch_size)  # (M, C, h, w)
-        m, _, h, w = query.shape
-        best = torch.einsum("kc,mcp->mkp", templates, query.reshape(m, -1, h * w)).argmax(-1)  # (M, K)
-        cells = torch.stack((torch.linspace(-1, 1, w, device=device)[best % w],
-                             torch.linspace(-1, 1, h, device=device)[best // w]), -1)  # (M, K, 2) normalized
-        pred = normalized_to_pixels(cells, data.image_size).cpu().numpy()
+        ref = _descriptors(rep, data.ref_images, map_size, batch_size)  # (N, D)
+        query = _descriptors(rep, data.query_images, map_size, batch_size)  # (M, D)
     finally:
         backbone.train(was_training)
-    shape = np.repeat(mean_shape(data.ref_keypoints, data.ref_visible)[None], len(data.query_keypoints), axis=0)
-    return {f"probe_{data.metric}": _score(data, pred), f"probe_mean_shape_{data.metric}": _score(data, shape)}
+    centre = ref.mean(0)
+    ref, query = ref - centre, query - centre
+    shape = torch.from_numpy(mean_shape(data.ref_keypoints, data.ref_visible)).double().to(ref.device).flatten()
+    # Invisible landmarks (CUB) stand at the mean shape, so they pull the fit nowhere.
+    visible = torch.from_numpy(np.repeat(data.ref_visible, 2, axis=1)).to(ref.device)
+    targets = torch.where(visible, torch.from_numpy(data.ref_keypoints).double().to(ref.device).flatten(1), shape)
+    gram = ref @ ref.T  # (N, N)
+    penalty = ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    weights = torch.linalg.solve(gram + penalty, targets - shape)  # (N, 2K), the dual coefficients
+    pred = ((query @ ref.T) @ weights + shape).reshape(len(query), -1, 2).float().cpu().numpy()
+    base = np.repeat(shape.reshape(1, -1, 2).float().cpu().numpy(), len(query), axis=0)
+    return {f"probe_{data.metric}": _score(data, pred), f"probe_mean_shape_{data.metric}": _score(data, base)}
