@@ -122,3 +122,16 @@ def test_bad_sizes_raise():
         LandmarkRegressor(10, 0)
     with pytest.raises(ValueError, match="in_channels"):
         SegmentationHead(0)
+
+
+def test_regressor_init_std_and_points_per_landmark():
+    """The official N(0, 1) heatmap conv and 50 points by default; `init_std` and `points_per_landmark` (the
+    demo's small, cheap head) change only those."""
+    torch.manual_seed(0)
+    official = LandmarkRegressor(256, 5)
+    assert official.points_per_landmark == 50 and official.heatmaps.weight.shape == (250, 256, 1, 1)
+    assert abs(official.heatmaps.weight.std().item() - 1.0) < 0.01
+    small = LandmarkRegressor(256, 5, points_per_landmark=10, init_std=0.001)
+    assert small.heatmaps.weight.shape == (50, 256, 1, 1) and small.weight.shape == (5, 2, 20)
+    assert abs(small.heatmaps.weight.std().item() - 0.001) < 1e-4
+    assert small(torch.randn(2, 256, 12, 12)).shape == (2, 5, 2)

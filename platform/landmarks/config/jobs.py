@@ -215,8 +215,10 @@ class RegressorConfig(Section):
     """The landmark regressor head (`models.LandmarkRegressor`)."""
 
     init_std: float = Field(1.0, gt=0.0, description="std of the heatmap conv's initial weights: 1 = the official "
-                            "N(0, 1); small values (0.01) start the x100 soft-argmax soft and learn in far fewer "
+                            "N(0, 1); small values (0.001) start the x100 soft-argmax soft and learn in far fewer "
                             "steps (the demo's setting)")
+    points_per_landmark: int = Field(50, ge=1, description="soft-argmax points combined into each landmark (the "
+                                     "official 50); fewer make the head cheaper")
 
 
 class RegressConfig(EvalCommon):

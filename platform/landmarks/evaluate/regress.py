@@ -233,7 +233,8 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
     run_logger.set_tags({f"features.{name}": ("hit" if s.features.hit else "miss") if s.features else "off"
                          for name, s in (("train", train), ("test", test), ("val", val)) if s is not None})
 
-    regressor = LandmarkRegressor(rep.channels, plan.manifest.K, init_std=cfg.regressor.init_std).to(device)
+    regressor = LandmarkRegressor(rep.channels, plan.manifest.K, cfg.regressor.points_per_landmark,
+                                  init_std=cfg.regressor.init_std).to(device)
     optimizer = torch.optim.Adam(regressor.parameters(), lr=settings.lr, betas=(cfg.train.adam_beta1, 0.999),
                                  weight_decay=settings.weight_decay)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)

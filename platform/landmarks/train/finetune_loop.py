@@ -46,13 +46,13 @@ class LandmarkNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_landmarks: int, kind: str = "conv4", layers: int = 4,
-                 size: tuple[int, int] = (48, 48), init_std: float = 1.0) -> None:
+                 size: tuple[int, int] = (48, 48), init_std: float = 1.0, points_per_landmark: int = 50) -> None:
         super().__init__()
         if kind not in ("conv4", "hypercolumn"):
             raise ValueError(f"LandmarkNet representation must be conv4 or hypercolumn, got {kind!r}")
         self.backbone, self.kind, self.layers, self.size = backbone, kind, layers, tuple(size)
         in_channels = sum(block_channels(backbone.stage_channels, kind, layers))
-        self.regressor = LandmarkRegressor(in_channels, num_landmarks, init_std=init_std)
+        self.regressor = LandmarkRegressor(in_channels, num_landmarks, points_per_landmark, init_std=init_std)
         backbone.fc.requires_grad_(False)
         if kind == "conv4":
             backbone.layer4.requires_grad_(False)
@@ -68,7 +68,8 @@ class LandmarkNet(nn.Module):
 def build_model(cfg: FinetuneConfig, num_landmarks: int, low_dim: int) -> LandmarkNet:
     backbone = build_backbone(cfg.model.backbone, low_dim=low_dim)
     return LandmarkNet(backbone, num_landmarks, cfg.representation, cfg.layers,
-                       dense_size(cfg.representation, cfg.data.image_size), cfg.regressor.init_std)
+                       dense_size(cfg.representation, cfg.data.image_size), cfg.regressor.init_std,
+                       cfg.regressor.points_per_landmark)
 
 
 def param_groups(model: LandmarkNet, lr: float, backbone_lr: float) -> list[dict]:
