@@ -10,6 +10,7 @@ sized to the machine.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -221,6 +222,23 @@ class _NotUserError(logging.Filter):
 ABORT_TIMEOUT_S = 60.0  # how long Ctrl-C waits for Ray Train to stop its workers
 
 
+@contextlib.contextmanager
+def sigint_handler(handler: Any = signal.default_int_handler) -> Iterator[None]:
+    """Ctrl-C handled by `handler` (default: Python's KeyboardInterrupt) while the block runs, the previous
+    handler back after it. Ray Tune and Ray Train install their own handlers and may leave them behind in a
+    process that runs several jobs (a notebook, a test session): a job's Ctrl-C must not depend on what ran
+    before it. A no-op outside the main thread, where Python allows no handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 def _interruptible(trainer_cls: type) -> type:
     """`trainer_cls` whose fit() raises KeyboardInterrupt on Ctrl-C once its workers are stopped.
 
@@ -291,18 +309,15 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
         ),
         datasets=datasets,
     )
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
-        return trainer.fit()
+        with sigint_handler():  # Ray leaves its handler (or ours) installed after fit()
+            return trainer.fit()
     except TrainingFailedError as err:  # Ray wraps worker errors; surface the cause in one line
         cause = _worker_user_error(err)
         if cause is not None:
             raise type(cause)(f"{what} failed: {cause}") from err
         raise UserError(f"{what} failed: {str(err).strip().splitlines()[-1]}") from err
     finally:
-        if main_thread and previous is not None:  # Ray leaves its handler (or ours) installed after fit()
-            signal.signal(signal.SIGINT, previous)
         remove_orphan_temp_dirs()  # checkpoints of workers killed before Ray persisted them (this node)
 
 
@@ -317,7 +332,8 @@ def run_task(fn: Callable[..., Any], args: tuple, ray_cfg: Any, what: str, verbo
     use_gpu = join_cluster(ray_cfg, what, verbose)
     ref = ray.remote(max_retries=0, **task_options(ray_cfg, use_gpu))(fn).remote(*args)
     try:
-        return ray.get(ref)
+        with sigint_handler():
+            return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         cause = getattr(err, "cause", None)
         if isinstance(cause, UserError):

@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -299,7 +300,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
 def run_sweep(cfg: SweepConfig, args: JobArgs) -> dict[str, Any]:
     from ray import tune
 
-    from .cluster import connect
+    from .cluster import connect, sigint_handler
 
     plan = plan_sweep(cfg)
     restoring = _should_restore(cfg, plan)
@@ -340,7 +341,8 @@ def run_sweep(cfg: SweepConfig, args: JobArgs) -> dict[str, Any]:
                     verbose=2 if args.verbose else 1,
                 ),
             )
-        grid = tuner.fit()
+        with sigint_handler(signal.getsignal(signal.SIGINT) or signal.default_int_handler):
+            grid = tuner.fit()  # Tune installs its own Ctrl-C handler; ours is back after it
     except BaseException:
         parent.finish("KILLED")
         raise
