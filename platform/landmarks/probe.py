@@ -87,7 +87,7 @@ def _descriptors(rep: Representation, images: np.ndarray, map_size: int, batch_s
     """(N, D): every stage output pooled to map_size x map_size, L2-normalized per cell, flattened, concatenated."""
     out = []
     for i in range(0, len(images), batch_size):
-        stages = rep.stages(torch.from_numpy(images[i:i + batch_size]))
+        stages = rep.stages(torch.from_numpy(np.array(images[i:i + batch_size])))  # a copy: rows may be read-only
         blocks = [F.normalize(F.adaptive_avg_pool2d(s.float(), map_size), dim=1).flatten(1) for s in stages[::-1]]
         out.append(torch.cat(blocks, 1))
     return torch.cat(out).double()
