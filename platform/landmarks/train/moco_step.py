@@ -51,7 +51,7 @@ def compile_encoders(model: MoCo, mode: str | None = None) -> MoCo:
 
 
 def train_step(model, views: MoCoViews, optimizer, images_u8: torch.Tensor, device: torch.device,
-               generator: torch.Generator | None = None, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+               generator: torch.Generator | None = None, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One MoCo step on uint8 images (B, H, W, 3) on `device` -> (loss, positive prob, official prob),
     0-d tensors: the two views (drawn from `generator`), then `step_on_views`."""
     im_q, im_k = views(images_u8, generator)  # (B, 3, S, S) each
