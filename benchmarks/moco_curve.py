@@ -23,17 +23,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_parser, finish, parse_ints  # noqa: E402
+from common import bench_parser, finish, parse_ints
 
-from landmarks.augment import MoCoViews  # noqa: E402
-from landmarks.config import PretrainConfig  # noqa: E402
-from landmarks.data.manifest import Manifest  # noqa: E402
-from landmarks.data.normalization import input_stats  # noqa: E402
-from landmarks.data.reader import load_split  # noqa: E402
-from landmarks.probe import load_probe_data, probe  # noqa: E402
-from landmarks.schedules import cosine_lr, set_lr  # noqa: E402
-from landmarks.train.moco_step import build_moco, train_step  # noqa: E402
-from landmarks.train.pretrain import save_backbone  # noqa: E402
+from landmarks.augment import MoCoViews
+from landmarks.config import PretrainConfig
+from landmarks.data.manifest import Manifest
+from landmarks.data.normalization import input_stats
+from landmarks.data.reader import load_split
+from landmarks.probe import load_probe_data, probe
+from landmarks.schedules import cosine_lr, set_lr
+from landmarks.train.moco_step import build_moco, train_step
+from landmarks.train.pretrain import save_backbone
 
 
 def main(argv: list[str] | None = None) -> int:

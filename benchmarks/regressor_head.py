@@ -21,16 +21,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_parser, finish, parse_ints  # noqa: E402
+from common import bench_parser, finish, parse_ints
 
-from landmarks.coords import normalized_to_pixels, pixels_to_normalized  # noqa: E402
-from landmarks.data.budgets import budget_indices  # noqa: E402
-from landmarks.features import get_features  # noqa: E402
-from landmarks.losses import regression_loss  # noqa: E402
-from landmarks.metrics import inter_ocular_error  # noqa: E402
-from landmarks.models import LandmarkRegressor  # noqa: E402
-from landmarks.models.representation import dense_size, landmarks_from_blocks, stage_blocks  # noqa: E402
-from landmarks.sources import load_backbone  # noqa: E402
+from landmarks.coords import normalized_to_pixels, pixels_to_normalized
+from landmarks.data.budgets import budget_indices
+from landmarks.features import get_features
+from landmarks.losses import regression_loss
+from landmarks.metrics import inter_ocular_error
+from landmarks.models import LandmarkRegressor
+from landmarks.models.representation import dense_size, landmarks_from_blocks, stage_blocks
+from landmarks.sources import load_backbone
 
 EYES = (0, 1)  # synthetic-faces: left and right eye centres
 

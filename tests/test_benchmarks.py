@@ -119,3 +119,15 @@ def test_sweep_bound_quick(tmp_path, ray_address):
         assert r["max_speedup_train"] == pytest.approx((r["backbone_fwd_ms"] + r["head_step_ms"]) / r["head_step_ms"],
                                                        abs=0.01)
         assert r["max_speedup_eval"] > 1 and r["max_speedup_train"] > 1
+
+
+def test_demo_study_tools_quick(tmp_path, tiny_faces):
+    """The study's two tools (docs/demo_study.md): the regressor head's curve per init, MoCo's probe curve."""
+    head = run_bench("regressor_head.py", tmp_path, "--data", str(tiny_faces), "--image-size", "32",
+                     "--backbone", "resnet18_quarter", "--cache-dir", str(tmp_path / "cache"))
+    assert [(r["init_std"], r["lr"]) for r in head["rows"]] == [(1.0, 1e-3), (0.01, 1e-3)]
+    assert all(0 < r["iod@10"] < 200 for r in head["rows"])
+    curve = run_bench("moco_curve.py", tmp_path, "--data", str(tiny_faces), "--image-size", "32",
+                      "--save-dir", str(tmp_path / "bb"), "--save-at", "4")
+    assert [r["step"] for r in curve["rows"]] == [0, 2, 4] and all(r["probe_iod"] > 0 for r in curve["rows"])
+    assert (tmp_path / "bb" / "step_4" / "backbone.pt").is_file()
