@@ -40,7 +40,7 @@ class Training:
     name: str  # the Ray Train run name (and the MLflow run's)
     meta: dict  # this run's settings that a checkpoint under `name` must share (`compatible`)
     compatible: tuple[str, ...]
-    remedy: Callable[[str, Any], str]  # (key, the checkpoint's value) -> what to do about a mismatch
+    remedy: Callable[[str, str, Any, Any], str]  # (checkpoint, key, its value, this run's) -> the error
     tags: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     datasets: list[tuple[Any, str, str, str]] = field(default_factory=list)  # (manifest, path, split, context)
@@ -58,15 +58,21 @@ class Outcome:
 
 
 def check_resume(previous: tuple[str, dict] | None, meta: dict, compatible: tuple[str, ...],
-                 remedy: Callable[[str, Any], str]) -> None:
-    """A checkpoint (uri, meta) under this run name must agree with this run on every `compatible` key."""
+                 remedy: Callable[[str, str, Any, Any], str]) -> None:
+    """A checkpoint (uri, meta) under this run name must agree with this run on every `compatible` key;
+    a mismatch is the UserError `remedy` words (`new_run`, or the job's own)."""
     if not previous:
         return
     where, old = previous
     for key in compatible:
         if key in old and old[key] != meta[key]:
-            raise UserError(f"checkpoint {where} was trained with {key}={old[key]!r}, this run has {meta[key]!r}; "
-                            f"{remedy(key, old[key])}")
+            raise UserError(remedy(where, key, old[key], meta[key]))
+
+
+def new_run(what: str) -> Callable[[str, str, Any, Any], str]:
+    """The mismatch that asks for another run name: "checkpoint X was trained with dim=64, this run has ..."."""
+    return lambda where, key, old, new: (f"checkpoint {where} was trained with {key}={old!r}, this run has {new!r}; "
+                                         f"set another mlflow.run_name (or checkpoint.storage_path) to {what}")
 
 
 def run_training(plan: Training, loop: Callable[[dict], None], loop_config: Callable[[], dict],
@@ -105,4 +111,4 @@ def run_training(plan: Training, loop: Callable[[dict], None], loop_config: Call
     return metrics
 
 
-__all__ = ["Outcome", "Training", "check_resume", "run_training"]
+__all__ = ["Outcome", "Training", "check_resume", "new_run", "run_training"]

@@ -34,7 +34,7 @@ from ..models.artifact import LandmarkModel, model_meta, saved_model
 from ..models.formats import cpu_state, load_checkpoint
 from ..models.representation import Representation
 from ..sources import load_backbone
-from .driver import Outcome, Training, run_training
+from .driver import Outcome, Training, new_run, run_training
 
 COMPATIBLE = ("backbone_fingerprint", "representation", "layers", "num_landmarks", "train_rows")
 
@@ -95,7 +95,7 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
     metric = "iod" if plan.manifest.eye_indices else "pck"
     training = Training(
         job="finetune", what="fine-tuning", cfg=cfg, name=run_name(cfg, plan), meta=plan.meta, compatible=COMPATIBLE,
-        remedy=lambda key, old: "set another mlflow.run_name (or checkpoint.storage_path) to start a new fine-tuning",
+        remedy=new_run("start a new fine-tuning"),
         tags=plan.tags,
         params={**to_flat_dict(cfg), "backbone.fingerprint": plan.info["fingerprint"],
                 "resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay,

@@ -39,7 +39,9 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
     plan = Training(
         job="pretrain", what="pretraining", cfg=cfg, name=run_name(cfg, manifest.name),
         meta={"backbone": cfg.model.backbone}, compatible=("backbone",),
-        remedy=lambda key, old: f"set model.backbone={old} or use another mlflow.run_name / checkpoint",
+        remedy=lambda where, key, old, new: (f"checkpoint {where} is from backbone {old!r} but model.backbone="
+                                             f"{new!r}; set model.backbone={old} or use another mlflow.run_name / "
+                                             "checkpoint"),
         tags={"job": "pretrain", "dataset": manifest.name, "backbone": cfg.model.backbone, "seed": cfg.train.seed,
               "data_fraction": cfg.data.fraction, "image_size": cfg.data.image_size},
         params=to_flat_dict(cfg), datasets=[(manifest, cfg.data.path, "train", "training")])

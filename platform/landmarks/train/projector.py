@@ -42,7 +42,7 @@ from ..models.formats import cpu_state, load_checkpoint, save_projector
 from ..models.representation import Representation
 from ..models.representation import block_channels as blocks
 from ..sources import load_backbone
-from .driver import Outcome, Training, run_training
+from .driver import Outcome, Training, new_run, run_training
 
 # What a checkpoint under this run name must share with the run: the backbone weights, dim and layers.
 COMPATIBLE = ("backbone_fingerprint", "dim", "layers", "in_channels")
@@ -73,7 +73,7 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
     plan = Training(
         job="train_projector", what="projector training", cfg=cfg,
         name=run_name(cfg, manifest.name, info["fingerprint"]), meta=meta, compatible=COMPATIBLE,
-        remedy=lambda key, old: "set another mlflow.run_name (or checkpoint.storage_path) to train a new projector",
+        remedy=new_run("train a new projector"),
         tags={"job": "train_projector", "dataset": manifest.name, "backbone": cfg.model.backbone,
               "init": info["init"], "projector_dim": cfg.projector.dim, "backbone_source": cfg.backbone.source,
               "seed": cfg.train.seed, "image_size": cfg.data.image_size},
