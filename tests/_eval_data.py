@@ -119,12 +119,12 @@ RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|autosca
 
 
 def logged_model(tmp: Path, run_id: str):
-    """The landmark model (`landmarks.predict.LandmarkModel`) that run `run_id` of the job store in `tmp`
+    """The landmark model (`landmarks.models.artifact.LandmarkModel`) that run `run_id` of the job store in `tmp`
     (`job_env`) logged as its "model"."""
     from landmarks import tracking
-    from landmarks.predict.model import LandmarkModel
+    from landmarks.models.artifact import load_model
 
-    return LandmarkModel.load(tracking.fetch_landmark_model(run_id, tmp / f"model-{run_id}", f"sqlite:///{tmp}/mlflow.db"))
+    return load_model(tracking.fetch_landmark_model(run_id, tmp / f"model-{run_id}", f"sqlite:///{tmp}/mlflow.db"))
 
 
 def job_stderr_lines(err: str) -> list[str]:

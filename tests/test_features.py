@@ -15,9 +15,9 @@ from landmarks.data.reader import eval_geometry, load_split
 from landmarks.errors import UserError
 from landmarks.features import get_features
 from landmarks.models import LandmarkRegressor, build_backbone
+from landmarks.models.formats import save_backbone
 from landmarks.models.representation import assemble, conv4, hypercolumn, landmarks_from_blocks, stage_blocks
 from landmarks.sources import fingerprint, load_backbone, load_projector
-from landmarks.train.pretrain import save_backbone
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from landmarks.config import FinetuneConfig
 from landmarks.data import load_manifest, read_split_numpy
 from landmarks.data.reader import load_split
 from landmarks.models import LandmarkRegressor, build_backbone
+from landmarks.models.formats import load_checkpoint
 from landmarks.models.representation import assemble
 from landmarks.sources import load_backbone
-from landmarks.train.checkpoint import load_checkpoint_dir
 from landmarks.train.finetune import run_finetune, train_view
 from landmarks.train.finetune_loop import LandmarkNet, param_groups
 
@@ -86,7 +86,7 @@ def test_finetune_end_to_end(eval_data, ray_address, tmp_path):
     client.download_artifacts(run.info.run_id, "predictions/predictions.npz", str(tmp_path))
 
     # The backbone itself was trained: its conv4 weights moved away from the seeded initialisation.
-    state, meta = load_checkpoint_dir(Path(metrics["checkpoint"]))
+    state, meta = load_checkpoint(Path(metrics["checkpoint"]))
     initial, _ = load_backbone("random", "resnet18", seed=0)
     moved = state["model"]["backbone.layer3.0.conv1.weight"] - initial.layer3[0].conv1.weight
     assert moved.abs().max() > 0

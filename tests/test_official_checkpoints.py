@@ -107,7 +107,7 @@ def _save(ckpt: dict, path: Path, fmt: str) -> Path:
 
 
 def _ours(backbone: torch.nn.Module, directory: Path) -> Path:
-    """Our own format: a plain state dict + meta.json (landmarks.train.pretrain.save_backbone)."""
+    """Our own format: a plain state dict + meta.json (landmarks.models.formats.save_backbone)."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(backbone.state_dict(), directory / "backbone.pt")
     (directory / "meta.json").write_text(json.dumps({"backbone": backbone.name, "low_dim": 128}))

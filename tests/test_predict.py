@@ -79,7 +79,8 @@ def photos(trained):
 def test_logged_model_loads_with_pyfunc_and_our_loader(trained, photos):
     import mlflow.pyfunc
 
-    from landmarks.predict.model import LandmarkModel
+    from landmarks.data.preprocessing import Preprocessing
+    from landmarks.models.artifact import load_model
     from landmarks.tracking.models import fetch_landmark_model
 
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained['run_id']}/model")  # the run's "model"
@@ -93,12 +94,13 @@ def test_logged_model_loads_with_pyfunc_and_our_loader(trained, photos):
     np.testing.assert_allclose(got[2], got[3], atol=1e-3)
     assert np.asarray(got[0]).reshape(-1, 2).max(0).tolist() < [92, 46]  # in the 92 x 46 frame shown
 
-    model = LandmarkModel.load(fetch_landmark_model(trained["run_id"], trained["tmp"] / "fetched"))
+    model = load_model(fetch_landmark_model(trained["run_id"], trained["tmp"] / "fetched"))
+    pre = Preprocessing.from_dict(model.meta["preprocessing"])
     assert model.task == "landmarks" and model.meta["dataset"] == "synthetic-faces" and model.meta["K"] == 5
     for raw, pyfunc_landmarks in zip(data, out["landmarks"]):
         image = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
-        x, box = model.preprocessing.image_to_input(image)
-        ours = model.preprocessing.input_to_original(model.predict(x[None])["landmarks"][0], box)
+        x, box = pre.image_to_input(image)
+        ours = pre.input_to_original(model.predict(x[None])["landmarks"][0], box)
         np.testing.assert_allclose(np.asarray(pyfunc_landmarks).reshape(-1, 2), ours, atol=1e-4)
 
 
@@ -182,11 +184,12 @@ def test_predict_on_a_folder_reads_photos_as_shown_and_names_what_it_skips_or_ig
     assert sizes["phone.jpg"] == sizes["grey16.png"] == (92, 46) and sizes["face1.png"] == (46, 46)
     # The PNG files are the stored test images: a photo's landmarks, in its own pixels, are the dataset row's.
     model_input = load_split(str(trained["faces"]), "test", 32, rows=range(4))
-    from landmarks.predict.model import LandmarkModel
+    from landmarks.data.preprocessing import Preprocessing
+    from landmarks.models.artifact import load_model
     from landmarks.tracking.models import fetch_landmark_model
 
-    model = LandmarkModel.load(fetch_landmark_model(trained["run_id"], tmp_path / "m"))
-    expected = model.preprocessing.input_to_stored(model.predict(model_input["image"][1:2])["landmarks"][0])
+    model = load_model(fetch_landmark_model(trained["run_id"], tmp_path / "m"))
+    expected = Preprocessing.from_dict(model.meta["preprocessing"]).input_to_stored(model.predict(model_input["image"][1:2])["landmarks"][0])
     np.testing.assert_allclose(points["face1.png"], expected, atol=1e-3)
 
 
@@ -273,9 +276,9 @@ def test_only_jobs_that_log_a_model_can_register_one():
 def test_a_dataset_ingested_for_another_size_maps_both_ways_as_the_evaluation_reads_it():
     """Stored 40 px, border 4, a 16 px model: predict's inputs and ground truth are eval_geometry's, and
     landmarks go back to stored pixels by its exact inverse (pixel centres at integers)."""
+    from landmarks.data.preprocessing import Preprocessing
     from landmarks.data.reader import eval_geometry
     from landmarks.predict.job import prepare_stored
-    from landmarks.predict.model import Preprocessing
 
     rng = np.random.default_rng(0)
     batch = {"image_id": np.array(["a", "b"], dtype=object), "visible": np.ones((2, 3), bool),

@@ -21,7 +21,8 @@ from conftest import ROOT, VENV_BIN, free_port, job_env, run_job, stop_group, wa
 from landmarks import tracking
 from landmarks.data.loader import epoch_steps
 from landmarks.data.manifest import Manifest
-from landmarks.train.checkpoint import TEMP_PREFIX, latest_checkpoint, load_checkpoint_dir
+from landmarks.models.formats import load_checkpoint
+from landmarks.train.checkpoint import TEMP_PREFIX, latest_checkpoint
 from landmarks.train.pretrain_loop import COLLAPSED_KEY_SIMILARITY
 
 PRESET = str(ROOT / "jobs" / "configs" / "pretrain_synthetic_cpu.yaml")
@@ -136,7 +137,7 @@ def test_ctrl_c_kills_the_run_then_the_rerun_resumes_it_loss_falls_no_step_twice
     ckpt_uri, meta = latest_checkpoint(str(tmp_path / "ray"), "tiny")
     assert (meta["epoch"], meta["step"], meta["mlflow_run_id"]) == (3, 4 * spe, run_id), first.text()[-3000:]
     assert _max_step(client, run_id) > 4 * spe  # the aborted epoch's points, past the checkpoint
-    saved_state, _ = load_checkpoint_dir(ckpt_uri)
+    saved_state, _ = load_checkpoint(ckpt_uri)
 
     # The same command resumes the same MLflow run at epoch 4 with the saved queue.
     out = run_job("pretrain.py", *args, cwd=tmp_path, env=env)

@@ -22,6 +22,7 @@ from landmarks.augment.views import to_levels
 from landmarks.cli import job_main
 from landmarks.config import ProjectorConfig
 from landmarks.data import load_manifest, read_split_numpy
+from landmarks.data.preprocessing import Preprocessing
 from landmarks.models import Projector, build_backbone
 from landmarks.models.representation import assemble
 from landmarks.sources import load_backbone, load_projector
@@ -145,7 +146,7 @@ def test_train_projector_end_to_end_and_resume(eval_data, ray_address, tmp_path,
     assert (model.task, model.meta["kept_epoch"]) == ("descriptors", metrics["kept_epoch"])
     torch.testing.assert_close(model.projector.proj.weight, projector.proj.weight)
     faces = read_split_numpy(eval_data["faces"], "test")["image"][:2]
-    descriptors = model.predict(model.preprocessing.stored_to_input(faces))["descriptors"]
+    descriptors = model.predict(Preprocessing.from_dict(model.meta["preprocessing"]).stored_to_input(faces))["descriptors"]
     assert descriptors.shape == (2, 32, 32, 32)
 
     again = _eval_data.run_job("train_projector", args, tmp_path, ray_address)  # complete: nothing to train

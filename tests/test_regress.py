@@ -19,9 +19,9 @@ from landmarks.errors import UserError
 from landmarks.evaluate.regress import check_regression, run_regress
 from landmarks.metrics import inter_ocular_error
 from landmarks.models import LandmarkRegressor, Projector, build_backbone
+from landmarks.models.formats import save_backbone
 from landmarks.models.representation import Representation, assemble, linear_over_blocks
 from landmarks.sources import load_backbone
-from landmarks.train.pretrain import save_backbone
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "regress_synthetic_cpu.yaml")
 

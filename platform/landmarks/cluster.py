@@ -289,7 +289,8 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    from .train.checkpoint import absolute_storage, remove_orphan_temp_dirs
+    from .storage import absolute_storage
+    from .train.checkpoint import remove_orphan_temp_dirs
 
     # The controller polls its workers at this interval (Ray 2.60: 2 s) and needs two polls to see
     # the end of training: 0.5 s makes every fit return ~3 s sooner and notices a lost worker sooner,

@@ -66,7 +66,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "predict": ("landmarks.config:PredictConfig", "landmarks.predict.job:run_predict"),
 }
 NOT_SWEPT = ("sweep", "predict")  # jobs a sweep cannot run: a sweep itself, and using a model (no training)
-# Jobs whose run logs a "model" (landmarks.predict.LandmarkModel as an MLflow pyfunc) and what it predicts.
+# Jobs whose run logs a "model" (landmarks.models.artifact.LandmarkModel as an MLflow pyfunc) and what it predicts.
 MODEL_TASKS: dict[str, str] = {"regress": "landmarks", "finetune": "landmarks", "segment": "mask",
                                "train_projector": "descriptors"}
 # Commands with arguments of their own (not a config): name -> `main(argv=None) -> exit code`.

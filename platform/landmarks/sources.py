@@ -6,7 +6,7 @@
 `backbone.source` is one of
 - ``random``: torchvision's initialisation, seeded (Table 4/5 "random init"),
 - an MLflow run id of a pretraining run: its artifacts ``backbone/backbone.pt`` + ``backbone/meta.json``
-  (written by `landmarks.train.pretrain.save_backbone`),
+  (written by `landmarks.models.formats.save_backbone`),
 - a Ray Train checkpoint directory (``state.pt`` with the MoCo state dict + ``meta.json``), local or s3://,
 - a ``.pt``/``.pth`` file, local or s3://: our ``backbone.pt`` (a ``meta.json`` beside it is checked), a
   local torchvision ImageNet weights file (Table 4/5 "ImageNet"; nothing is downloaded), or one of the
@@ -47,12 +47,12 @@ from .models.backbones import (
     BACKBONES,
     CHECKPOINT_SAFE_GLOBALS,
     OFFICIAL_MOCO_PREFIX,
-    _extract_state_dict,
-    _identify,
+    extract_state_dict,
+    identify_backbone,
     torch_load_weights,
 )
+from .models.formats import BACKBONE_FILE, META_FILE, PROJECTOR_FILE, STATE_FILE
 from .models.representation import Representation, block_channels
-from .train.checkpoint import META, STATE
 
 
 def fingerprint(backbone: torch.nn.Module) -> str:
@@ -166,11 +166,11 @@ def _from_official_moco(raw: Mapping, name: str, where: str) -> tuple[ResNetBack
     opt_vars = vars(opt) if isinstance(opt, argparse.Namespace) else {}
     opt_model = opt_vars.get("model") if isinstance(opt_vars.get("model"), str) else None
     try:
-        state = _extract_state_dict(raw["model"], where)
+        state = extract_state_dict(raw["model"], where)
     except (ValueError, TypeError) as err:
         raise UserError(f"backbone.source {where}: official MoCo checkpoint without backbone weights "
                         f"({_one_line(err)})") from None
-    arch = _identify(state)
+    arch = identify_backbone(state)
     said = f"opt.model={opt_model!r}" if opt_model else "no opt.model"
     if arch is None and opt_model not in BACKBONES:
         raise UserError(f"backbone.source {where}: official MoCo checkpoint ({said}) holds a backbone that is none "
@@ -209,15 +209,15 @@ def _from_path(source: str, name: str, tmp: Path) -> tuple[ResNetBackbone, dict]
                         "(expected 'random', an MLflow run id, a Ray checkpoint dir, or a .pt/.pth file)")
     path = _local_copy(source, tmp)
     if path.is_dir():
-        if not (path / STATE).is_file():
-            raise UserError(f"backbone.source {source}: directory has no {STATE} (not a Ray Train checkpoint)")
-        meta = _read_meta(path / META)
+        if not (path / STATE_FILE).is_file():
+            raise UserError(f"backbone.source {source}: directory has no {STATE_FILE} (not a Ray Train checkpoint)")
+        meta = _read_meta(path / META_FILE)
         _check_meta(meta, name, source)
-        state = _torch_load(path / STATE, source)
+        state = _torch_load(path / STATE_FILE, source)
         backbone = build_backbone(name, low_dim=int(meta.get("low_dim", 128)))
         _load_weights(backbone, state.get("model", state) if isinstance(state, dict) else state, source)
         return backbone, {"init": "pretrained", "type": "checkpoint", "meta": meta}
-    meta = _read_meta(path.parent / META) if path.name == "backbone.pt" else {}
+    meta = _read_meta(path.parent / META_FILE) if path.name == BACKBONE_FILE else {}
     _check_meta(meta, name, source)
     state = _torch_load(path, source)
     if not meta and _is_official_moco(state):
@@ -235,10 +235,10 @@ def _from_run(run_id: str, name: str, tmp: Path) -> tuple[ResNetBackbone, dict]:
     except UserError:
         raise UserError(f"backbone.source: MLflow run {run_id} has no 'backbone' artifact; is it a "
                         "pretraining run (jobs/pretrain.py) that finished?") from None
-    meta = _read_meta(directory / META)
+    meta = _read_meta(directory / META_FILE)
     _check_meta(meta, name, f"(MLflow run {run_id})")
     backbone = build_backbone(name, low_dim=int(meta.get("low_dim", 128)))
-    _load_weights(backbone, _torch_load(directory / "backbone.pt", run_id), f"(MLflow run {run_id})")
+    _load_weights(backbone, _torch_load(directory / BACKBONE_FILE, run_id), f"(MLflow run {run_id})")
     return backbone, {"init": "pretrained", "type": "mlflow_run", "mlflow_run_id": run_id, "meta": meta}
 
 
@@ -318,15 +318,15 @@ def _projector_files(source: str, tmp: Path) -> tuple[Path, dict, str]:
         except UserError:
             raise UserError(f"projector.source: MLflow run {source} has no 'projector' artifact; is it a "
                             "jobs/train_projector.py run that finished?") from None
-        return directory / "projector.pt", _read_meta(directory / META), f"(MLflow run {source})"
+        return directory / PROJECTOR_FILE, _read_meta(directory / META_FILE), f"(MLflow run {source})"
     path = _local_copy(source, tmp)
     if not path.exists():
         raise UserError(f"projector.source: no such file or directory: {source}")
     if path.is_dir():
-        path = path / "projector.pt"
+        path = path / PROJECTOR_FILE
         if not path.is_file():
-            raise UserError(f"projector.source {source}: directory has no projector.pt")
-    return path, _read_meta(path.parent / META), source
+            raise UserError(f"projector.source {source}: directory has no {PROJECTOR_FILE}")
+    return path, _read_meta(path.parent / META_FILE), source
 
 
 def load_projector(source: str, backbone_fingerprint: str, in_channels: int,

@@ -89,6 +89,13 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute_storage(storage_path: str) -> str:
+    """A local path made absolute (a URI as it is): what Ray Train and Tune want as a storage path."""
+    if "://" in storage_path:
+        return storage_path
+    return os.path.abspath(storage_path)
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts with '/' (works for local paths and s3:// URIs alike)."""
     out = str(uri)

@@ -223,7 +223,7 @@ def trial_run_name(sweep: str, point: dict[str, Any]) -> str:
 def plan_sweep(cfg: SweepConfig) -> SweepPlan:
     """Resolve the job, build the base config and every grid point; ConfigError on any bad key/value."""
     from .registry import config_class, run_function
-    from .train.checkpoint import absolute_storage
+    from .storage import absolute_storage
 
     name = cfg.name or f"sweep-{cfg.job}"
     try:

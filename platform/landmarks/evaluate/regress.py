@@ -40,14 +40,15 @@ from ..config import RegressConfig, Resolved, absolute_paths
 from ..coords import normalized_to_pixels, pixels_to_normalized
 from ..data.budgets import annotated_rows
 from ..data.manifest import Manifest, open_manifest
+from ..data.preprocessing import dataset_preprocessing
 from ..data.reader import load_split
 from ..features import FeatureSet, features_for
 from ..losses import regression_loss
 from ..metrics import inter_ocular_error, pck, pck_official
 from ..models import LandmarkRegressor
+from ..models.artifact import LandmarkModel, model_meta, saved_model
 from ..models.representation import Representation, dense_size
 from ..precision import autocast, pick_device
-from ..predict.model import LandmarkModel, model_meta
 from ..progress import Progress
 from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 from ..sources import load_representation
@@ -283,7 +284,8 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         np.savez_compressed(path, image_id=np.array(test.image_ids, dtype=str), pred=pred.astype(np.float32),
                             gt=test.keypoints, visible=test.visible, image_size=cfg.data.image_size)
         run_logger.log_artifact(path, "predictions")
-    meta = model_meta(rep, regressor, "landmarks", plan.manifest, cfg.data.image_size,
+    meta = model_meta(rep, regressor, "landmarks", plan.manifest, dataset_preprocessing(plan.manifest, cfg.data.image_size),
                       {"job": "regress", "mlflow_run_id": run_logger.run_id, plan.metric: metrics[plan.metric]})
-    run_logger.log_landmark_model(LandmarkModel(rep, regressor.eval(), "landmarks", meta))
+    with saved_model(LandmarkModel(rep, regressor.eval(), "landmarks", meta)) as directory:
+        run_logger.log_landmark_model(directory)
     return metrics

@@ -31,14 +31,15 @@ from ..cli import JobArgs
 from ..config import Resolved, SegmentConfig, absolute_paths
 from ..data.budgets import annotated_rows
 from ..data.manifest import Manifest, open_manifest
+from ..data.preprocessing import dataset_preprocessing
 from ..data.reader import load_split
 from ..errors import UserError
 from ..features import FeatureSet, features_for
 from ..metrics import mask_iou
 from ..models import SegmentationHead
+from ..models.artifact import LandmarkModel, model_meta, saved_model
 from ..models.representation import Representation, dense_size
 from ..precision import autocast, pick_device
-from ..predict.model import LandmarkModel, model_meta
 from ..progress import Progress
 from ..schedules import cosine_lr, set_lr
 from ..sources import load_representation
@@ -225,9 +226,10 @@ def evaluate_segmentation(cfg: SegmentConfig, run_logger: RunLogger, plan: Segme
     }
     run_logger.log_metrics({k: v for k, v in metrics.items() if k != "epochs"}, step=cfg.train.epochs)
     _log_figure(cfg, pred, gt, run_logger)
-    meta = model_meta(rep, head.eval(), "mask", plan.manifest, image_size,
+    meta = model_meta(rep, head.eval(), "mask", plan.manifest, dataset_preprocessing(plan.manifest, image_size),
                       {"job": "segment", "mlflow_run_id": run_logger.run_id, "iou": metrics["iou"]})
-    run_logger.log_landmark_model(LandmarkModel(rep, head, "mask", meta))
+    with saved_model(LandmarkModel(rep, head, "mask", meta)) as directory:
+        run_logger.log_landmark_model(directory)
     return metrics
 
 

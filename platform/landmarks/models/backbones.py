@@ -164,7 +164,7 @@ def _is_state_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _extract_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
+def extract_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
     """Unwrap checkpoint nesting and wrapper prefixes down to backbone keys."""
     while isinstance(obj, Mapping) and not _is_state_dict(obj):
         inner = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -206,7 +206,8 @@ def _body(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _identify(state: Mapping[str, torch.Tensor]) -> str | None:
+def identify_backbone(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The registered backbone whose (non-head) tensor shapes `state` has, or None."""
     body = _body(state)
     return next((n for n in BACKBONES if _body_shapes(n) == body), None)
 
@@ -242,12 +243,12 @@ def load_backbone_weights(
         if not os.path.isfile(source):
             raise FileNotFoundError(f"backbone weights file not found: {source}")
         raw = torch_load_weights(source)
-    state = _extract_state_dict(raw, source)
+    state = extract_state_dict(raw, source)
     target = backbone.state_dict()
     body_ckpt, body_model = _body(state), _body(target)
 
     if body_ckpt != body_model:
-        arch = _identify(state)
+        arch = identify_backbone(state)
         if arch is not None and arch != backbone.name:
             raise ValueError(
                 f"{source}: checkpoint holds a {arch!r} backbone but the model is {backbone.name!r}; "

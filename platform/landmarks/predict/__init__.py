@@ -1,2 +1,2 @@
-"""Using what was trained: a trained model as one self-contained object (`model.LandmarkModel`), and
-batch prediction over datasets or folders of images on Ray Data (`job`, jobs/predict.py)."""
+"""Using what was trained (`models.artifact`): a model served on photos (`serving`, what MLflow's pyfunc
+runs), and batch prediction over datasets or folders of images on Ray Data (`job`, jobs/predict.py)."""

@@ -4,7 +4,7 @@
         input.path=<dataset dir or s3:// | a folder of photos> [--overlays N] [--skip-bad]
 
 The output folder (it must not hold anything) and the model (what a regress, segment, train_projector or
-finetune run logged, `predict.model`) are checked before any work. In a folder, every file of a format PIL
+finetune run logged, `models.artifact`) are checked before any work. In a folder, every file of a format PIL
 decodes is a photo (`photo.read_photo`: EXIF orientation applied, 16 bits scaled, at most PIL's
 Image.MAX_IMAGE_PIXELS of the driver); the other files are ignored and named. Images stream through Ray
 Data: decoded and prepared on CPU tasks the way the model's training dataset prepared its images
@@ -39,9 +39,11 @@ from ..cli import JobArgs, Shorthand, job_main, print_summary
 from ..cluster import join_cluster
 from ..config import PredictConfig, absolute_paths
 from ..data.manifest import MANIFEST_NAME, Manifest, open_manifest
+from ..data.preprocessing import Preprocessing
 from ..errors import UserError
-from .model import LandmarkModel, Preprocessing, mask_png
+from ..models.artifact import LandmarkModel, load_model, model_from_state
 from .photo import photo_suffixes, read_photo
+from .serving import in_photo
 
 OUTPUT_FILE, MANIFEST_FILE, OVERLAYS = "predictions.parquet", "predictions.json", "overlays"
 
@@ -103,18 +105,18 @@ class Predictor:
         from ..precision import pick_device
 
         meta, state = ray.get(model_ref)
-        self.model = LandmarkModel.from_state(meta, state).to(pick_device())
+        self.model = model_from_state(meta, state).to(pick_device())
+        self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {k: v for k, v in batch.items() if k != "image"}
         predicted = self.model.predict(np.require(batch["image"], requirements="W"))  # Arrow's arrays are read-only
-        pre = self.model.preprocessing
+        served = in_photo(predicted, self.preprocessing, batch["box"])
         if "landmarks" in predicted:
             out["landmarks_input"] = predicted["landmarks"].astype(np.float32)
-            out["landmarks"] = np.stack([pre.input_to_original(k, tuple(b)) for k, b in
-                                         zip(predicted["landmarks"], batch["box"])]).astype(np.float32)
+            out["landmarks"] = np.stack(served["landmarks"]).astype(np.float32)
         if "mask" in predicted:
-            out["mask"] = np.array([mask_png(m) for m in predicted["mask"]], dtype=object)
+            out["mask"] = np.array(served["mask"], dtype=object)
         return out
 
 
@@ -155,7 +157,7 @@ def run_predict(cfg: PredictConfig, args: JobArgs) -> dict:
     _check_output(cfg)  # before any work (and again when the results are moved there)
     with tempfile.TemporaryDirectory(prefix="landmarks-predict-") as tmp:
         model_dir = tracking.fetch_landmark_model(cfg.model.source, Path(tmp))  # UserError: not a model
-        model = LandmarkModel.load(model_dir)
+        model = load_model(model_dir)
     kind, manifest, files, ignored = _input(cfg)
     use_gpu = join_cluster(cfg.ray, "prediction", args.verbose)
     actors = _actor_count(cfg, args.verbose)
@@ -246,7 +248,7 @@ def _score(model: LandmarkModel, manifest: Manifest, rows: dict[str, np.ndarray]
     from ..metrics import inter_ocular_error, pck, pck_official
 
     pred, gt, visible = rows["landmarks_input"], rows["keypoints"], rows["visible"]
-    side = model.preprocessing.input_size
+    side = model.input_size
     if manifest.eye_indices:
         return {"iod": inter_ocular_error(pred, gt, manifest.eye_indices, visible=visible)}
     return {"pck": pck_official(pred, gt, visible, side), "pck_float": pck(pred, gt, visible, side)}
@@ -303,7 +305,7 @@ def _overlays(cfg: PredictConfig, model: LandmarkModel, rows: dict[str, np.ndarr
         images = [Image.fromarray(read_photo(Path(cfg.input.path, str(i)), max_pixels=0)) for i in rows["image_id"][:n]]
         points = rows["landmarks"][:n]
     else:  # rows are in split order: the split's first n rows at the input size
-        split = load_split(cfg.input.path, cfg.input.split, model.preprocessing.input_size, rows=range(n))
+        split = load_split(cfg.input.path, cfg.input.split, model.input_size, rows=range(n))
         images, points = [Image.fromarray(x) for x in split["image"]], rows["landmarks_input"][:n]
     for i, (image, pts) in enumerate(zip(images, points)):
         draw, r = ImageDraw.Draw(image), max(1.5, image.width / 80)

@@ -1,8 +1,9 @@
-"""MLflow models and datasets of the platform: a trained `LandmarkModel` logged as an MLflow pyfunc model
-(loadable with `mlflow.pyfunc.load_model`, and by `fetch_landmark_model` + `LandmarkModel.load`), the
-Model Registry (`register_model`, `registered_versions`), and a dataset as a run input (`dataset_input`).
+"""MLflow models and datasets of the platform: a trained model directory (`models.artifact.save_model`)
+logged as an MLflow pyfunc model (loadable with `mlflow.pyfunc.load_model`, and by `fetch_landmark_model`
++ `models.artifact.load_model`), the Model Registry (`register_model`, `registered_versions`), and a
+dataset as a run input (`dataset_input`).
 
-    logger.log_landmark_model(model)                      # in a run: "regress-mafl-resnet50-hypercolumn"
+    logger.log_landmark_model(directory)                  # in a run: "regress-mafl-resnet50-hypercolumn"
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")   # also the run's "model"
     pyfunc.predict(pd.DataFrame({"image": [jpeg_bytes]}))  # -> landmarks in pixels of each image
     register_model(run_id, "mafl-regressor", alias="best")  # models:/mafl-regressor@best
@@ -17,7 +18,10 @@ second copy of the weights; loading it fetches the named model (`LandmarkPyfunc.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,6 +37,8 @@ MODEL_NAME = "model"  # the run's artifact path that loads its landmark model
 MODEL_ARTIFACT = "landmark_model"  # its key in the pyfunc's artifacts: our model directory
 MODEL_URI_KEY = "landmark_model_uri"  # in the run's "model" pyfunc config: the logged model it stands for
 MODEL_ID_TAG = "landmark_model_id"  # run tag: the logged model's id (models:/<id>)
+META_FILE = "meta.json"  # in a model directory, beside its weights (`models.formats`)
+SERVING = "landmarks.predict.serving"  # the module whose `load(directory)` serves a model directory
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -49,66 +55,55 @@ def model_name(meta: dict) -> str:
 
 
 class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a `LandmarkModel`: a DataFrame of encoded images (column ``image``: bytes of any
-    format PIL reads, any size; read as `predict.photo.read_photo` reads a file: EXIF orientation applied,
-    16 bits scaled) in, their predictions out, each image prepared as the model's dataset prepared its
-    images: ``landmarks`` (x0, y0, x1, ... in pixels of the image as shown), ``mask`` (PNG bytes at the
-    network input) or ``descriptors`` (flattened)."""
+    """The pyfunc face of a trained landmark model: a DataFrame of encoded images (column ``image``: bytes
+    of any format PIL reads, any size) in, their predictions out (``landmarks``: x0, y0, x1, ... in pixels
+    of the image as shown; ``mask``: PNG bytes at the network input; ``descriptors``: flattened). The
+    model directory is loaded and served by the module `SERVING` names (`load(directory)` ->
+    `.predict_images(images)`)."""
 
     def load_context(self, context: Any) -> None:
-        from ..predict.model import LandmarkModel
-
+        serving = importlib.import_module(SERVING)
         if MODEL_ARTIFACT in (context.artifacts or {}):
-            self.model = LandmarkModel.load(context.artifacts[MODEL_ARTIFACT])
+            self.served = serving.load(context.artifacts[MODEL_ARTIFACT])
             return
         with tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp:  # the run's "model": fetch the named one
-            self.model = LandmarkModel.load(fetch_landmark_model(context.model_config[MODEL_URI_KEY], Path(tmp)))
+            self.served = serving.load(fetch_landmark_model(context.model_config[MODEL_URI_KEY], Path(tmp)))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from ..predict.model import mask_png
-        from ..predict.photo import read_photo
-
         images = model_input["image"] if isinstance(model_input, pd.DataFrame) else model_input
-        pre, rows = self.model.preprocessing, []
-        for i, data in enumerate(images):
-            try:
-                image = read_photo(bytes(data))
-            except Exception as err:  # noqa: BLE001 (any decoder's error, said with the row it came from)
-                raise ValueError(f"image {i}: cannot read it ({type(err).__name__}: {err})") from None
-            x, box = pre.image_to_input(image)
-            out = self.model.predict(x[None])
-            if "landmarks" in out:
-                rows.append({"landmarks": pre.input_to_original(out["landmarks"][0], box).reshape(-1).tolist()})
-            elif "mask" in out:
-                rows.append({"mask": mask_png(out["mask"][0])})
-            else:
-                rows.append({"descriptors": out["descriptors"][0].reshape(-1).tolist()})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(self.served.predict_images(images))
 
 
 def _signature(task: str):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    outputs = {"landmarks": ColSpec(Array(DataType.double), "landmarks"), "mask": ColSpec(DataType.binary, "mask"),
-               "descriptors": ColSpec(Array(DataType.double), "descriptors")}
-    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, "image")]), outputs=Schema([outputs[task]]))
+    from ..models.artifact import TASKS
+
+    output = TASKS[task]
+    types = {"double_array": Array(DataType.double), "binary": DataType.binary}
+    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, "image")]),
+                          outputs=Schema([ColSpec(types[output.output_type], output.output)]))
 
 
-def log_landmark_model(model: Any, requirements: list[str], run_id: str) -> str:
-    """Log `model` (a `LandmarkModel`) in the active MLflow run `run_id`: the logged model `model_name(meta)`
-    and the run's "model" that loads it (module docstring) -> the name."""
-    name = model_name(model.meta)
+def log_landmark_model(directory: Path, requirements: list[str], run_id: str) -> str:
+    """Log the model saved in `directory` (`models.artifact.save_model`: model.pt + meta.json) in the
+    active MLflow run `run_id`: the logged model `model_name(meta)` and the run's "model" that loads it
+    (module docstring) -> the name."""
+    meta = json.loads((Path(directory) / META_FILE).read_text())
+    task = meta["task"]
+    name = model_name(meta)
     entry = str(Path(__file__).with_name("pyfunc_entry.py"))
-    common = {"python_model": entry, "signature": _signature(model.task), "pip_requirements": requirements,
-              "metadata": {"landmarks_task": model.task, "dataset": model.meta.get("dataset"),
-                           "preprocessing": model.meta["preprocessing"]}}
+    common = {"python_model": entry, "signature": _signature(task), "pip_requirements": requirements,
+              "metadata": {"landmarks_task": task, "dataset": meta.get("dataset"),
+                           "preprocessing": meta["preprocessing"]}}
     with tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp, warnings.catch_warnings():
         # "no input example": the signature says it all (image bytes in)
         warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)
-        directory = model.save(Path(tmp) / MODEL_ARTIFACT)
+        if Path(directory).name != MODEL_ARTIFACT:  # MLflow keeps an artifact under its directory's name
+            directory = Path(shutil.copytree(directory, Path(tmp) / MODEL_ARTIFACT))
         info = mlflow.pyfunc.log_model(name=name, artifacts={MODEL_ARTIFACT: str(directory)},
-                                       tags={**source_tags(model.meta.get("job")), "landmarks_task": model.task},
+                                       tags={**source_tags(meta.get("job")), "landmarks_task": task},
                                        **common)
         pointer = Path(tmp) / MODEL_NAME
         mlflow.pyfunc.save_model(str(pointer), model_config={MODEL_URI_KEY: f"models:/{info.model_id}"}, **common)
@@ -145,7 +140,7 @@ def fetch_landmark_model(source: str, dst: Path) -> Path:
         except OSError as err:
             raise UserError(f"model.source {source}: cannot download it ({err})") from None
     for candidate in (root, root / "artifacts" / MODEL_ARTIFACT):
-        if (candidate / "meta.json").is_file():
+        if (candidate / META_FILE).is_file():
             return candidate
     target = _points_to(root)
     if target and target != source:  # a run's "model": the logged model it stands for

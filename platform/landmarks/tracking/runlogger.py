@@ -138,9 +138,9 @@ class RunLogger:
                                      pip_requirements=model_requirements(), tags=source_tags(job))
 
     @_answers
-    def log_landmark_model(self, model: Any) -> str:
-        """A trained `predict.model.LandmarkModel` as this run's pyfunc model, named by what it is
-        (`models.model_name`) and loadable as the run's "model" (`tracking.models`) -> its name."""
+    def log_landmark_model(self, directory: Path) -> str:
+        """A trained model's directory (`models.artifact.save_model`) as this run's pyfunc model, named by
+        what it is (`models.model_name`) and loadable as the run's "model" (`tracking.models`) -> its name."""
         if not self.enabled:
             return ""
         import mlflow
@@ -149,7 +149,7 @@ class RunLogger:
 
         with fluent_tracking_uri(self.uri), \
                 mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            return log_landmark_model(model, model_requirements(), self.run_id)
+            return log_landmark_model(directory, model_requirements(), self.run_id)
 
     @_answers
     def log_dataset(self, manifest: Any, path: str, split: str, context: str) -> None:

@@ -1,6 +1,6 @@
 """Checkpoints: what a training checkpoint holds, and finding the latest one of a run.
 
-A checkpoint is a directory with
+A checkpoint is a directory (`models.formats.save_checkpoint` / `load_checkpoint`) with
     state.pt    tensors and plain containers only (loads with torch.load(weights_only=True)):
                 {"model": MoCo/model state_dict, "optimizer": ..., "epoch": int, "step": int}
     meta.json   {"epoch", "step", "backbone", "low_dim", "mlflow_run_id", "dataset", ...}
@@ -10,7 +10,6 @@ schedule is a pure function of the step, so no scheduler object is stored.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -20,11 +19,7 @@ from typing import Any
 import torch
 
 from .. import storage
-from ..errors import UserError
-
-STATE = "state.pt"
-META = "meta.json"
-
+from ..models.formats import META_FILE, load_checkpoint, save_checkpoint
 
 TEMP_PREFIX = "landmarks-ckpt-"  # + "<pid>-<run id[:8]>-": the process that wrote it, the MLflow run
 
@@ -36,11 +31,7 @@ def save_checkpoint_dir(state: dict[str, Any], meta: dict[str, Any], directory: 
         remove_orphan_temp_dirs()
         run = str(meta.get("mlflow_run_id") or "norun")[:8]
         directory = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{run}-")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(state, directory / STATE)
-    (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return directory
+    return save_checkpoint(state, meta, directory)
 
 
 def remove_orphan_temp_dirs(root: str | Path | None = None) -> list[Path]:
@@ -106,28 +97,14 @@ def resume(device: torch.device, **restore: Any) -> tuple[dict | None, int, int]
     if not checkpoint:
         return None, 0, 0
     with checkpoint.as_directory() as d:
-        state, _ = load_checkpoint_dir(d, map_location=device)
+        state, _ = load_checkpoint(d, map_location=device)
     for key, target in restore.items():
         target.load_state_dict(state[key])
     return state, state["epoch"] + 1, state["step"]
 
 
-def load_checkpoint_dir(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
-    directory = Path(directory)
-    state = torch.load(directory / STATE, map_location=map_location, weights_only=True)
-    meta = json.loads((directory / META).read_text()) if (directory / META).exists() else {}
-    return state, meta
-
-
 def run_dir(storage_path: str, name: str) -> str:
-    return storage.join(absolute_storage(storage_path), name)
-
-
-def absolute_storage(storage_path: str) -> str:
-    """Ray Train wants an absolute local path or a URI."""
-    if "://" in storage_path:
-        return storage_path
-    return os.path.abspath(storage_path)
+    return storage.join(storage.absolute_storage(storage_path), name)
 
 
 def latest_checkpoint(storage_path: str, name: str) -> tuple[str, dict] | None:
@@ -138,7 +115,7 @@ def latest_checkpoint(storage_path: str, name: str) -> tuple[str, dict] | None:
     root = run_dir(storage_path, name)
     metas = sorted(
         rel for rel in storage.list_files(root, recursive=True)
-        if rel.startswith("checkpoint_") and rel.count("/") == 1 and rel.endswith("/" + META)
+        if rel.startswith("checkpoint_") and rel.count("/") == 1 and rel.endswith("/" + META_FILE)
     )
     if not metas:
         return None
@@ -149,13 +126,3 @@ def latest_checkpoint(storage_path: str, name: str) -> tuple[str, dict] | None:
 def resume_hint(name: str) -> str:
     """How a training job interrupted (Ctrl-C, a tracking server down) continues where it stopped."""
     return f"rerun with mlflow.run_name={name} (the same command) to resume from its last checkpoint"
-
-
-def check_compatible(meta: dict, backbone: str, where: str) -> None:
-    """A checkpoint from another backbone cannot be resumed or evaluated as this one."""
-    got = meta.get("backbone")
-    if got and got != backbone:
-        raise UserError(
-            f"checkpoint {where} is from backbone {got!r} but model.backbone={backbone!r}; "
-            f"set model.backbone={got} or use another mlflow.run_name / checkpoint"
-        )

@@ -22,18 +22,19 @@ from typing import Any
 import numpy as np
 
 from .. import tracking
-from ..cli import JobArgs, print_summary
-from ..cluster import fit_torch_trainer, join_cluster
+from ..cli import JobArgs
 from ..config import FinetuneConfig, absolute_paths, to_flat_dict
 from ..data.budgets import annotated_rows
 from ..data.manifest import Manifest, open_manifest
 from ..data.normalization import input_stats
+from ..data.preprocessing import dataset_preprocessing
 from ..data.reader import eval_geometry, split_image_ids
 from ..errors import UserError
+from ..models.artifact import LandmarkModel, model_meta, saved_model
+from ..models.formats import cpu_state, load_checkpoint
 from ..models.representation import Representation
-from ..predict.model import LandmarkModel, model_meta
 from ..sources import load_backbone
-from .checkpoint import latest_checkpoint, load_checkpoint_dir, resume_hint
+from .driver import Outcome, Training, new_run, run_training
 
 COMPATIBLE = ("backbone_fingerprint", "representation", "layers", "num_landmarks", "train_rows")
 
@@ -88,54 +89,40 @@ def run_name(cfg: FinetuneConfig, plan: FinetunePlan) -> str:
                                    f"-{cfg.representation}-n{cfg.annotations}-s{cfg.train.seed}-r{cfg.repeat}")
 
 
-def _check_previous(previous: tuple[str, dict] | None, meta: dict) -> None:
-    if not previous:
-        return
-    where, old = previous
-    for key in COMPATIBLE:
-        if key in old and old[key] != meta[key]:
-            raise UserError(f"checkpoint {where} was trained with {key}={old[key]!r}, this run has {meta[key]!r}; "
-                            "set another mlflow.run_name (or checkpoint.storage_path) to start a new fine-tuning")
-
-
 def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
     cfg = absolute_paths(cfg)
     plan = check_finetune(cfg)
-    name = run_name(cfg, plan)
-    previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
-    _check_previous(previous, plan.meta)
-
     metric = "iod" if plan.manifest.eye_indices else "pck"
-    done = previous is not None and metric in previous[1]  # the final checkpoint holds the test score
-    # A finished run is only logged again: no cluster needed.
-    use_gpu = False if done else join_cluster(cfg.ray, "fine-tuning", args.verbose)
+    training = Training(
+        job="finetune", what="fine-tuning", cfg=cfg, name=run_name(cfg, plan), meta=plan.meta, compatible=COMPATIBLE,
+        remedy=new_run("start a new fine-tuning"),
+        tags=plan.tags,
+        params={**to_flat_dict(cfg), "backbone.fingerprint": plan.info["fingerprint"],
+                "resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay,
+                "resolved.batch_size": plan.batch_size, "resolved.train_rows": len(plan.rows)},
+        datasets=[(plan.manifest, cfg.data.path, "train", "training"), (plan.manifest, cfg.data.path, "test", "evaluation")],
+        finished=lambda old: metric in old)  # the final checkpoint holds the test score
+    # The workers read every setting from their config: 'auto' resolved (the logged params keep 'auto').
+    resolved = cfg.model_copy(deep=True)
+    resolved.train.lr, resolved.train.weight_decay = plan.lr, plan.weight_decay
+    training.cfg = resolved
 
-    logger = tracking.start_run(cfg.mlflow.experiment, name, tags=plan.tags,
-                                run_id=previous[1].get("mlflow_run_id") if previous else None)
-    logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": plan.info["fingerprint"],
-                       "resolved.lr": plan.lr, "resolved.weight_decay": plan.weight_decay,
-                       "resolved.batch_size": plan.batch_size, "resolved.train_rows": len(plan.rows)})
-    if not previous:
-        for split, context in (("train", "training"), ("test", "evaluation")):
-            logger.log_dataset(plan.manifest, cfg.data.path, split, context)
-    if previous:
-        state = "already finished, nothing to train" if done else f"resuming after epoch {previous[1]['epoch'] + 1}"
-        print(f"[finetune] {name}: {state} ({previous[0]})", flush=True)
-    with logger.ending("fine-tuning", rerun=resume_hint(name)):
-        if done:
-            checkpoint_path, final = previous[0], previous[1]
-        else:
-            result = _fit(cfg, plan, name, use_gpu, logger.run_id, args.verbose)
-            if result.checkpoint is None or metric not in result.metrics:
-                raise UserError("fine-tuning ended without a final checkpoint and test score")
-            checkpoint_path, final = result.checkpoint.path, result.metrics
-        _log_model(cfg, plan, checkpoint_path, metric, float(final[metric]), logger)
-    metrics = {metric: float(final[metric]), "train_loss": float(final["train_loss"]),
-               "epochs": int(final["epoch"]) + 1, "mlflow_run_id": logger.run_id, "checkpoint": checkpoint_path}
-    logger.set_tags({"checkpoint_uri": checkpoint_path})
-    logger.finish()
-    print_summary("finetune", metrics)
-    return metrics
+    def finish(outcome: Outcome, logger: tracking.RunLogger) -> dict:
+        final = outcome.metrics
+        if metric not in final:
+            raise UserError("fine-tuning ended without a final checkpoint and test score")
+        _log_model(cfg, plan, outcome.checkpoint_uri, metric, float(final[metric]), logger)
+        metrics = {metric: float(final[metric]), "train_loss": float(final["train_loss"]),
+                   "epochs": int(final["epoch"]) + 1, "mlflow_run_id": logger.run_id,
+                   "checkpoint": outcome.checkpoint_uri}
+        logger.set_tags({"checkpoint_uri": outcome.checkpoint_uri})
+        logger.finish()
+        return metrics
+
+    from .finetune_loop import train_loop_per_worker  # Ray Train's, on the workers
+
+    return run_training(training, train_loop_per_worker, lambda: _loop_config(plan),
+                        lambda: {"train": _dataset(cfg, plan)}, finish, args.verbose)
 
 
 def _log_model(cfg: FinetuneConfig, plan: FinetunePlan, checkpoint_path: str, metric: str, value: float,
@@ -146,13 +133,15 @@ def _log_model(cfg: FinetuneConfig, plan: FinetunePlan, checkpoint_path: str, me
     from .finetune_loop import build_model
 
     with Checkpoint(checkpoint_path).as_directory() as directory:
-        state, _ = load_checkpoint_dir(directory)
+        state, _ = load_checkpoint(directory)
     net = build_model(cfg, plan.manifest.K, plan.backbone.fc.out_features)
     net.load_state_dict(state["model"])
     rep = Representation(cfg.representation, net.backbone, plan.info, None, cfg.layers, plan.mean, plan.std)
-    meta = model_meta(rep, net.regressor, "landmarks", plan.manifest, cfg.data.image_size,
+    meta = model_meta(rep, net.regressor, "landmarks", plan.manifest,
+                      dataset_preprocessing(plan.manifest, cfg.data.image_size),
                       {"job": "finetune", "mlflow_run_id": logger.run_id, metric: value})
-    logger.log_landmark_model(LandmarkModel(rep, net.regressor.eval(), "landmarks", meta))
+    with saved_model(LandmarkModel(rep, net.regressor.eval(), "landmarks", meta)) as directory:
+        logger.log_landmark_model(directory)
 
 
 def train_view(batch: dict[str, np.ndarray], keep_ids: frozenset | None, border: int,
@@ -169,28 +158,25 @@ def train_view(batch: dict[str, np.ndarray], keep_ids: frozenset | None, border:
     return {"image": out["image"], "keypoints": out["keypoints"].astype(np.float32), "visible": out["visible"]}
 
 
-def _fit(cfg: FinetuneConfig, plan: FinetunePlan, name: str, use_gpu: bool, run_id: str, verbose: bool):
-    import ray
-
+def _dataset(cfg: FinetuneConfig, plan: FinetunePlan):
+    """The annotated train rows (`train_view`), a fresh permutation every epoch."""
     from ..data import read_dataset
-    from .finetune_loop import train_loop_per_worker
 
     n = plan.manifest.splits["train"].rows
     keep = None if len(plan.rows) == n else frozenset(np.array(split_image_ids(cfg.data.path, "train"))[plan.rows])
     dataset = read_dataset(cfg.data.path, "train", seed=cfg.train.seed, verify=False,
-                           shuffle_seed=cfg.train.seed + cfg.repeat)  # a fresh permutation every epoch
-    dataset = dataset.map_batches(train_view, batch_format="numpy",
-                                  fn_kwargs={"keep_ids": keep, "border": plan.manifest.border,
-                                             "image_size": cfg.data.image_size})
-    state = {k: v.detach().cpu() for k, v in plan.backbone.state_dict().items()}
-    return fit_torch_trainer(
-        train_loop_per_worker,
-        {
-            "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
-            "backbone_state": ray.put(state), "low_dim": plan.backbone.fc.out_features,
-            "num_landmarks": plan.manifest.K, "eye_indices": plan.manifest.eye_indices,
-            "mean": plan.mean, "std": plan.std, "lr": plan.lr, "weight_decay": plan.weight_decay,
-            "batch_size": plan.batch_size, "train_rows": len(plan.rows), "meta": plan.meta,
-        },
-        cfg, name, use_gpu, {"train": dataset}, "fine-tuning", verbose=verbose,
-    )
+                           shuffle_seed=cfg.train.seed + cfg.repeat)
+    return dataset.map_batches(train_view, batch_format="numpy",
+                               fn_kwargs={"keep_ids": keep, "border": plan.manifest.border,
+                                          "image_size": cfg.data.image_size})
+
+
+def _loop_config(plan: FinetunePlan) -> dict:
+    import ray
+
+    return {
+        "backbone_state": ray.put(cpu_state(plan.backbone.state_dict())), "low_dim": plan.backbone.fc.out_features,
+        "num_landmarks": plan.manifest.K, "eye_indices": plan.manifest.eye_indices,
+        "mean": plan.mean, "std": plan.std, "batch_size": plan.batch_size, "train_rows": len(plan.rows),
+        "meta": plan.meta,
+    }

@@ -142,8 +142,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(param_groups(model, config["lr"], cfg.train.backbone_lr), lr=config["lr"],
-                                 betas=(cfg.train.adam_beta1, 0.999), weight_decay=config["weight_decay"])
+    optimizer = torch.optim.Adam(param_groups(model, cfg.train.lr, cfg.train.backbone_lr), lr=cfg.train.lr,
+                                 betas=(cfg.train.adam_beta1, 0.999), weight_decay=cfg.train.weight_decay)
     _, start_epoch, step = resume(device, model=model, optimizer=optimizer)
     logger.skip_logged_steps()  # an earlier attempt's points after its last checkpoint stay the only ones
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -159,7 +159,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batches = device_batches(shard, local_batch, device=device, columns=("image", "keypoints", "visible"),
                                  drop_last=False)
         for i, b in enumerate(batches):
-            lr = cosine_lr(config["lr"], epoch + i / steps_per_epoch, cfg.train.epochs)
+            lr = cosine_lr(cfg.train.lr, epoch + i / steps_per_epoch, cfg.train.epochs)
             set_lr(optimizer, lr)
             loss = train_step(ddp_model, optimizer, b["image"], b["keypoints"], b["visible"], mean, std, size,
                               cfg.train.precision)

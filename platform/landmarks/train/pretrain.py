@@ -1,4 +1,4 @@
-"""MoCo pretraining, the driver side: validate, connect, build the TorchTrainer, log the result.
+"""MoCo pretraining, the driver side: validate, then `driver.run_training` (TorchTrainer), log the result.
 
     python jobs/pretrain.py --config jobs/configs/pretrain_synthetic_cpu.yaml data.path=...
 
@@ -11,15 +11,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
-
 from .. import tracking
-from ..cli import JobArgs, print_summary
-from ..cluster import fit_torch_trainer, join_cluster
+from ..cli import JobArgs
 from ..config import PretrainConfig, to_flat_dict
 from ..data.manifest import open_manifest
 from ..errors import UserError
-from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint_dir, resume_hint
+from ..models.formats import load_checkpoint, save_backbone
+from .driver import Outcome, Training, run_training
 
 
 def run_name(cfg: PretrainConfig, dataset: str) -> str:
@@ -27,7 +25,6 @@ def run_name(cfg: PretrainConfig, dataset: str) -> str:
 
 
 def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
-    # 1. Everything that can be checked before work starts.
     manifest = open_manifest(cfg.data.path, "train", need_landmarks=False)
     if cfg.moco.queue_size < cfg.train.batch_size:
         raise UserError(f"moco.queue_size={cfg.moco.queue_size} is smaller than train.batch_size="
@@ -37,27 +34,20 @@ def run_pretrain(cfg: PretrainConfig, args: JobArgs) -> dict:
         raise UserError(f"{cfg.data.path}: the train split has {train_rows} rows (x data.fraction), fewer than "
                         f"one batch of train.batch_size={cfg.train.batch_size}")
     probe_plan = plan_probe(cfg, manifest)
-    name = run_name(cfg, manifest.name)
-    previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
-    if previous:
-        check_compatible(previous[1], cfg.model.backbone, previous[0])
+    from .pretrain_loop import train_loop_per_worker  # Ray Train's, on the workers
 
-    use_gpu = join_cluster(cfg.ray, "pretraining", args.verbose)
-
-    # 2. The MLflow run: new, or the one the checkpoint belongs to.
-    run_id = previous[1].get("mlflow_run_id") if previous else None
-    tags = {"job": "pretrain", "dataset": manifest.name, "backbone": cfg.model.backbone, "seed": cfg.train.seed,
-            "data_fraction": cfg.data.fraction, "image_size": cfg.data.image_size}
-    logger = tracking.start_run(cfg.mlflow.experiment, name, tags=tags, run_id=run_id)
-    logger.log_params(to_flat_dict(cfg))
-    if not previous:
-        logger.log_dataset(manifest, cfg.data.path, "train", "training")
-    if previous:
-        print(f"[pretrain] resuming {name} from {previous[0]} (epoch {previous[1]['epoch'] + 1} done)", flush=True)
-
-    with logger.ending("pretraining", rerun=resume_hint(name)):
-        result = _fit(cfg, name, manifest, use_gpu, logger.run_id, train_rows, probe_plan, args.verbose)
-        return _finish(cfg, result, logger, manifest.name)
+    plan = Training(
+        job="pretrain", what="pretraining", cfg=cfg, name=run_name(cfg, manifest.name),
+        meta={"backbone": cfg.model.backbone}, compatible=("backbone",),
+        remedy=lambda where, key, old, new: (f"checkpoint {where} is from backbone {old!r} but model.backbone="
+                                             f"{new!r}; set model.backbone={old} or use another mlflow.run_name / "
+                                             "checkpoint"),
+        tags={"job": "pretrain", "dataset": manifest.name, "backbone": cfg.model.backbone, "seed": cfg.train.seed,
+              "data_fraction": cfg.data.fraction, "image_size": cfg.data.image_size},
+        params=to_flat_dict(cfg), datasets=[(manifest, cfg.data.path, "train", "training")])
+    return run_training(plan, train_loop_per_worker, lambda: _loop_config(cfg, manifest, train_rows, probe_plan),
+                        lambda: {"train": _dataset(cfg)},
+                        lambda outcome, logger: _finish(cfg, outcome, logger, manifest.name), args.verbose)
 
 
 def plan_probe(cfg: PretrainConfig, manifest) -> tuple[str, str, str] | None:
@@ -82,41 +72,35 @@ def plan_probe(cfg: PretrainConfig, manifest) -> tuple[str, str, str] | None:
     return path, probe.ref_split, query
 
 
-def _fit(cfg: PretrainConfig, name: str, manifest, use_gpu: bool, run_id: str, train_rows: int,
-         probe_plan: tuple[str, str, str] | None, verbose: bool):
+def _dataset(cfg: PretrainConfig):
+    from ..data import read_dataset
+
+    return read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
+                        images_only=True, shuffle_seed=cfg.train.seed)  # a fresh permutation every epoch
+
+
+def _loop_config(cfg: PretrainConfig, manifest, train_rows: int, probe_plan: tuple[str, str, str] | None) -> dict:
     import ray
 
-    from ..data import read_dataset
     from ..data.normalization import input_stats
     from ..probe import load_probe_data
-    from .pretrain_loop import train_loop_per_worker
 
-    dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
-                           images_only=True, shuffle_seed=cfg.train.seed)  # a fresh permutation every epoch
     mean, std, _ = input_stats(manifest)
-    return fit_torch_trainer(
-        train_loop_per_worker,
-        {
-            "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
-            "mean": list(mean), "std": list(std), "train_rows": train_rows,
-            "dataset": manifest.name,
-            "probe": None if probe_plan is None else ray.put(load_probe_data(
-                probe_plan[0], probe_plan[1], probe_plan[2], cfg.probe.images, cfg.data.image_size, cfg.train.seed)),
-            # Views keep the manifest's eval border in proportion (20 px of 136 for 96 px faces).
-            "border": round(manifest.border * cfg.data.image_size / manifest.input_size),
-        },
-        cfg, name, use_gpu, {"train": dataset}, "pretraining", verbose=verbose,
-    )
+    return {
+        "mean": list(mean), "std": list(std), "train_rows": train_rows, "dataset": manifest.name,
+        "probe": None if probe_plan is None else ray.put(load_probe_data(
+            probe_plan[0], probe_plan[1], probe_plan[2], cfg.probe.images, cfg.data.image_size, cfg.train.seed)),
+        # Views keep the manifest's eval border in proportion (20 px of 136 for 96 px faces).
+        "border": round(manifest.border * cfg.data.image_size / manifest.input_size),
+    }
 
 
-def _finish(cfg: PretrainConfig, result, logger: tracking.RunLogger, dataset: str) -> dict:
+def _finish(cfg: PretrainConfig, result: Outcome, logger: tracking.RunLogger, dataset: str) -> dict:
     """Log the final backbone (weights + an mlflow.pytorch model) and the last checkpoint."""
     from .moco_step import build_moco
 
-    if result.checkpoint is None:
-        raise UserError("pretraining ended without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        state, meta = load_checkpoint_dir(d)
+        state, meta = load_checkpoint(d)
         logger.log_artifact(d, "checkpoint")
     moco = build_moco(cfg)
     moco.load_state_dict(state["model"])
@@ -125,22 +109,12 @@ def _finish(cfg: PretrainConfig, result, logger: tracking.RunLogger, dataset: st
         save_backbone(backbone, {**meta, "dataset": dataset}, Path(tmp))
         logger.log_artifact(Path(tmp), "backbone")
     logger.log_torch_model(backbone, name="backbone_model")
-    logger.set_tags({"checkpoint_uri": result.checkpoint.path})
+    logger.set_tags({"checkpoint_uri": result.checkpoint_uri})
     loss = float(result.metrics.get("loss", meta.get("loss", float("nan"))))
     similarity = float(moco.key_similarity())  # near 1: collapsed embeddings (pretrain_loop warns)
     logger.log_metrics({"final_loss": loss, "final_key_similarity": similarity}, step=int(meta.get("step", 0)))
     logger.finish()
     metrics = {"loss": loss, "key_similarity": similarity, "epochs": int(meta["epoch"]) + 1,
-               "mlflow_run_id": logger.run_id, "checkpoint": result.checkpoint.path}
-    print_summary("pretrain", metrics)
+               "mlflow_run_id": logger.run_id, "checkpoint": result.checkpoint_uri}
     return metrics
 
-
-def save_backbone(backbone: torch.nn.Module, meta: dict, directory: Path) -> Path:
-    """backbone.pt (state dict, weights-only loadable) + meta.json; what evaluation jobs load."""
-    import json
-
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, directory / "backbone.pt")
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return directory / "backbone.pt"

@@ -22,31 +22,30 @@ dataset, backbone weights, dim and seed) resumes from the latest checkpoint unde
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import storage, tracking
-from ..cli import JobArgs, print_summary
-from ..cluster import fit_torch_trainer, join_cluster
-from ..config import ProjectorConfig, to_flat_dict
+from ..cli import JobArgs
+from ..config import ProjectorConfig, absolute_paths, to_flat_dict
 from ..data.budgets import budget_indices
 from ..data.manifest import open_manifest
 from ..data.normalization import input_stats
+from ..data.preprocessing import dataset_preprocessing
 from ..data.reader import load_split
 from ..errors import UserError
 from ..models import Projector
+from ..models.artifact import LandmarkModel, model_meta, saved_model
+from ..models.formats import cpu_state, load_checkpoint, save_projector
 from ..models.representation import Representation
 from ..models.representation import block_channels as blocks
-from ..predict.model import LandmarkModel, model_meta
 from ..sources import load_backbone
-from .checkpoint import latest_checkpoint, load_checkpoint_dir, resume_hint
+from .driver import Outcome, Training, new_run, run_training
 
-PROJECTOR_FILE = "projector.pt"
-META_FILE = "meta.json"
+# What a checkpoint under this run name must share with the run: the backbone weights, dim and layers.
+COMPATIBLE = ("backbone_fingerprint", "dim", "layers", "in_channels")
 
 
 def run_name(cfg: ProjectorConfig, dataset: str, fingerprint: str) -> str:
@@ -54,28 +53,8 @@ def run_name(cfg: ProjectorConfig, dataset: str, fingerprint: str) -> str:
                                    f"-d{cfg.projector.dim}-s{cfg.train.seed}")
 
 
-def _absolute_data_path(cfg: ProjectorConfig) -> ProjectorConfig:
-    """A copy with a local data.path made absolute, so that Ray workers (another cwd) agree."""
-    cfg = cfg.model_copy(deep=True)
-    if cfg.data.path and not storage.is_s3(cfg.data.path):
-        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
-    return cfg
-
-
-def _check_previous(previous: tuple[str, dict] | None, meta: dict) -> None:
-    """A checkpoint under this run name must come from the same backbone weights, dim and layers."""
-    if not previous:
-        return
-    where, old = previous
-    for key in ("backbone_fingerprint", "dim", "layers", "in_channels"):
-        if key in old and old[key] != meta[key]:
-            raise UserError(f"checkpoint {where} was trained with {key}={old[key]!r}, this run has {meta[key]!r}; "
-                            "set another mlflow.run_name (or checkpoint.storage_path) to train a new projector")
-
-
 def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
-    # 1. Everything that can be checked before work starts.
-    cfg = _absolute_data_path(cfg)
+    cfg = absolute_paths(cfg)
     manifest = open_manifest(cfg.data.path, "train", need_landmarks=False)
     train_rows = max(1, round(manifest.splits["train"].rows * cfg.data.fraction))
     if train_rows < cfg.train.batch_size:
@@ -91,45 +70,31 @@ def run_projector(cfg: ProjectorConfig, args: JobArgs) -> dict:
             "image_size": cfg.data.image_size, "epochs": cfg.train.epochs,
             "softargmax_mul": cfg.projector.resolved_softargmax_mul(), "objective": cfg.projector.loss,
             "temperature": cfg.train.resolved_temperature(cfg.projector.dim), "map_size": cfg.train.map_size}
-    name = run_name(cfg, manifest.name, info["fingerprint"])
-    previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
-    _check_previous(previous, meta)
+    plan = Training(
+        job="train_projector", what="projector training", cfg=cfg,
+        name=run_name(cfg, manifest.name, info["fingerprint"]), meta=meta, compatible=COMPATIBLE,
+        remedy=new_run("train a new projector"),
+        tags={"job": "train_projector", "dataset": manifest.name, "backbone": cfg.model.backbone,
+              "init": info["init"], "projector_dim": cfg.projector.dim, "backbone_source": cfg.backbone.source,
+              "seed": cfg.train.seed, "image_size": cfg.data.image_size},
+        params={**to_flat_dict(cfg), "backbone.fingerprint": info["fingerprint"],
+                "resolved.in_channels": in_channels, "resolved.train_rows": train_rows,
+                "resolved.softargmax_mul": meta["softargmax_mul"], "resolved.temperature": meta["temperature"],
+                "resolved.validation_pairs": 0 if validation is None else len(validation["image"]) // 2},
+        datasets=[(manifest, cfg.data.path, "train", "training")],
+        finished=lambda old: old.get("epoch", -1) + 1 >= cfg.train.epochs)
 
-    done = previous is not None and previous[1].get("epoch", -1) + 1 >= cfg.train.epochs
-    # A finished run is only logged again: no cluster needed.
-    use_gpu = False if done else join_cluster(cfg.ray, "projector training", args.verbose)
-
-    # 2. The MLflow run: new, or the one the checkpoint belongs to.
-    tags = {"job": "train_projector", "dataset": manifest.name, "backbone": cfg.model.backbone,
-            "init": info["init"], "projector_dim": cfg.projector.dim, "backbone_source": cfg.backbone.source,
-            "seed": cfg.train.seed, "image_size": cfg.data.image_size}
-    logger = tracking.start_run(cfg.mlflow.experiment, name, tags=tags,
-                                run_id=previous[1].get("mlflow_run_id") if previous else None)
-    if not previous:
-        logger.log_dataset(manifest, cfg.data.path, "train", "training")
-    logger.log_params({**to_flat_dict(cfg), "backbone.fingerprint": info["fingerprint"],
-                       "resolved.in_channels": in_channels, "resolved.train_rows": train_rows,
-                       "resolved.softargmax_mul": meta["softargmax_mul"], "resolved.temperature": meta["temperature"],
-                       "resolved.validation_pairs": 0 if validation is None else len(validation["image"]) // 2})
-    if previous:
-        state = "already finished, nothing to train" if done else f"resuming after epoch {previous[1]['epoch'] + 1}"
-        print(f"[train_projector] {name}: {state} ({previous[0]})", flush=True)
-    with logger.ending("projector training", rerun=resume_hint(name)):
-        if done:
-            from ray.train import Checkpoint
-
-            checkpoint, loss = Checkpoint(previous[0]), float(previous[1].get("loss", float("nan")))
-        else:
-            result = _fit(cfg, name, backbone, meta, mean, std, manifest, validation, use_gpu, logger.run_id,
-                          train_rows, args.verbose)
-            if result.checkpoint is None:
-                raise UserError("projector training ended without a checkpoint")
-            checkpoint, loss = result.checkpoint, float(result.metrics["loss"])
-        metrics, kept = _finish(checkpoint, meta, loss, logger)
+    def finish(outcome: Outcome, logger: tracking.RunLogger) -> dict:
+        metrics, kept = _finish(outcome, meta, float(outcome.metrics.get("loss", float("nan"))), logger)
         _log_model(cfg, backbone, info, meta, manifest, kept, metrics, logger)
         logger.finish()
-    print_summary("train_projector", metrics)
-    return metrics
+        return metrics
+
+    from .projector_loop import train_loop_per_worker  # Ray Train's, on the workers
+
+    return run_training(plan, train_loop_per_worker,
+                        lambda: _loop_config(backbone, meta, mean, std, manifest, validation, train_rows),
+                        lambda: {"train": _dataset(cfg)}, finish, args.verbose)
 
 
 def _validation_pairs(cfg: ProjectorConfig) -> dict | None:
@@ -149,46 +114,34 @@ def _validation_pairs(cfg: ProjectorConfig) -> dict | None:
     return {"image": data["image"], "keypoints": data["keypoints"], "border": val.border}
 
 
-def _fit(cfg: ProjectorConfig, name: str, backbone, meta: dict, mean, std, manifest, validation: dict | None,
-         use_gpu: bool, run_id: str, train_rows: int, verbose: bool):
+def _dataset(cfg: ProjectorConfig):
+    from ..data import read_dataset
+
+    return read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
+                        images_only=True, shuffle_seed=cfg.train.seed)  # a fresh permutation every epoch
+
+
+def _loop_config(backbone, meta: dict, mean, std, manifest, validation: dict | None, train_rows: int) -> dict:
     import ray
 
-    from ..data import read_dataset
-    from .projector_loop import train_loop_per_worker
-
-    dataset = read_dataset(cfg.data.path, "train", fraction=cfg.data.fraction, seed=cfg.train.seed, verify=False,
-                           images_only=True, shuffle_seed=cfg.train.seed)  # a fresh permutation every epoch
-    state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-    return fit_torch_trainer(
-        train_loop_per_worker,
-        {
-            "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking.tracking_uri(),
-            "backbone": cfg.model.backbone, "low_dim": backbone.fc.out_features,
-            "backbone_state": ray.put(state), "in_channels": meta["in_channels"], "meta": meta,
-            "mean": list(mean), "std": list(std), "train_rows": train_rows,
-            # The eval border at the stored size (20 px of 136 for 96 px faces; 0 for CUB).
-            "border": manifest.border,
-            "validation": None if validation is None else {
-                "data": ray.put({"image": validation["image"], "keypoints": validation["keypoints"]}),
-                "border": validation["border"]},
-        },
-        cfg, name, use_gpu, {"train": dataset}, "projector training", verbose=verbose,
-    )
+    return {
+        "backbone": meta["backbone"], "low_dim": backbone.fc.out_features,
+        "backbone_state": ray.put(cpu_state(backbone.state_dict())), "in_channels": meta["in_channels"],
+        "meta": meta, "mean": list(mean), "std": list(std), "train_rows": train_rows,
+        # The eval border at the stored size (20 px of 136 for 96 px faces; 0 for CUB).
+        "border": manifest.border,
+        "validation": None if validation is None else {
+            "data": ray.put({"image": validation["image"], "keypoints": validation["keypoints"]}),
+            "border": validation["border"]},
+    }
 
 
-def save_projector(state: dict[str, torch.Tensor], meta: dict, directory: Path) -> Path:
-    """projector.pt (state dict, weights-only loadable) + meta.json: what `load_projector` reads."""
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, directory / PROJECTOR_FILE)
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return directory / PROJECTOR_FILE
-
-
-def _finish(checkpoint, meta: dict, loss: float, logger: tracking.RunLogger) -> tuple[dict, dict]:
+def _finish(outcome: Outcome, meta: dict, loss: float, logger: tracking.RunLogger) -> tuple[dict, dict]:
     """Log the kept projector (the best validation epoch, else the last; tied to its backbone by the
     fingerprint) -> (the job's metrics, the kept projector's state dict)."""
+    checkpoint = outcome.checkpoint
     with checkpoint.as_directory() as d:
-        state, ckpt_meta = load_checkpoint_dir(d)
+        state, ckpt_meta = load_checkpoint(d)
     best = state.get("best")
     kept = {"projector": state["projector"], "epoch": int(state["epoch"])} if best is None else best
     summary = {"kept_epoch": kept["epoch"]}
@@ -216,5 +169,6 @@ def _log_model(cfg: ProjectorConfig, backbone, info: dict, meta: dict, manifest,
     rep = Representation("projected", backbone, info, projector, cfg.layers, mean, std)
     extra = {"job": "train_projector", "mlflow_run_id": logger.run_id,
              **{k: metrics[k] for k in ("kept_epoch", "val_match_same_px") if k in metrics}}
-    logger.log_landmark_model(LandmarkModel(rep, None, "descriptors",
-                                            model_meta(rep, None, "descriptors", manifest, cfg.data.image_size, extra)))
+    meta = model_meta(rep, None, "descriptors", manifest, dataset_preprocessing(manifest, cfg.data.image_size), extra)
+    with saved_model(LandmarkModel(rep, None, "descriptors", meta)) as directory:
+        logger.log_landmark_model(directory)
