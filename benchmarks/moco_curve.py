@@ -30,10 +30,10 @@ from landmarks.config import PretrainConfig
 from landmarks.data.manifest import Manifest
 from landmarks.data.normalization import input_stats
 from landmarks.data.reader import load_split
+from landmarks.models.formats import save_backbone
 from landmarks.probe import load_probe_data, probe
 from landmarks.schedules import cosine_lr, set_lr
 from landmarks.train.moco_step import build_moco, train_step
-from landmarks.train.pretrain import save_backbone
 
 
 def main(argv: list[str] | None = None) -> int:
