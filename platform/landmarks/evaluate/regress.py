@@ -43,18 +43,17 @@ from ..data.manifest import Manifest, open_manifest
 from ..data.reader import load_split
 from ..features import FeatureSet, features_for
 from ..losses import regression_loss
-from ..metrics import inter_ocular_error, pck, pck_official
+from ..metrics import headline_metric, landmark_score, landmark_scores
 from ..models import LandmarkRegressor
 from ..models.representation import Representation, dense_size
 from ..precision import autocast, pick_device
 from ..predict.model import LandmarkModel, model_meta
 from ..progress import Progress
+from ..registry import METRIC_GOALS
 from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 from ..sources import load_representation
 from ..tracking import RunLogger
 from .runner import run_evaluation
-
-PCK_THRESHOLD = 0.05  # of the image side, for the float PCK reported beside the official one
 
 
 @dataclass
@@ -88,7 +87,7 @@ def check_regression(cfg: RegressConfig) -> Plan:
             "budget": cfg.annotations, "seed": cfg.train.seed, "repeat": cfg.repeat, "init": rep.info["init"],
             "backbone_source": cfg.backbone.source, "projector_dim": rep.info.get("projector_dim"),
             "image_size": cfg.data.image_size}
-    return Plan(manifest, rows, "iod" if manifest.eye_indices else "pck", settings, rep, is_cub, tags)
+    return Plan(manifest, rows, headline_metric(manifest.eye_indices), settings, rep, is_cub, tags)
 
 
 def run_name(cfg: RegressConfig, plan: Plan) -> str:
@@ -182,19 +181,14 @@ def predict_rows(regressor, source: Rows, size, batch_size: int = 64, precision:
 
 
 def score(metric: str, pred: np.ndarray, source: Rows, manifest: Manifest) -> float:
-    """iod: inter-ocular error %; pck: the official CUB PCK % (its evaluation batches of 32, in split
-    order); pck_float: PCK@0.05 of the input side on float distances."""
-    if metric == "iod":
-        return inter_ocular_error(pred, source.keypoints, manifest.eye_indices, visible=source.visible)
-    if metric == "pck":
-        return pck_official(pred, source.keypoints, source.visible, source.image_size)
-    return pck(pred, source.keypoints, source.visible, source.image_size, threshold=PCK_THRESHOLD)
+    """`metrics.landmark_score` of predictions (N, K, 2) in input pixels against `source`'s keypoints."""
+    return landmark_score(metric, pred, source.keypoints, source.visible, source.image_size, manifest.eye_indices)
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _epoch_order(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+def epoch_order(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
     """`samples` positions: a shuffle of the n rows tiled ceil(samples / n) times (the official
     DataLoader(shuffle=True) over the repeated image list), cut to `samples`."""
     return rng.permutation(np.tile(np.arange(n), math.ceil(samples / n)))[:samples]
@@ -246,7 +240,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         t0 = time.perf_counter()
         lr = epoch_cosine_lr(settings.lr, epoch + 1, settings.schedule_epochs, eta_min)
         set_lr(optimizer, lr)
-        order = _epoch_order(len(train), settings.samples_per_epoch, rng)
+        order = epoch_order(len(train), settings.samples_per_epoch, rng)
         loss = train_epoch(regressor, optimizer, train, order, cfg.train.batch_size, size, generator,
                            cfg.train.precision)
         logged = {"train_loss": loss, "lr": lr, "images_per_sec": len(order) / (time.perf_counter() - t0)}
@@ -259,7 +253,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
             logged[f"test_{plan.metric}"] = score(plan.metric, predict_rows(regressor, test, size,
                                                                            precision=cfg.train.precision),
                                                   test, plan.manifest)
-            error = logged[f"test_{plan.metric}"] * (1 if plan.metric == "iod" else -1)
+            error = logged[f"test_{plan.metric}"] * (1 if METRIC_GOALS[plan.metric] == "min" else -1)
             if error < best_test[0]:
                 best_test = (error, epoch)
         run_logger.log_metrics(logged, step=epoch)
@@ -270,9 +264,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         regressor.load_state_dict(best[2])
         metrics["best_epoch"], metrics["val_pck"] = best[1], best[0]
     pred = predict_rows(regressor, test, size, precision=cfg.train.precision)
-    metrics[plan.metric] = score(plan.metric, pred, test, plan.manifest)
-    if plan.metric == "pck":
-        metrics["pck_float"] = score("pck_float", pred, test, plan.manifest)
+    metrics.update(landmark_scores(pred, test.keypoints, test.visible, test.image_size, plan.manifest.eye_indices))
     if settings.track_test:  # beside the last epoch's, never instead of it (the test split chose it)
         metrics[f"{plan.metric}_best_on_test"] = abs(best_test[0])
         metrics["best_test_epoch"] = best_test[1]

@@ -29,6 +29,7 @@ from ..augment.geometry import crop_resize
 from ..data.normalization import input_stats
 from ..data.reader import eval_geometry
 from ..errors import UserError
+from ..metrics import headline_metric
 from ..models import LandmarkRegressor, Projector, SegmentationHead, build_backbone
 from ..models.representation import Representation, dense_size
 
@@ -237,7 +238,7 @@ def model_meta(rep: Representation, head: nn.Module | None, task: str, manifest:
     }
     return {"task": task, "architecture": architecture, "dataset": manifest.name, "K": manifest.K,
             "landmark_names": list(manifest.landmark_names), "eye_indices": manifest.eye_indices,
-            "metric": _METRICS.get(task) or ("iod" if manifest.eye_indices else "pck"), "map_size": list(dense_size(rep.kind, input_size)),
+            "metric": _METRICS.get(task) or headline_metric(manifest.eye_indices), "map_size": list(dense_size(rep.kind, input_size)),
             "preprocessing": asdict(Preprocessing.from_manifest(manifest, input_size)),
             "backbone_fingerprint": rep.info.get("fingerprint"), **(extra or {})}
 

@@ -30,6 +30,7 @@ from ..data.manifest import Manifest, open_manifest
 from ..data.normalization import input_stats
 from ..data.reader import eval_geometry, split_image_ids
 from ..errors import UserError
+from ..metrics import headline_metric
 from ..models.representation import Representation
 from ..predict.model import LandmarkModel, model_meta
 from ..sources import load_backbone
@@ -105,7 +106,7 @@ def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
     previous = latest_checkpoint(cfg.checkpoint.storage_path, name)
     _check_previous(previous, plan.meta)
 
-    metric = "iod" if plan.manifest.eye_indices else "pck"
+    metric = headline_metric(plan.manifest.eye_indices)
     done = previous is not None and metric in previous[1]  # the final checkpoint holds the test score
     # A finished run is only logged again: no cluster needed.
     use_gpu = False if done else join_cluster(cfg.ray, "fine-tuning", args.verbose)
