@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..augment.tps import AUGMENT, tps_augment
+from ..augment.tps import AUGMENT, TPSStrength, tps_augment
 from ..augment.views import border_crop, normalize, to_float_images
 from ..cli import JobArgs
 from ..config import RegressConfig, Resolved, absolute_paths
-from ..coords import normalized_to_pixels, pixels_to_normalized
+from ..coords import normalized_to_pixels, pixels_to_normalized, resize_with_keypoints
 from ..data.budgets import annotated_rows
 from ..data.manifest import Manifest, open_manifest
 from ..data.reader import load_split
@@ -142,16 +141,14 @@ class Rows:
 
 
 def warped_inputs(images_bhw3: torch.Tensor, keypoints: torch.Tensor, border: int, image_size: int,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None, strength: TPSStrength = AUGMENT,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Limited budgets' TPS augmentation, the official order: stored uint8 images (B, H, W, 3) and their
-    keypoints (B, K, 2) warped at the stored size, then border-cropped (and resized for a dataset ingested
-    for another input size) -> [0, 1] inputs (B, 3, S, S) and keypoints in input pixels."""
-    x, kps = tps_augment(images_bhw3.permute(0, 3, 1, 2), keypoints, AUGMENT, generator)  # at the stored size
-    x, kps = to_float_images(border_crop(x, border)).contiguous(), kps - border
-    if x.shape[-1] != image_size:  # a dataset ingested for another input size
-        kps = kps * ((image_size - 1) / (x.shape[-1] - 1))
-        x = F.interpolate(x, size=(image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
-    return x, kps
+    keypoints (B, K, 2) warped at the stored size, then border-cropped (and resized as `eval_geometry`
+    resizes, for a dataset ingested for another input size) -> [0, 1] inputs (B, 3, S, S) and keypoints
+    in input pixels."""
+    x, kps = tps_augment(images_bhw3.permute(0, 3, 1, 2), keypoints, strength, generator)  # at the stored size
+    return resize_with_keypoints(to_float_images(border_crop(x, border)).contiguous(), image_size, kps - border)
 
 
 def _source(cfg: RegressConfig, plan: Plan, split: str, rows: np.ndarray | None, augment: bool) -> Rows:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..augment.geometry import crop_resize
+from ..coords import resize_keypoints
 from ..data.normalization import input_stats
 from ..data.reader import eval_geometry
 from ..errors import UserError
@@ -95,8 +96,8 @@ class Preprocessing:
     def input_to_stored(self, kps_px: np.ndarray) -> np.ndarray:
         """Keypoints (..., 2) in input pixels -> stored-image pixels (before the border crop): the
         inverse of `eval_geometry`'s keypoint mapping."""
-        scale = (self.stored_size - 2 * self.border) / self.input_size  # pixel centres at integers
-        return (np.asarray(kps_px, np.float64) + 0.5) * scale - 0.5 + self.border
+        side = self.stored_size - 2 * self.border
+        return resize_keypoints(np.asarray(kps_px, np.float64), self.input_size, side) + self.border
 
     def input_to_original(self, kps_px: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         """Keypoints in input pixels -> pixels of the original image cropped by `box`: the inverse of the
