@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import tracking
 from ..errors import UserError
-from ..registry import METRIC_GOALS
+from ..registry import ARCHITECTURES, METRIC_GOALS
 from .runs import RUN_ID, RunRecord, load_records
 from .tables import LOWER_IS_BETTER, TableResult, build_tables, write_tables
 
@@ -219,7 +219,6 @@ def compute_pca(source: str, arch: str | None, data: str, n: int = 4, seed: int 
     from ..data.manifest import Manifest
     from ..data.normalization import input_stats
     from ..data.reader import load_split
-    from ..models import BACKBONES
     from ..models.representation import dense_size, hypercolumn
     from ..sources import load_backbone
     from .figures import pca_rgb
@@ -227,7 +226,7 @@ def compute_pca(source: str, arch: str | None, data: str, n: int = 4, seed: int 
     manifest = Manifest.load(data)
     arch = arch or (tracking.get_run(source).data.tags.get("backbone") if RUN_ID.fullmatch(source) else None)
     if not arch:
-        raise UserError(f"--pca-arch is needed for this --pca-backbone ({', '.join(BACKBONES)})")
+        raise UserError(f"--pca-arch is needed for this --pca-backbone ({', '.join(ARCHITECTURES)})")
     split = load_split(data, "test", manifest.input_size, rows=range(min(n, manifest.split("test").rows)))
     maps = {}
     for name, src in (("pretrained", source), ("random", "random")):
