@@ -29,7 +29,8 @@ import torch
 from common import bench_parser, finish
 from torch import nn
 
-from landmarks.models import BACKBONES, build_backbone
+from landmarks.models import build_backbone
+from landmarks.registry import ARCHITECTURES
 
 MB = 2**20
 PAPER_CSV = "table2_memory.csv"
@@ -124,19 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--backbones", default=",".join(ARCHITECTURES))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
     names = ["resnet18"] if args.quick else [n for n in args.backbones.split(",") if n]
-    unknown = [n for n in names if n not in BACKBONES]
+    unknown = [n for n in names if n not in ARCHITECTURES]
     if unknown:
-        parser.error(f"unknown backbone(s) {unknown}; valid: {', '.join(BACKBONES)}")
+        parser.error(f"unknown backbone(s) {unknown}; valid: {', '.join(ARCHITECTURES)}")
     paper = paper_table2()
     rows = [measure(n, args.image_size, device, paper.get(n)) for n in names]
     for name, ref in paper.items():
-        if name not in BACKBONES:  # DVE's Hourglass: the paper's numbers only
+        if name not in ARCHITECTURES:  # DVE's Hourglass: the paper's numbers only
             rows.append({"backbone": name, "paper_params_m": ref["params_m"], "paper_network_mb": ref["network_size_mb"],
                          "paper_fwd_bwd_mb": ref["fwd_bwd_memory_mb_96px"] if args.image_size == 96 else None,
                          "peak_kind": "paper only"})

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from common import bench_parser, finish, parse_ints, ship_by_value
 
-from landmarks.models import BACKBONES
+from landmarks.registry import ARCHITECTURES
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts), TFLOP/s.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -226,7 +226,7 @@ def ray_train(backbone: str, workers: int, views_mode: str, args, device: torch.
 
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--backbones", default=",".join(ARCHITECTURES))
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=None, help="per worker (default: 256 on CUDA, 32 on CPU)")
     parser.add_argument("--workers", type=parse_ints, default=None,
@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ray_views = "ahead" if "ahead" in view_modes else view_modes[-1]
     names = [n for n in args.backbones.split(",") if n]
     modes = [m for m in args.modes.split(",") if m]
-    if bad := [n for n in names if n not in BACKBONES] + [m for m in modes if m not in ("plain", "ray")]:
-        parser.error(f"unknown backbone/mode {bad}; backbones: {', '.join(BACKBONES)}; modes: plain, ray")
+    if bad := [n for n in names if n not in ARCHITECTURES] + [m for m in modes if m not in ("plain", "ray")]:
+        parser.error(f"unknown backbone/mode {bad}; backbones: {', '.join(ARCHITECTURES)}; modes: plain, ray")
     if QUEUE % (args.batch_size * max(args.workers)):
         parser.error(f"the MoCo queue ({QUEUE}) must be a multiple of the global batch (batch x workers)")
     peak = args.peak_tflops or peak_tflops(device)

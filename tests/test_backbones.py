@@ -4,7 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from landmarks.models import BACKBONES, MoCo, build_backbone, load_backbone_weights
+from landmarks.models import MoCo, build_backbone, load_backbone_weights
+from landmarks.registry import ARCHITECTURES
 
 TABLE2_PARAMS_M = {"resnet18": 11.24, "resnet50": 23.77, "resnet50_half": 6.03}
 PARAMS_M = {**TABLE2_PARAMS_M, "resnet18_quarter": 0.72}  # the CPU demo's backbone, not in the paper
@@ -17,8 +18,8 @@ STAGE_CHANNELS = {
 
 
 def test_registry_is_the_papers_three_backbones_and_the_demos():
-    assert set(BACKBONES) == set(PARAMS_M)
-    assert {n: s.params_m_table2 for n, s in BACKBONES.items() if s.params_m_table2 is not None} == TABLE2_PARAMS_M
+    assert set(ARCHITECTURES) == set(PARAMS_M)
+    assert {n: s.params_m_table2 for n, s in ARCHITECTURES.items() if s.params_m_table2 is not None} == TABLE2_PARAMS_M
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS_M))
@@ -31,7 +32,7 @@ def test_parameter_count_matches_table2(name):
     assert model.fc.out_features == 128
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_contract_forward_backward(name):
     """Every registered backbone: same interface, finite gradients everywhere."""
     torch.manual_seed(0)

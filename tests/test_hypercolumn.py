@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landmarks.models import BACKBONES, assemble, block_channels, build_backbone
+from landmarks.models import assemble, block_channels, build_backbone
 from landmarks.models.representation import conv4, dense_size, hypercolumn
+from landmarks.registry import ARCHITECTURES
 
 HYPERCOLUMN_CHANNELS = {"resnet18": 960, "resnet50": 3840, "resnet50_half": 1920, "resnet18_quarter": 240}
 CONV4_CHANNELS = {"resnet18": 256, "resnet50": 1024, "resnet50_half": 512, "resnet18_quarter": 64}
@@ -14,7 +15,7 @@ CONV4_CHANNELS = {"resnet18": 256, "resnet50": 1024, "resnet50_half": 512, "resn
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    return {name: build_backbone(name).eval() for name in BACKBONES}
+    return {name: build_backbone(name).eval() for name in ARCHITECTURES}
 
 
 @pytest.mark.parametrize("name", sorted(HYPERCOLUMN_CHANNELS))

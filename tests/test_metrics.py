@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from landmarks.metrics import inter_ocular_error, mask_iou, matching_error, matching_errors, pck
+from landmarks.metrics import (
+    headline_metric,
+    inter_ocular_error,
+    landmark_score,
+    landmark_scores,
+    mask_iou,
+    matching_error,
+    matching_errors,
+    pck,
+    pck_official,
+)
 
 
 def test_inter_ocular_error_hand_values():
@@ -86,3 +96,18 @@ def test_matching_error_hand_values():
     # a query at x = 2.5 rounds half to even (np.round): cell 2, matched to cell 3
     half = matching_errors(desc_a, desc_b, torch.tensor([[[2.5, 0.0]]]), torch.tensor([[[3.0, 0.0]]]), 8)
     assert float(half) == pytest.approx(0.0)
+
+
+def test_landmark_scores_choose_iod_for_faces_and_the_official_pck_otherwise():
+    """One choice: eye indices -> {"iod"}; none -> {"pck" (official), "pck_float"}, each the metric's own value."""
+    gen = torch.Generator().manual_seed(0)
+    gt = torch.rand(40, 5, 2, generator=gen, dtype=torch.float64) * 95
+    pred = gt + torch.randn(40, 5, 2, generator=gen, dtype=torch.float64) * 3
+    vis = torch.rand(40, 5, generator=gen) > 0.2
+    assert headline_metric((0, 1)) == "iod" and headline_metric(None) == "pck" and headline_metric([]) == "pck"
+    assert landmark_scores(pred, gt, vis, 96, (0, 1)) == {"iod": inter_ocular_error(pred, gt, (0, 1), visible=vis)}
+    assert landmark_scores(pred, gt, vis, 96, None) == {"pck": pck_official(pred, gt, vis, 96),
+                                                        "pck_float": pck(pred, gt, vis, 96, threshold=0.05)}
+    assert landmark_score("pck", pred, gt, vis, 96) == pck_official(pred, gt, vis, 96)
+    with pytest.raises(ValueError, match="unknown landmark metric"):
+        landmark_score("nme", pred, gt, vis, 96)

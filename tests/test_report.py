@@ -230,10 +230,11 @@ def test_representation_dims_cover_every_registered_backbone():
     the models for every backbone in the registry, so that a new backbone gets its Table 5 `dim`."""
     import torch
 
-    from landmarks.models import BACKBONES, block_channels, build_backbone
+    from landmarks.models import block_channels, build_backbone
+    from landmarks.registry import ARCHITECTURES
     from landmarks.report.runs import CONV4_DIMS, HYPERCOLUMN_DIMS
 
     with torch.device("meta"):
-        models = {name: build_backbone(name) for name in BACKBONES}
+        models = {name: build_backbone(name) for name in ARCHITECTURES}
     assert HYPERCOLUMN_DIMS == {n: sum(block_channels(m.stage_channels, "hypercolumn")) for n, m in models.items()}
     assert CONV4_DIMS == {n: sum(block_channels(m.stage_channels, "conv4")) for n, m in models.items()}

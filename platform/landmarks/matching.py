@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .augment.tps import MATCH, TPSStrength, match_pair_warp
 from .augment.views import border_crop, normalize
+from .coords import resize_with_keypoints
 from .metrics import matching_errors
 from .models.representation import Representation
 
@@ -45,10 +46,7 @@ def describer(rep: Representation, size: tuple[int, int]) -> Describe:
 def _inputs(images: torch.Tensor, kps: torch.Tensor, border: int, image_size: int, mean, std):
     """Warped stored images (B, 3, S, S) in 0..255 -> normalized inputs, keypoints in input pixels."""
     x = border_crop(images, border).clamp(0, 255).to(torch.uint8).float() / 255.0  # the official .to(uint8)
-    kps = kps - border
-    if x.shape[-1] != image_size:  # a dataset ingested for another input size
-        kps = kps * ((image_size - 1) / (x.shape[-1] - 1))
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    x, kps = resize_with_keypoints(x, image_size, kps - border)  # for a dataset ingested for another size
     return normalize(x, mean, std), kps
 
 

@@ -146,21 +146,34 @@ def pck_official(pred, gt, visible, image_size, box_size: int = 48, threshold: f
     return total / n
 
 
+PCK_THRESHOLD = 0.05  # of the image side, for the float PCK reported beside the official one
+
+
 def headline_metric(eye_indices) -> str:
-    """A landmark dataset's metric: "iod" where it has eye indices (faces), else "pck" (CUB)."""
+    """The one choice of a landmark dataset's metric, from its manifest's ``eye_indices``: "iod" where it
+    has eye indices (faces), else "pck" (the official CUB PCK)."""
     return "iod" if eye_indices else "pck"
 
 
 def landmark_score(metric: str, pred, gt, visible, image_size: int, eye_indices=None) -> float:
-    """`metric` of predictions (N, K, 2) in input pixels: "iod" (%, lower is better; needs eye_indices), "pck"
-    (the official CUB PCK %, higher is better) or "pck_float" (PCK@0.05 of the input side on float distances)."""
+    """`metric` of predictions (N, K, 2) in input pixels against gt (N, K, 2), visible (N, K): "iod"
+    (%, lower is better; needs eye_indices), "pck" (the official CUB PCK %, its evaluation batches of 32
+    in split order; higher is better) or "pck_float" (PCK@0.05 of the input side on float distances)."""
     if metric == "iod":
         return inter_ocular_error(pred, gt, eye_indices, visible=visible)
     if metric == "pck":
         return pck_official(pred, gt, visible, image_size)
     if metric == "pck_float":
-        return pck(pred, gt, visible, image_size, threshold=0.05)
+        return pck(pred, gt, visible, image_size, threshold=PCK_THRESHOLD)
     raise ValueError(f"unknown landmark metric {metric!r}; valid: iod, pck, pck_float")
+
+
+def landmark_scores(pred, gt, visible, image_size: int, eye_indices=None) -> dict[str, float]:
+    """A landmark job's reported scores of predictions (N, K, 2) in input pixels: the headline metric
+    (`headline_metric`), and for PCK the float one beside it: {"iod": x} or {"pck": x, "pck_float": y}."""
+    metric = headline_metric(eye_indices)
+    names = (metric, "pck_float") if metric == "pck" else (metric,)
+    return {name: landmark_score(name, pred, gt, visible, image_size, eye_indices) for name in names}
 
 
 def _masks(x) -> torch.Tensor:

@@ -44,7 +44,6 @@ from .data.normalization import input_stats
 from .errors import UserError
 from .models import Projector, ResNetBackbone, build_backbone, load_backbone_weights
 from .models.backbones import (
-    BACKBONES,
     CHECKPOINT_SAFE_GLOBALS,
     OFFICIAL_MOCO_PREFIX,
     extract_state_dict,
@@ -53,6 +52,7 @@ from .models.backbones import (
 )
 from .models.formats import BACKBONE_FILE, META_FILE, PROJECTOR_FILE, STATE_FILE
 from .models.representation import Representation, block_channels
+from .registry import ARCHITECTURES
 
 
 def fingerprint(backbone: torch.nn.Module) -> str:
@@ -172,11 +172,11 @@ def _from_official_moco(raw: Mapping, name: str, where: str) -> tuple[ResNetBack
                         f"({_one_line(err)})") from None
     arch = identify_backbone(state)
     said = f"opt.model={opt_model!r}" if opt_model else "no opt.model"
-    if arch is None and opt_model not in BACKBONES:
+    if arch is None and opt_model not in ARCHITECTURES:
         raise UserError(f"backbone.source {where}: official MoCo checkpoint ({said}) holds a backbone that is none "
-                        f"of {sorted(BACKBONES)} (tensor shapes match no registered architecture); use one of the "
+                        f"of {sorted(ARCHITECTURES)} (tensor shapes match no registered architecture); use one of the "
                         "released ResNet18/ResNet50/ResNet50-half MoCo checkpoints")
-    if arch is not None and opt_model in BACKBONES and not _opt_model_agrees(opt_model, opt_vars.get("width"), arch):
+    if arch is not None and opt_model in ARCHITECTURES and not _opt_model_agrees(opt_model, opt_vars.get("width"), arch):
         raise UserError(f"backbone.source {where}: inconsistent official MoCo checkpoint: {said} but its tensor "
                         f"shapes are a {arch!r} backbone; re-download the file")
     if arch is not None and arch != name:

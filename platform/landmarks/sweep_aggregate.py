@@ -19,8 +19,6 @@ where <label> is `cell_label(point)`, e.g. "train.lr:0.01 annotations:10".
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 import statistics
@@ -32,6 +30,7 @@ from typing import Any
 from . import tracking
 from .errors import ConfigError, UserError
 from .registry import METRIC_GOALS
+from .report.tables import to_csv, to_markdown
 
 # Per job, the metrics to rank by, first found in the trials' results wins (faces: iod, CUB: pck).
 JOB_METRICS = {
@@ -193,25 +192,6 @@ def trial_rows(outcomes: list[TrialOutcome], metric: str) -> list[dict[str, Any]
              "status": "finished" if o.finished else "failed",
              metric: _fmt(o.metrics.get(metric)), "mlflow_run_id": o.mlflow_run_id or "", "error": o.error or ""}
             for o in outcomes]
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def to_markdown(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no rows)\n"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def finish_sweep(name: str, cfg: Any, outcomes: list[TrialOutcome], parent: Any, job: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..augment.geometry import crop_resize
+from ..coords import resize_keypoints
 from ..errors import UserError
 from .normalization import input_stats
 from .reader import eval_geometry
@@ -83,8 +84,8 @@ class Preprocessing:
     def input_to_stored(self, kps_px: np.ndarray) -> np.ndarray:
         """Keypoints (..., 2) in input pixels -> stored-image pixels (before the border crop): the
         inverse of `eval_geometry`'s keypoint mapping."""
-        scale = (self.stored_size - 2 * self.border) / self.input_size  # pixel centres at integers
-        return (np.asarray(kps_px, np.float64) + 0.5) * scale - 0.5 + self.border
+        side = self.stored_size - 2 * self.border
+        return resize_keypoints(np.asarray(kps_px, np.float64), self.input_size, side) + self.border
 
     def input_to_original(self, kps_px: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         """Keypoints in input pixels -> pixels of the original image cropped by `box`: the inverse of the

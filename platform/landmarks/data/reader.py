@@ -240,12 +240,13 @@ def eval_geometry(batch: dict[str, np.ndarray], border: int, image_size: int) ->
         import torch
         import torch.nn.functional as F
 
+        from ..coords import resize_with_keypoints
+
         x = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        x, kps = resize_with_keypoints(x, image_size, out.get("keypoints"))
         out["image"] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        if "keypoints" in out:
-            scale = image_size / side  # pixel centres at integers: x' = (x + 0.5) s - 0.5
-            out["keypoints"] = ((out["keypoints"] + 0.5) * scale - 0.5).astype(np.float32)
+        if kps is not None:
+            out["keypoints"] = kps.astype(np.float32)
         if "mask" in out:
             m = torch.from_numpy(np.ascontiguousarray(out["mask"]))[:, None].float()
             out["mask"] = F.interpolate(m, size=(image_size, image_size), mode="nearest")[:, 0].to(torch.uint8).numpy()

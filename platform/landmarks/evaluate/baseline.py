@@ -40,7 +40,7 @@ from ..probe import mean_shape
 from ..progress import Progress
 from ..schedules import cosine_lr, set_lr
 from ..tracking import RunLogger
-from .regress import _epoch_order, warped_inputs
+from .regress import epoch_order, warped_inputs
 from .runner import run_evaluation
 
 
@@ -112,7 +112,7 @@ def _supervised(cfg: BaselineConfig, plan: BaselinePlan, test: dict, run_logger:
     total, step, loss = settings.epochs * steps_per_epoch, 0, float("nan")
     bar = Progress(settings.epochs, "baseline", every=5.0)
     for epoch in range(settings.epochs):
-        order = _epoch_order(len(plan.rows), settings.samples_per_epoch, rng)
+        order = epoch_order(len(plan.rows), settings.samples_per_epoch, rng)
         for start in range(0, len(order), batch):
             pos = order[start:start + batch]
             images = torch.from_numpy(train["image"][pos]).to(device)

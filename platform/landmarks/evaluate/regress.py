@@ -31,31 +31,29 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..augment.tps import AUGMENT, tps_augment
+from ..augment.tps import AUGMENT, TPSStrength, tps_augment
 from ..augment.views import border_crop, normalize, to_float_images
 from ..cli import JobArgs
 from ..config import RegressConfig, Resolved, absolute_paths
-from ..coords import normalized_to_pixels, pixels_to_normalized
+from ..coords import normalized_to_pixels, pixels_to_normalized, resize_with_keypoints
 from ..data.budgets import annotated_rows
 from ..data.manifest import Manifest, open_manifest
 from ..data.preprocessing import dataset_preprocessing
 from ..data.reader import load_split
 from ..features import FeatureSet, features_for
 from ..losses import regression_loss
-from ..metrics import inter_ocular_error, pck, pck_official
+from ..metrics import headline_metric, landmark_score, landmark_scores
 from ..models import LandmarkRegressor
 from ..models.artifact import LandmarkModel, model_meta, saved_model
 from ..models.representation import Representation, dense_size
 from ..precision import autocast, pick_device
 from ..progress import Progress
+from ..registry import METRIC_GOALS
 from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 from ..sources import load_representation
 from ..tracking import RunLogger
 from .runner import run_evaluation
-
-PCK_THRESHOLD = 0.05  # of the image side, for the float PCK reported beside the official one
 
 
 @dataclass
@@ -89,7 +87,7 @@ def check_regression(cfg: RegressConfig) -> Plan:
             "budget": cfg.annotations, "seed": cfg.train.seed, "repeat": cfg.repeat, "init": rep.info["init"],
             "backbone_source": cfg.backbone.source, "projector_dim": rep.info.get("projector_dim"),
             "image_size": cfg.data.image_size}
-    return Plan(manifest, rows, "iod" if manifest.eye_indices else "pck", settings, rep, is_cub, tags)
+    return Plan(manifest, rows, headline_metric(manifest.eye_indices), settings, rep, is_cub, tags)
 
 
 def run_name(cfg: RegressConfig, plan: Plan) -> str:
@@ -144,16 +142,14 @@ class Rows:
 
 
 def warped_inputs(images_bhw3: torch.Tensor, keypoints: torch.Tensor, border: int, image_size: int,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None, strength: TPSStrength = AUGMENT,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Limited budgets' TPS augmentation, the official order: stored uint8 images (B, H, W, 3) and their
-    keypoints (B, K, 2) warped at the stored size, then border-cropped (and resized for a dataset ingested
-    for another input size) -> [0, 1] inputs (B, 3, S, S) and keypoints in input pixels."""
-    x, kps = tps_augment(images_bhw3.permute(0, 3, 1, 2), keypoints, AUGMENT, generator)  # at the stored size
-    x, kps = to_float_images(border_crop(x, border)).contiguous(), kps - border
-    if x.shape[-1] != image_size:  # a dataset ingested for another input size
-        kps = kps * ((image_size - 1) / (x.shape[-1] - 1))
-        x = F.interpolate(x, size=(image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
-    return x, kps
+    keypoints (B, K, 2) warped at the stored size, then border-cropped (and resized as `eval_geometry`
+    resizes, for a dataset ingested for another input size) -> [0, 1] inputs (B, 3, S, S) and keypoints
+    in input pixels."""
+    x, kps = tps_augment(images_bhw3.permute(0, 3, 1, 2), keypoints, strength, generator)  # at the stored size
+    return resize_with_keypoints(to_float_images(border_crop(x, border)).contiguous(), image_size, kps - border)
 
 
 def _source(cfg: RegressConfig, plan: Plan, split: str, rows: np.ndarray | None, augment: bool) -> Rows:
@@ -183,19 +179,14 @@ def predict_rows(regressor, source: Rows, size, batch_size: int = 64, precision:
 
 
 def score(metric: str, pred: np.ndarray, source: Rows, manifest: Manifest) -> float:
-    """iod: inter-ocular error %; pck: the official CUB PCK % (its evaluation batches of 32, in split
-    order); pck_float: PCK@0.05 of the input side on float distances."""
-    if metric == "iod":
-        return inter_ocular_error(pred, source.keypoints, manifest.eye_indices, visible=source.visible)
-    if metric == "pck":
-        return pck_official(pred, source.keypoints, source.visible, source.image_size)
-    return pck(pred, source.keypoints, source.visible, source.image_size, threshold=PCK_THRESHOLD)
+    """`metrics.landmark_score` of predictions (N, K, 2) in input pixels against `source`'s keypoints."""
+    return landmark_score(metric, pred, source.keypoints, source.visible, source.image_size, manifest.eye_indices)
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _epoch_order(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+def epoch_order(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
     """`samples` positions: a shuffle of the n rows tiled ceil(samples / n) times (the official
     DataLoader(shuffle=True) over the repeated image list), cut to `samples`."""
     return rng.permutation(np.tile(np.arange(n), math.ceil(samples / n)))[:samples]
@@ -247,7 +238,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         t0 = time.perf_counter()
         lr = epoch_cosine_lr(settings.lr, epoch + 1, settings.schedule_epochs, eta_min)
         set_lr(optimizer, lr)
-        order = _epoch_order(len(train), settings.samples_per_epoch, rng)
+        order = epoch_order(len(train), settings.samples_per_epoch, rng)
         loss = train_epoch(regressor, optimizer, train, order, cfg.train.batch_size, size, generator,
                            cfg.train.precision)
         logged = {"train_loss": loss, "lr": lr, "images_per_sec": len(order) / (time.perf_counter() - t0)}
@@ -260,7 +251,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
             logged[f"test_{plan.metric}"] = score(plan.metric, predict_rows(regressor, test, size,
                                                                            precision=cfg.train.precision),
                                                   test, plan.manifest)
-            error = logged[f"test_{plan.metric}"] * (1 if plan.metric == "iod" else -1)
+            error = logged[f"test_{plan.metric}"] * (1 if METRIC_GOALS[plan.metric] == "min" else -1)
             if error < best_test[0]:
                 best_test = (error, epoch)
         run_logger.log_metrics(logged, step=epoch)
@@ -271,9 +262,7 @@ def evaluate_regression(cfg: RegressConfig, run_logger: RunLogger, plan: Plan | 
         regressor.load_state_dict(best[2])
         metrics["best_epoch"], metrics["val_pck"] = best[1], best[0]
     pred = predict_rows(regressor, test, size, precision=cfg.train.precision)
-    metrics[plan.metric] = score(plan.metric, pred, test, plan.manifest)
-    if plan.metric == "pck":
-        metrics["pck_float"] = score("pck_float", pred, test, plan.manifest)
+    metrics.update(landmark_scores(pred, test.keypoints, test.visible, test.image_size, plan.manifest.eye_indices))
     if settings.track_test:  # beside the last epoch's, never instead of it (the test split chose it)
         metrics[f"{plan.metric}_best_on_test"] = abs(best_test[0])
         metrics["best_test_epoch"] = best_test[1]

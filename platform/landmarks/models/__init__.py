@@ -5,7 +5,6 @@ pass tensors on the device they want.
 """
 
 from landmarks.models.backbones import (
-    BACKBONES,
     LoadReport,
     ResNetBackbone,
     build_backbone,
@@ -31,7 +30,6 @@ from landmarks.models.representation import (
 )
 
 __all__ = [
-    "BACKBONES",
     "LandmarkRegressor",
     "LoadReport",
     "MapRegressor",

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..coords import normalized_to_pixels
 from ..errors import UserError
+from ..metrics import headline_metric
 from .backbones import build_backbone
 from .formats import (
     META_FILE,
@@ -59,7 +60,7 @@ class Task:
     build_head: Callable[[dict], nn.Module] | None = None
 
     def metric_for(self, eye_indices: Sequence[int] | None) -> str:
-        return self.metric or ("iod" if eye_indices else "pck")
+        return self.metric or headline_metric(eye_indices)
 
 
 def _landmarks(rep: Representation, head: nn.Module, stages: list, size: tuple[int, int], side: int) -> dict:

@@ -1,6 +1,6 @@
 """Backbone registry and factory: ResNets with a MoCo v1 embedding head.
 
-One registry (``landmarks.registry.ARCHITECTURES``, here ``BACKBONES``) and one factory
+One registry (``landmarks.registry.ARCHITECTURES``) and one factory
 (``build_backbone``), as in timm.
 Every backbone is a torchvision ``ResNet`` built from torchvision's
 ``BasicBlock`` / ``Bottleneck`` with the parameter names of torchvision
@@ -45,7 +45,6 @@ from landmarks.registry import ARCHITECTURES, Architecture
 log = logging.getLogger(__name__)
 
 
-BACKBONES: dict[str, Architecture] = ARCHITECTURES  # the registry (landmarks.registry), by name
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
@@ -105,11 +104,11 @@ class ResNetBackbone(ResNet):
 
 def build_backbone(name: str, low_dim: int = 128) -> ResNetBackbone:
     """Build a registered backbone with a ``low_dim`` MoCo head (128 in the paper, Sec. 4)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid choices: {sorted(BACKBONES)}")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown backbone {name!r}; valid choices: {sorted(ARCHITECTURES)}")
     if int(low_dim) != low_dim or low_dim < 1:
         raise ValueError(f"low_dim must be a positive integer, got {low_dim!r}")
-    return ResNetBackbone(name, BACKBONES[name], int(low_dim))
+    return ResNetBackbone(name, ARCHITECTURES[name], int(low_dim))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -209,7 +208,7 @@ def _body(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
 def identify_backbone(state: Mapping[str, torch.Tensor]) -> str | None:
     """The registered backbone whose (non-head) tensor shapes `state` has, or None."""
     body = _body(state)
-    return next((n for n in BACKBONES if _body_shapes(n) == body), None)
+    return next((n for n in ARCHITECTURES if _body_shapes(n) == body), None)
 
 
 def load_backbone_weights(

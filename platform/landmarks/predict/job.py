@@ -245,13 +245,10 @@ def _finish(cfg: PredictConfig, model: LandmarkModel, manifest: Manifest | None,
 
 def _score(model: LandmarkModel, manifest: Manifest, rows: dict[str, np.ndarray]) -> dict[str, float]:
     """The training job's metric on these rows: IOD for faces, the official PCK (and the float one) for CUB."""
-    from ..metrics import inter_ocular_error, pck, pck_official
+    from ..metrics import landmark_scores
 
-    pred, gt, visible = rows["landmarks_input"], rows["keypoints"], rows["visible"]
-    side = model.input_size
-    if manifest.eye_indices:
-        return {"iod": inter_ocular_error(pred, gt, manifest.eye_indices, visible=visible)}
-    return {"pck": pck_official(pred, gt, visible, side), "pck_float": pck(pred, gt, visible, side)}
+    return landmark_scores(rows["landmarks_input"], rows["keypoints"], rows["visible"],
+                           model.input_size, manifest.eye_indices)
 
 
 def _write(cfg: PredictConfig, model: LandmarkModel, rows: dict[str, np.ndarray], skipped: dict[str, str],

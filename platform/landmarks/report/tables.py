@@ -14,12 +14,14 @@ our rows with no paper counterpart (another backbone, the synthetic faces) keep 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..registry import METRIC_GOALS
 from .runs import HYPERCOLUMN_DIMS, RunRecord
@@ -312,11 +314,26 @@ def build_tables(records: list[RunRecord]) -> list[TableResult]:
 # ----------------------------------------------------------------------------- writing
 
 
-def to_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
+def to_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """CSV text of `rows` under `columns` (default: the first row's keys); "" with neither."""
+    columns = list(rows[0]) if columns is None and rows else columns
+    if not columns:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A Markdown table of `rows` under `columns` (default: the first row's keys); "(no rows)" with neither."""
+    columns = list(rows[0]) if columns is None and rows else columns
+    if not columns:
+        return "(no rows)\n"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _pm(mean: str, std: str, n: object = "") -> str:
@@ -326,7 +343,7 @@ def _pm(mean: str, std: str, n: object = "") -> str:
     return text + (f" (n={n})" if isinstance(n, int) and n > 1 else "")
 
 
-def to_markdown(result: TableResult) -> str:
+def table_markdown(result: TableResult) -> str:
     """Wide, like the paper: one line per setting, per (dataset, metric) 'ours | paper | diff'."""
     spec = result.spec
     columns: list[tuple[str, str]] = list(dict.fromkeys((r["dataset"], r["metric"]) for r in result.rows))
@@ -340,11 +357,9 @@ def to_markdown(result: TableResult) -> str:
              for col in columns}
     head = list(spec.keys) + [f"{d} {LABELS.get(m, m)} {part}" for d, m in columns
                               for part in ("ours", "paper", "Δ")[:parts[(d, m)]]]
-    out = [f"### {spec.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, cells in lines.items():
-        values = list(key) + [v for col in columns for v in cells.get(col, ("", "", ""))[:parts[col]]]
-        out.append("| " + " | ".join(str(v) for v in values) + " |")
-    return "\n".join(out) + "\n"
+    wide = [dict(zip(head, list(key) + [v for col in columns for v in cells.get(col, ("", "", ""))[:parts[col]]]))
+            for key, cells in lines.items()]
+    return f"### {spec.title}\n\n" + to_markdown(wide, head)
 
 
 def write_tables(results: list[TableResult], directory: Path) -> list[Path]:
@@ -352,7 +367,7 @@ def write_tables(results: list[TableResult], directory: Path) -> list[Path]:
     written = []
     for result in results:
         csv_path, md_path = directory / f"{result.spec.name}.csv", directory / f"{result.spec.name}.md"
-        to_csv(result.rows, csv_path)
-        md_path.write_text(to_markdown(result))
+        csv_path.write_text(to_csv(result.rows, None if result.rows else ["empty"]))
+        md_path.write_text(table_markdown(result))
         written += [csv_path, md_path]
     return written

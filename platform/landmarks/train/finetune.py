@@ -30,6 +30,7 @@ from ..data.normalization import input_stats
 from ..data.preprocessing import dataset_preprocessing
 from ..data.reader import eval_geometry, split_image_ids
 from ..errors import UserError
+from ..metrics import headline_metric
 from ..models.artifact import LandmarkModel, model_meta, saved_model
 from ..models.formats import cpu_state, load_checkpoint
 from ..models.representation import Representation
@@ -92,7 +93,7 @@ def run_name(cfg: FinetuneConfig, plan: FinetunePlan) -> str:
 def run_finetune(cfg: FinetuneConfig, args: JobArgs) -> dict:
     cfg = absolute_paths(cfg)
     plan = check_finetune(cfg)
-    metric = "iod" if plan.manifest.eye_indices else "pck"
+    metric = headline_metric(plan.manifest.eye_indices)
     training = Training(
         job="finetune", what="fine-tuning", cfg=cfg, name=run_name(cfg, plan), meta=plan.meta, compatible=COMPATIBLE,
         remedy=new_run("start a new fine-tuning"),

@@ -26,7 +26,7 @@ from ..data.loader import device_batches, epoch_steps
 from ..data.reader import load_split
 from ..dist import all_reduce_mean
 from ..losses import regression_loss
-from ..metrics import inter_ocular_error, pck_official
+from ..metrics import headline_metric, landmark_score
 from ..models import LandmarkRegressor, build_backbone
 from ..models.representation import block_channels, dense_size, landmarks_from_blocks, stage_blocks
 from ..precision import autocast
@@ -108,11 +108,9 @@ def evaluate(model: LandmarkNet, data_path: str, image_size: int, mean, std, eye
             preds.append(normalized_to_pixels(model(x).float(), image_size).cpu())
     pred = torch.cat(preds).numpy()
     model.train()
-    if eye_indices:
-        value = inter_ocular_error(pred, split["keypoints"], eye_indices, visible=split["visible"])
-        return "iod", value, {"pred": pred, **split}
-    value = pck_official(pred, split["keypoints"], split["visible"], image_size)
-    return "pck", value, {"pred": pred, **split}
+    name = headline_metric(eye_indices)
+    value = landmark_score(name, pred, split["keypoints"], split["visible"], image_size, eye_indices)
+    return name, value, {"pred": pred, **split}
 
 
 def _log_predictions(logger: RunLogger, out: dict[str, np.ndarray], image_size: int) -> None:
