@@ -290,7 +290,6 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
     from ray.train.torch import TorchTrainer
 
     from .storage import absolute_storage
-    from .train.checkpoint import remove_orphan_temp_dirs
 
     # The controller polls its workers at this interval (Ray 2.60: 2 s) and needs two polls to see
     # the end of training: 0.5 s makes every fit return ~3 s sooner and notices a lost worker sooner,
@@ -318,8 +317,6 @@ def fit_torch_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any],
         if cause is not None:
             raise type(cause)(f"{what} failed: {cause}") from err
         raise UserError(f"{what} failed: {str(err).strip().splitlines()[-1]}") from err
-    finally:
-        remove_orphan_temp_dirs()  # checkpoints of workers killed before Ray persisted them (this node)
 
 
 def run_task(fn: Callable[..., Any], args: tuple, ray_cfg: Any, what: str, verbose: bool = False) -> Any:

@@ -27,7 +27,7 @@ from .. import tracking
 from ..cli import print_summary
 from ..cluster import fit_torch_trainer, join_cluster
 from ..errors import UserError
-from .checkpoint import latest_checkpoint, resume_hint
+from .checkpoint import latest_checkpoint, remove_orphan_temp_dirs, resume_hint
 
 
 @dataclass
@@ -102,7 +102,10 @@ def run_training(plan: Training, loop: Callable[[dict], None], loop_config: Call
         else:
             config = {**loop_config(), "cfg": cfg.model_dump(mode="json"), "mlflow_run_id": logger.run_id,
                       "tracking_uri": tracking.tracking_uri()}
-            result = fit_torch_trainer(loop, config, cfg, name, use_gpu, datasets(), plan.what, verbose=verbose)
+            try:
+                result = fit_torch_trainer(loop, config, cfg, name, use_gpu, datasets(), plan.what, verbose=verbose)
+            finally:
+                remove_orphan_temp_dirs()  # checkpoints of workers killed before Ray persisted them (this node)
             if result.checkpoint is None:
                 raise UserError(f"{plan.what} ended without a checkpoint")
             outcome = Outcome(result.checkpoint.path, result.checkpoint, dict(result.metrics))
