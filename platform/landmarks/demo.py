@@ -21,7 +21,7 @@ from typing import Any
 
 from .cli import JobArgs, setup_logging
 from .config import load_config
-from .demo_summary import budget_values, print_summary, probe_curve, summarize
+from .demo_summary import budget_values, print_demo_summary, probe_curve, summarize
 from .errors import UserError
 from .progress import write_metrics
 from .registry import config_class, run_function
@@ -153,7 +153,7 @@ def run_demo(preset: DemoPreset, out: Path, experiment: str = "demo", verbose: b
         match_diff_px={"pretrained": match[backbone]["match_diff_px"], "random": match["random"]["match_diff_px"]},
         segment_iou=seg["iou"], probe=probe_curve(backbone), report=str(out / "report"),
         report_run_id=report.get("mlflow_run_id"), minutes=(time.monotonic() - started) / 60)
-    print_summary(summary, experiment)
+    print_demo_summary(summary, experiment)
     return summary
 
 

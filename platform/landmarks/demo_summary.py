@@ -1,7 +1,7 @@
 """The demo's closing summary: the budget table from its MLflow runs, the probe's curve, what it shows.
 
     summary = summarize(experiment, sweeps, pretrain_run_id, match, segment, minutes=..., ...)
-    print_summary(summary, experiment)        # the table with each mean's spread over repeats
+    print_demo_summary(summary, experiment)        # the table with each mean's spread over repeats
 
 `iod_by_budget[budget][method]` is the mean inter-ocular error over the repeats of the demo's sweeps
 (methods: pretrained and random init, the regressor on the frozen hypercolumn; mean_shape and supervised,
@@ -74,7 +74,7 @@ def worth(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def print_summary(summary: dict[str, Any], experiment: str) -> None:
+def print_demo_summary(summary: dict[str, Any], experiment: str) -> None:
     """The closing table (mean ± spread over repeats per budget and method), matching, segmentation, the probe."""
     table, spread = summary["iod_by_budget"], summary["iod_spread_by_budget"]
     methods = [m for m in METHODS if any(m in row for row in table.values())]

@@ -138,18 +138,18 @@ def model_requirements() -> list[str]:
 
 @contextmanager
 def fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at `uri`, then put back both its global and MLFLOW_TRACKING_URI.
+    """Point MLflow's fluent API at `uri`, then clear its global again and put back MLFLOW_TRACKING_URI.
 
     `mlflow.set_tracking_uri` also writes the environment variable and wins over it afterwards,
     so without this one job would redirect every later run in the process (Tune trials, tests).
+    `set_tracking_uri(None)` (public API) clears both; the environment is then restored: the jobs and
+    the tracking server are named by MLFLOW_TRACKING_URI, never by a process-wide global.
     """
     import mlflow
-    from mlflow.tracking._tracking_service import utils
 
-    saved_global = utils._tracking_uri
     with _environ(MLFLOW_TRACKING_URI=uri):
         mlflow.set_tracking_uri(uri)
         try:
             yield
         finally:
-            utils._tracking_uri = saved_global
+            mlflow.set_tracking_uri(None)

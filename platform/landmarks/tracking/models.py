@@ -31,7 +31,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from ..errors import UserError
-from .base import source_tags
+from .base import fluent_tracking_uri, source_tags, tracking_uri
 
 MODEL_NAME = "model"  # the run's artifact path that loads its landmark model
 MODEL_ARTIFACT = "landmark_model"  # its key in the pyfunc's artifacts: our model directory
@@ -67,7 +67,7 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
             self.served = serving.load(context.artifacts[MODEL_ARTIFACT])
             return
         with tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp:  # the run's "model": fetch the named one
-            self.served = serving.load(fetch_landmark_model(context.model_config[MODEL_URI_KEY], Path(tmp)))
+            self.served = serving.load(_fetch_landmark_model(context.model_config[MODEL_URI_KEY], Path(tmp)))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         images = model_input["image"] if isinstance(model_input, pd.DataFrame) else model_input
@@ -113,7 +113,7 @@ def log_landmark_model(directory: Path, requirements: list[str], run_id: str) ->
     return name
 
 
-def fetch_landmark_model(source: str, dst: Path) -> Path:
+def _fetch_landmark_model(source: str, dst: Path) -> Path:
     """The directory of the landmark model named by `source`, downloaded into `dst`: an MLflow run id
     (its "model"), ``runs:/...``, ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``models:/<model id>``,
     or a local directory (our model directory, or an MLflow model directory). Raises a one-line UserError
@@ -144,7 +144,7 @@ def fetch_landmark_model(source: str, dst: Path) -> Path:
             return candidate
     target = _points_to(root)
     if target and target != source:  # a run's "model": the logged model it stands for
-        return fetch_landmark_model(target, dst / "named")
+        return _fetch_landmark_model(target, dst / "named")
     raise UserError(f"model.source {source}: not a landmark model (no {MODEL_ARTIFACT} with a meta.json; log one "
                     "with a regress, segment, train_projector or finetune run)")
 
@@ -159,7 +159,7 @@ def _points_to(root: Path) -> str | None:
     return config.get(MODEL_URI_KEY)
 
 
-def register_model(run_id: str, name: str, alias: str | None = "best") -> str:
+def _register_model(run_id: str, name: str, alias: str | None = "best") -> str:
     """Register the model of `run_id` (the logged model its "model" stands for) under `name` (a new version)
     and point `alias` at it -> the version."""
     from mlflow.tracking import MlflowClient
@@ -171,7 +171,7 @@ def register_model(run_id: str, name: str, alias: str | None = "best") -> str:
     return str(version.version)
 
 
-def registered_versions(run_ids: set[str]) -> list[dict[str, Any]]:
+def _registered_versions(run_ids: set[str]) -> list[dict[str, Any]]:
     """Registered model versions whose source run is one of `run_ids`: name, version, aliases, run id."""
     from mlflow.tracking import MlflowClient
 
@@ -203,3 +203,25 @@ def dataset_input(manifest: Any, path: str, split: str, context: str) -> Any:
     tags = [InputTag("mlflow.data.context", context), InputTag("split", split),
             InputTag("rows", str(manifest.split(split).rows))]
     return DatasetInput(dataset._to_mlflow_entity(), tags=tags)
+
+
+# The public calls: MLflow's fluent API pointed at this process's tracking URI (or `uri`) for each.
+
+
+def fetch_landmark_model(source: str, dst: Path, uri: str | None = None) -> Path:
+    """The local directory of the landmark model `source` names (run id, runs:/, models:/, a directory),
+    downloaded into `dst` from the tracking server `uri` (default: this process's)."""
+    with fluent_tracking_uri(uri or tracking_uri()):
+        return _fetch_landmark_model(source, dst)
+
+
+def register_model(run_id: str, name: str, alias: str | None = "best") -> str:
+    """Register the "model" of `run_id` as a new version of `name`, with `alias` -> the version."""
+    with fluent_tracking_uri(tracking_uri()):
+        return _register_model(run_id, name, alias)
+
+
+def registered_versions(run_ids: set[str]) -> list[dict[str, Any]]:
+    """The registered model versions made from the runs `run_ids` (name, version, aliases, run_id)."""
+    with fluent_tracking_uri(tracking_uri()):
+        return _registered_versions(run_ids)
