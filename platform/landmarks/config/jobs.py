@@ -65,6 +65,13 @@ def paper_schedule(dataset: str, is_cub: bool, annotations: int | str) -> tuple[
     return STOP_EPOCH.get(dataset, FULL_SCHEDULE), FULL_SCHEDULE
 
 
+def positive_or_auto(value, info):
+    """A field validator: an int setting that may also say 'auto' must be >= 1."""
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"{info.field_name} must be a positive integer or 'auto'")
+    return value
+
+
 @dataclass(frozen=True)
 class Resolved:
     """A job's 'auto' settings resolved for its dataset and budget (logged as `resolved.*` params)."""
@@ -203,12 +210,7 @@ class RegressTrain(EvalTrain):
         "auto", description="auto: limited face budgets repeat their N images 1000 // N times an epoch (official "
         "--repeat --num_per_epoch 1000), else one pass over the annotated images")
 
-    @field_validator("epochs", "schedule_epochs", "samples_per_epoch")
-    @classmethod
-    def _positive(cls, v, info):
-        if isinstance(v, int) and v < 1:
-            raise ValueError(f"{info.field_name} must be a positive integer or 'auto'")
-        return v
+    check_positive = field_validator("epochs", "schedule_epochs", "samples_per_epoch")(positive_or_auto)
 
 
 class RegressorConfig(Section):
@@ -253,12 +255,7 @@ class SegmentTrain(EvalTrain):
         "auto", description="auto: 1000 for limited budgets (as the regressor's official --num_per_epoch "
         "1000), else one pass over the annotated images")
 
-    @field_validator("samples_per_epoch")
-    @classmethod
-    def _positive(cls, v):
-        if isinstance(v, int) and v < 1:
-            raise ValueError("samples_per_epoch must be a positive integer or 'auto'")
-        return v
+    check_positive = field_validator("samples_per_epoch")(positive_or_auto)
 
 
 class SegmentConfig(EvalCommon):
@@ -392,12 +389,7 @@ class BaselineTrain(EvalTrain):
     samples_per_epoch: int | Literal["auto"] = Field(
         "auto", description="auto: limited face budgets tile their N images to 1000 an epoch, as the regressor's")
 
-    @field_validator("samples_per_epoch")
-    @classmethod
-    def _positive(cls, v):
-        if isinstance(v, int) and v < 1:
-            raise ValueError("samples_per_epoch must be a positive integer or 'auto'")
-        return v
+    check_positive = field_validator("samples_per_epoch")(positive_or_auto)
 
 
 class BaselineConfig(AnnotationsMixin):
