@@ -24,16 +24,10 @@ from landmarks.config import ProjectorConfig
 from landmarks.data import load_manifest, read_split_numpy
 from landmarks.data.preprocessing import Preprocessing
 from landmarks.models import Projector, build_backbone
-from landmarks.models.representation import assemble
+from landmarks.models.representation import Representation
 from landmarks.sources import load_backbone, load_projector
 from landmarks.train.projector import run_projector
-from landmarks.train.projector_loop import (
-    BlockProjector,
-    crop_window_grid,
-    dense_corr_step,
-    pair_views,
-    tps_pair_step,
-)
+from landmarks.train.projector_loop import crop_window_grid, dense_corr_step, pair_views, tps_pair_step
 
 PRESET = str(_eval_data.ROOT / "jobs" / "configs" / "train_projector_synthetic_cpu.yaml")
 MISSING_RUN = "0123456789abcdef0123456789abcdef"
@@ -67,16 +61,6 @@ def test_crop_window_grid_finds_the_same_pixel(border):
         assert off[ok].mean() * stored > 1
 
 
-def test_block_projector_equals_projector_on_the_hypercolumn():
-    torch.manual_seed(0)
-    backbone, projector = build_backbone("resnet18").eval(), Projector(960, 16)
-    with torch.no_grad():
-        stages = backbone.stages(torch.randn(2, 3, 32, 32))
-        expected = projector(assemble(stages, "hypercolumn", 4, (16, 16)))
-        got = BlockProjector(projector)(stages[::-1], (16, 16))
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-
-
 @pytest.mark.parametrize("loss", ["dense_corr", "tps_pair"])
 def test_projector_loss_falls(eval_data, loss):
     """A few Adam(beta1 0.5) steps of the worker's step on the tiny faces lower the projector's loss."""
@@ -86,7 +70,7 @@ def test_projector_loss_falls(eval_data, loss):
     images = torch.from_numpy(split["image"])
     backbone = build_backbone("resnet18").eval().requires_grad_(False)
     projector = Projector(960, 32)
-    model = BlockProjector(projector)
+    rep = Representation("projected", backbone, {}, projector, 4, [0.5] * 3, [0.25] * 3)
     optimizer = torch.optim.Adam(projector.parameters(), lr=1e-3, betas=(0.5, 0.999), weight_decay=5e-4)
     views = MoCoViews(32, mean=[0.5] * 3, std=[0.25] * 3, border=border)
     gen = torch.Generator().manual_seed(0)
@@ -95,10 +79,10 @@ def test_projector_loss_falls(eval_data, loss):
         idx = torch.randint(0, len(images), (8,), generator=gen)
         if loss == "dense_corr":  # one MoCo view per image, 8 x 8 maps 4 px apart
             x = views.view(to_levels(images[idx]), gen)
-            losses.append(dense_corr_step(model, backbone, optimizer, x, 4, 8, 1 / 7, 0.5))
+            losses.append(dense_corr_step(rep, rep, optimizer, x, 8, 1 / 7, 0.5))
         else:
             img_a, img_b, grid = pair_views(images[idx], border, 32, [0.5] * 3, [0.25] * 3, (16, 16), gen)
-            losses.append(tps_pair_step(model, backbone, optimizer, img_a, img_b, grid, 4, 16, 1 / 7, 0.5))
+            losses.append(tps_pair_step(rep, rep, optimizer, img_a, img_b, grid, 16, 1 / 7, 0.5))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
 
 

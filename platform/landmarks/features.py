@@ -47,10 +47,10 @@ from .data.normalization import input_stats
 from .data.reader import iter_split
 from .errors import UserError
 from .models.representation import Representation, assemble, block_channels, dense_size
+from .registry import BACKBONE_REPRESENTATIONS
 
 CACHE_VERSION = 2  # 2: float32 stage outputs (1: float16)
 CACHE_STATS = {"hits": 0, "misses": 0}  # per process; tests assert on it
-KINDS = ("hypercolumn", "conv4")  # what the stored stages serve (projected: the hypercolumn's)
 _META = "meta.json"
 
 
@@ -201,8 +201,9 @@ def get_features(backbone: torch.nn.Module, fingerprint: str, data_path: str, sp
     kind/layers only choose what `FeatureSet.dense` assembles; one entry serves all of them.
     mean/std: input normalisation (default: the dataset's, `landmarks.data.normalization`).
     """
-    if kind not in KINDS:
-        raise UserError(f"unknown representation {kind!r} for the feature cache; valid: {', '.join(KINDS)}")
+    if kind not in BACKBONE_REPRESENTATIONS:  # what the stored stages serve (projected: the hypercolumn's)
+        raise UserError(f"unknown representation {kind!r} for the feature cache; "
+                        f"valid: {', '.join(BACKBONE_REPRESENTATIONS)}")
     manifest = Manifest.load(data_path)
     if mean is None or std is None:
         mean, std, _ = input_stats(manifest)

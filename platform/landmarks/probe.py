@@ -84,11 +84,13 @@ def mean_shape(keypoints: np.ndarray, visible: np.ndarray) -> np.ndarray:
 
 
 def _descriptors(rep: Representation, images: np.ndarray, map_size: int, batch_size: int) -> torch.Tensor:
-    """(N, D): every stage output pooled to map_size x map_size, L2-normalized per cell, flattened, concatenated."""
+    """(N, D): each of the hypercolumn's stage blocks (layer4, layer3, ...) pooled to map_size x map_size,
+    L2-normalized per cell, flattened, concatenated."""
     out = []
     for i in range(0, len(images), batch_size):
         stages = rep.stages(torch.from_numpy(np.array(images[i:i + batch_size])))  # a copy: rows may be read-only
-        blocks = [F.normalize(F.adaptive_avg_pool2d(s.float(), map_size), dim=1).flatten(1) for s in stages[::-1]]
+        blocks = [F.normalize(F.adaptive_avg_pool2d(s.float(), map_size), dim=1).flatten(1)
+                  for s in rep.stage_blocks(stages)]
         out.append(torch.cat(blocks, 1))
     return torch.cat(out).double()
 

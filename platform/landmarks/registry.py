@@ -2,6 +2,8 @@
 
 - `ARCHITECTURES`: the backbones (`models.backbones` builds them; configs, reports and benchmarks
   read their names and channel counts from here);
+- `REPRESENTATIONS`: the dense representation kinds (`models.representation` builds them; configs
+  and the feature cache check against them), and `CONV4_STAGE`, the stage conv4 is made of;
 - `METRIC_GOALS`: each headline metric and whether lower or higher is better (sweeps, reports);
 - `JOBS`: job name -> (config class, run function), what `jobs/<name>.py` runs and what a sweep can
   grid over (all but `NOT_SWEPT`); `MODEL_TASKS`: the jobs that log a model; `COMMANDS`: the scripts
@@ -16,6 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# The dense representations (paper Sec. 3.2; SPEC "Represent"): what a backbone gives, the hypercolumn
+# (layer4..layer1) or conv4, and `projected`, a projector on the hypercolumn.
+BACKBONE_REPRESENTATIONS = ("hypercolumn", "conv4")
+REPRESENTATIONS = (*BACKBONE_REPRESENTATIONS, "projected")
+CONV4_STAGE = 2  # conv4_x is torchvision's layer3: index 2 of the stage outputs [layer1..layer4]
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class Architecture:
 
     @property
     def conv4_channels(self) -> int:
-        return self.stage_channels[2]
+        return self.stage_channels[CONV4_STAGE]
 
 
 ARCHITECTURES: dict[str, Architecture] = {

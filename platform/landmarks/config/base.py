@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import storage
 from ..errors import ConfigError
-from ..registry import ARCHITECTURES
+from ..registry import ARCHITECTURES, REPRESENTATIONS
 
 Backbone = Literal[tuple(ARCHITECTURES)]  # the registered backbones (landmarks.registry)
-RepresentationKind = Literal["hypercolumn", "conv4", "projected"]
+RepresentationKind = Literal[REPRESENTATIONS]  # the dense representations (landmarks.registry)
 
 
 class Section(BaseModel):

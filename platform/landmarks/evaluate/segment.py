@@ -128,7 +128,7 @@ class MaskRows:
         x = input_tensor(images, self.rep.mean, self.rep.std, self.rep.device)
         if x.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.rep.backbone.stages(x, num_stages=3 if self.rep.kind == "conv4" else 4)
+        return self.rep.backbone_stages(x)
 
 
 def _source(cfg: SegmentConfig, plan: SegmentPlan, split: str, rows: np.ndarray | None) -> MaskRows:

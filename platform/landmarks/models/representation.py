@@ -10,14 +10,19 @@ whatever the input (96 or 128 px, Table 3); inputs under 96 px (our CPU presets)
 input), the baseline of Tables 1 and 6, as the official ``model(x, layer=4, use_hypercol=False)``.
 ``projected`` is a `heads.Projector` (1x1 conv + spatial softmax) on the hypercolumn.
 
-A representation is made of *stage blocks* (`stage_blocks`: the stage outputs it uses, in channel
-order); `assemble` resizes and concatenates them. A 1x1 conv over the assembled map (the regressor's
-heatmaps, the projector, the segmentation head) runs block by block at each block's own resolution
-(`linear_over_blocks`), so the 3840-channel map is never built.
+A representation is made of *stage blocks* (`stage_indices`, the one place that says which stages:
+layer4, layer3, ... for the hypercolumn, layer3 alone for conv4; `stage_blocks` picks them, in
+channel order); `assemble` resizes and concatenates them. A 1x1 conv over the assembled map (the
+regressor's heatmaps, the projector, the segmentation head) runs block by block at each block's own
+resolution (`linear_over_blocks`), so the 3840-channel map is never built. `Representation` is the
+`nn.Module` every job builds its maps with (regression, matching, segmentation, projector training;
+fine-tuning's `train.finetune_loop.LandmarkNet` is one with a regressor); the kinds are
+`landmarks.registry.REPRESENTATIONS`.
 
     rep = Representation("hypercolumn", backbone, info, None, layers=4, mean=..., std=...)
     stages = rep.stages(images_uint8)          # [layer1..layer4], no gradients
     dense = rep.dense(stages, (48, 48))        # (B, C, 48, 48); conv4: (B, C, 6, 6)
+    points = rep.landmarks(regressor, stages, (48, 48))  # (B, K, 2), block by block
 
 Pure torch (no Ray, no MLflow); works on any backbone with ``stages(x, num_stages)`` and
 ``stage_channels`` (``backbones.py``). Callers choose the device and gradient mode.
@@ -28,7 +33,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,8 +41,8 @@ from torch import nn
 
 from landmarks.augment.views import input_tensor
 from landmarks.models.heads import soft_argmax
+from landmarks.registry import CONV4_STAGE, REPRESENTATIONS
 
-KINDS = ("hypercolumn", "conv4", "projected")
 HYPERCOLUMN_SIZE = 48  # official output_shape
 
 
@@ -54,8 +58,8 @@ def dense_size(kind: str, image_size: int) -> tuple[int, int]:
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown representation kind {kind!r}; valid choices: {list(KINDS)}")
+    if kind not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation kind {kind!r}; valid choices: {list(REPRESENTATIONS)}")
 
 
 def _check_layers(layers: int) -> None:
@@ -63,23 +67,29 @@ def _check_layers(layers: int) -> None:
         raise ValueError(f"layers must be in 1..4 (layer4, layer3, layer2, layer1), got {layers}")
 
 
-def stage_blocks(stages: Sequence[torch.Tensor], kind: str, layers: int = 4) -> list[torch.Tensor]:
-    """The stage outputs ([layer1..layer4]) a representation is made of, in its channel order:
-    hypercolumn / projected: layer4, layer3, ... (the first `layers`); conv4: layer3."""
+def stage_indices(kind: str, layers: int = 4) -> list[int]:
+    """Which stage outputs ([layer1..layer4], 0-based) a representation is made of, in its channel order:
+    hypercolumn / projected: layer4, layer3, ... (the first `layers`); conv4: layer3 alone."""
     _check_kind(kind)
     if kind == "conv4":
-        return [stages[2]]
+        return [CONV4_STAGE]
     _check_layers(layers)
-    return list(stages)[::-1][:layers]
+    return [3, 2, 1, 0][:layers]
+
+
+def num_stages(kind: str) -> int:
+    """How many stages the backbone must compute for `kind`: 3 for conv4 (no layer4), else 4."""
+    return max(stage_indices(kind)) + 1
+
+
+def stage_blocks(stages: Sequence[torch.Tensor], kind: str, layers: int = 4) -> list[torch.Tensor]:
+    """The stage outputs ([layer1..layer4]) a representation is made of, in its channel order (`stage_indices`)."""
+    return [stages[i] for i in stage_indices(kind, layers)]
 
 
 def block_channels(stage_channels: Sequence[int], kind: str, layers: int = 4) -> list[int]:
     """Channel counts of `stage_blocks` without running the model (the hypercolumn's, for projected)."""
-    _check_kind(kind)
-    if kind == "conv4":
-        return [stage_channels[2]]
-    _check_layers(layers)
-    return list(stage_channels)[::-1][:layers]
+    return [stage_channels[i] for i in stage_indices(kind, layers)]
 
 
 def assemble(stages: Sequence[torch.Tensor], kind: str, layers: int, size: tuple[int, int]) -> torch.Tensor:
@@ -103,12 +113,12 @@ def hypercolumn(backbone: nn.Module, images: torch.Tensor, layers: int = 4,
     size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"size must be an int or (height, width) of positive ints, got {size!r}")
-    return assemble(backbone.stages(images, num_stages=4), "hypercolumn", layers, size)
+    return assemble(backbone.stages(images, num_stages=num_stages("hypercolumn")), "hypercolumn", layers, size)
 
 
 def conv4(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """layer3 (conv4_x) output at its own resolution: (B, stage_channels[2], H/16, W/16); no layer4."""
-    return backbone.stages(images, num_stages=3)[2]
+    return stage_blocks(backbone.stages(images, num_stages=num_stages("conv4")), "conv4")[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -160,27 +170,27 @@ def landmarks_from_blocks(regressor, blocks_bchw: Sequence[torch.Tensor], size: 
     return regressor.combine(soft_argmax(logits))  # (B, K*P, 2) points -> (B, K, 2)
 
 
-@dataclass
-class Representation:
-    """A frozen backbone (+ projector) and the dense representation a job evaluates.
+class Representation(nn.Module):
+    """A backbone (+ projector) and the dense representation made of its stage outputs: the one module
+    that turns [layer1..layer4] into the hypercolumn, conv4 or projected map, and runs 1x1 heads on it.
 
     kind: hypercolumn | conv4 | projected; info: where the weights came from (`landmarks.sources`);
-    mean/std: the input normalisation (`landmarks.data.normalization`).
+    mean/std: the input normalisation (`landmarks.data.normalization`) `stages` applies to uint8
+    images; device: where `stages` puts its inputs (set by `to`). ``forward(stages, size)`` is
+    `dense`: with gradients through the projector, it is what projector training steps (under DDP).
     """
 
-    kind: str
-    backbone: nn.Module
-    info: dict[str, Any]
-    projector: nn.Module | None
-    layers: int
-    mean: Sequence[float]
-    std: Sequence[float]
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # see `to`
-
-    def __post_init__(self) -> None:
-        _check_kind(self.kind)
-        if (self.kind == "projected") != (self.projector is not None):
+    def __init__(self, kind: str, backbone: nn.Module, info: dict[str, Any], projector: nn.Module | None,
+                 layers: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        _check_kind(kind)
+        if (kind == "projected") != (projector is not None):
             raise ValueError("a projector goes with kind='projected', and only with it")
+        self.kind, self.info, self.layers, self.mean, self.std = kind, info, layers, mean, std
+        self.backbone = backbone
+        self.projector = projector
+        self.device = torch.device(device)
 
     @property
     def backbone_kind(self) -> str:
@@ -198,11 +208,14 @@ class Representation:
     def channels(self) -> int:
         return sum(self.blocks)
 
-    def to(self, device: torch.device | str) -> Representation:
-        self.device = torch.device(device)
-        self.backbone.to(self.device).eval()
-        if self.projector is not None:
-            self.projector.to(self.device).eval()
+    def to(self, *args: Any, **kwargs: Any) -> Representation:  # type: ignore[override]
+        """`nn.Module.to`; given a device, `stages` puts its inputs there too and the module goes to
+        eval mode (a representation is evaluated frozen; training callers switch it back)."""
+        super().to(*args, **kwargs)
+        device = kwargs.get("device", next((a for a in args if isinstance(a, (str, torch.device))), None))
+        if device is not None:
+            self.device = torch.device(device)
+            self.eval()
         return self
 
     def stage_blocks(self, stages: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -210,24 +223,33 @@ class Representation:
 
     def map_size(self, stages: Sequence[torch.Tensor], size: tuple[int, int]) -> tuple[int, int]:
         """conv4 is used at layer3's own resolution (the official conv4); the others at `size`."""
-        return tuple(stages[2].shape[-2:]) if self.kind == "conv4" else tuple(size)
+        return tuple(self.stage_blocks(stages)[0].shape[-2:]) if self.kind == "conv4" else tuple(size)
+
+    def backbone_stages(self, x_b3hw: torch.Tensor) -> list[torch.Tensor]:
+        """Normalized images (B, 3, H, W) -> the stage outputs the representation needs, [layer1..layer3]
+        for conv4 (layer4 is not computed), else [layer1..layer4]; gradients as the caller's mode."""
+        return self.backbone.stages(x_b3hw, num_stages=num_stages(self.kind))
 
     @torch.no_grad()
     def stages(self, images: Any) -> list[torch.Tensor]:
-        """uint8 images (B, H, W, 3) (or normalized float (B, 3, H, W) tensors) -> [layer1..layer4]."""
+        """uint8 images (B, H, W, 3) (or normalized float (B, 3, H, W) tensors) -> `backbone_stages`."""
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             x = images.to(self.device)
         else:
             x = input_tensor(images, self.mean, self.std, self.device)
-        return self.backbone.stages(x, num_stages=3 if self.kind == "conv4" else 4)
+        return self.backbone_stages(x)
 
     def dense(self, stages: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """(B, C, h, w) float32: the hypercolumn at `size` / conv4 at its own size, or the projection."""
+        """(B, C, h, w): the hypercolumn at `size` / conv4 at its own size, or the projection at `size`."""
         if self.projector is not None:  # its conv block by block, then its spatial softmax
             conv = self.projector.proj
             return self.projector.activate(linear_over_blocks(self.stage_blocks(stages), conv.weight, conv.bias,
                                                               tuple(size)))
         return assemble(stages, self.kind, self.layers, self.map_size(stages, size))
+
+    def forward(self, stages: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """`dense`: [layer1..layer4] stage outputs -> (B, C, h, w)."""
+        return self.dense(stages, size)
 
     def mask_logits(self, head, stages: Sequence[torch.Tensor], size: tuple[int, int], image_size: int) -> torch.Tensor:
         """A `SegmentationHead`'s foreground logits (B, S, S) at the image size: its 1x1 conv block by block."""

@@ -1,7 +1,7 @@
 """End-to-end fine-tuning, the per-worker side: `train_loop_per_worker(config)` run by Ray Train.
 
 Each rank streams its shard of the annotated train rows (already border-cropped by Ray Data on CPU
-workers), steps a DDP-wrapped `LandmarkNet` (backbone + landmark regressor) with smooth-L1 on
+workers), steps a DDP-wrapped `LandmarkNet` (a `Representation` + landmark regressor) with smooth-L1 on
 normalized coordinates over visible landmarks, Adam (beta1 0.5) with the head at `train.lr` and
 the backbone at `train.backbone_lr`, both on one cosine schedule. After the last epoch rank 0
 scores the test split (inter-ocular error, or PCK for datasets without eyes). Every rank calls
@@ -28,41 +28,40 @@ from ..dist import all_reduce_mean
 from ..losses import regression_loss
 from ..metrics import headline_metric, landmark_score
 from ..models import LandmarkRegressor, build_backbone
-from ..models.representation import block_channels, dense_size, landmarks_from_blocks, stage_blocks
+from ..models.representation import Representation, dense_size, num_stages
 from ..precision import autocast
 from ..progress import Progress, worker_print
+from ..registry import BACKBONE_REPRESENTATIONS
 from ..schedules import cosine_lr, set_lr
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, report_epoch, resume
 
 
-class LandmarkNet(nn.Module):
-    """Backbone + `LandmarkRegressor` over its conv4 or hypercolumn map, trained end to end.
+class LandmarkNet(Representation):
+    """A conv4 or hypercolumn `Representation` with a `LandmarkRegressor`, trained end to end.
 
     forward: normalized images (B, 3, S, S) -> landmarks (B, K, 2), normalized [-1, 1], x first.
     Parameters that cannot reach the output (the MoCo head; layer4 for conv4) are frozen, so DDP
-    sees no unused parameters. The backbone may run in bf16 autocast; the heatmap conv and the x100 spatial softmax run in
-    float32 (bf16 logits times 100 would move the soft-argmax by whole cells).
+    sees no unused parameters. The backbone may run in bf16 autocast; the heatmap conv and the x100
+    spatial softmax run in float32 (bf16 logits times 100 would move the soft-argmax by whole cells).
+    Its state dict is the backbone's and the regressor's (``backbone.*``, ``regressor.*``).
     """
 
     def __init__(self, backbone: nn.Module, num_landmarks: int, kind: str = "conv4", layers: int = 4,
                  size: tuple[int, int] = (48, 48), init_std: float = 1.0, points_per_landmark: int = 50) -> None:
-        super().__init__()
-        if kind not in ("conv4", "hypercolumn"):
+        if kind not in BACKBONE_REPRESENTATIONS:
             raise ValueError(f"LandmarkNet representation must be conv4 or hypercolumn, got {kind!r}")
-        self.backbone, self.kind, self.layers, self.size = backbone, kind, layers, tuple(size)
-        in_channels = sum(block_channels(backbone.stage_channels, kind, layers))
-        self.regressor = LandmarkRegressor(in_channels, num_landmarks, points_per_landmark, init_std=init_std)
+        super().__init__(kind, backbone, {}, None, layers, mean=None, std=None)  # takes normalized images
+        self.size = tuple(size)
+        self.regressor = LandmarkRegressor(self.channels, num_landmarks, points_per_landmark, init_std=init_std)
         backbone.fc.requires_grad_(False)
-        if kind == "conv4":
-            backbone.layer4.requires_grad_(False)
+        for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)[num_stages(kind):]:
+            layer.requires_grad_(False)
 
-    def forward(self, x_b3hw: torch.Tensor) -> torch.Tensor:
-        stages = self.backbone.stages(x_b3hw, num_stages=3 if self.kind == "conv4" else 4)
-        blocks = stage_blocks(stages, self.kind, self.layers)
-        size = tuple(blocks[0].shape[-2:]) if self.kind == "conv4" else self.size  # conv4: its own map
+    def forward(self, x_b3hw: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        stages = self.backbone_stages(x_b3hw)
         with torch.autocast(device_type=x_b3hw.device.type, enabled=False):
-            return landmarks_from_blocks(self.regressor, [b.float() for b in blocks], size)  # (B, K, 2)
+            return self.landmarks(self.regressor, [s.float() for s in stages], self.size)  # (B, K, 2)
 
 
 def build_model(cfg: FinetuneConfig, num_landmarks: int, low_dim: int) -> LandmarkNet:

@@ -3,8 +3,9 @@
 The official recipe (contrast-landmark ``train_feature_projector.py``, README "Stage 2"): each rank
 streams its shard of the train split through the MoCo augmentation (one view per image; the official
 projector trains on ``CelebAPrunedAligned_MAFLVal(do_augmentations=True)``, although the paper's text
-says no augmentation), takes the frozen backbone's hypercolumn at ``train.map_size`` (24 x 24), steps a
-DDP-wrapped `Projector` (1x1 conv + spatial softmax) with the dense correlation loss of each image
+says no augmentation), takes the frozen backbone's stage outputs and steps a DDP-wrapped projected
+`Representation` (a `Projector`, 1x1 conv + spatial softmax, on the hypercolumn at ``train.map_size``,
+24 x 24, computed block by block) with the dense correlation loss of each image
 with itself (`losses.dense_correlation_loss`), Adam(beta1 0.5) on the per-epoch cosine. After every
 epoch rank 0 measures the different-identity matching error on the validation pairs
 (`train.matching`, descriptors at the input size) and the checkpoint carries the best epoch's
@@ -42,25 +43,12 @@ from ..dist import all_reduce_mean
 from ..losses import dense_correlation_loss, equivariance_loss
 from ..matching import describer, match_pairs
 from ..models import Projector, build_backbone
-from ..models.representation import Representation, linear_over_blocks
+from ..models.representation import Representation
 from ..precision import autocast
 from ..progress import Progress, worker_print
 from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 from ..tracking import RunLogger
 from .checkpoint import checkpoint_due, report_epoch, resume
-
-
-class BlockProjector(nn.Module):
-    """A `Projector` applied to the hypercolumn's stage blocks (`linear_over_blocks`, then its spatial
-    softmax): the same result as projector(hypercolumn) without building the (B, 3840, h, w) map."""
-
-    def __init__(self, projector: Projector) -> None:
-        super().__init__()
-        self.projector = projector
-
-    def forward(self, blocks: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        conv = self.projector.proj
-        return self.projector.activate(linear_over_blocks(blocks, conv.weight, conv.bias, size))  # (B, dim, h, w)
 
 
 def crop_window_grid(second: TPSParams, stored: int, border: int, feature_size: tuple[int, int]) -> torch.Tensor:
@@ -99,21 +87,21 @@ def pair_views(images_u8: torch.Tensor, border: int, image_size: int, mean: Sequ
     return out[0], out[1], grid
 
 
-def _hypercolumn_blocks(backbone: nn.Module, x: torch.Tensor, layers: int, precision: str = "fp32",
-                        ) -> list[torch.Tensor]:
-    """Frozen stage outputs of normalized images, in hypercolumn order (layer4, layer3, ...), float32."""
+def frozen_stages(rep: Representation, x: torch.Tensor, precision: str = "fp32") -> list[torch.Tensor]:
+    """Normalized images (B, 3, S, S) -> the frozen backbone's stage outputs [layer1..layer4], float32."""
     if x.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), autocast(x.device, precision):
-        stages = backbone.stages(x, num_stages=4)
-    return [s.float() for s in stages[::-1][:layers]]
+        stages = rep.backbone_stages(x)
+    return [s.float() for s in stages]
 
 
-def dense_corr_step(model: nn.Module, backbone: nn.Module, optimizer, x: torch.Tensor, layers: int,
-                    map_size: int, temperature: float, power: float, precision: str = "fp32") -> float:
-    """One official step: projected hypercolumns of the augmented images, the dense correlation loss."""
+def dense_corr_step(model: nn.Module, rep: Representation, optimizer, x: torch.Tensor, map_size: int,
+                    temperature: float, power: float, precision: str = "fp32") -> float:
+    """One official step: projected hypercolumns of the augmented images, the dense correlation loss.
+    `model` is `rep` (projected) or its DDP wrapper: model(stages, size) -> (B, dim, h, w)."""
     with autocast(x.device, precision):
-        feats = model(_hypercolumn_blocks(backbone, x, layers, precision), (map_size, map_size))  # (B, dim, h, w)
+        feats = model(frozen_stages(rep, x, precision), (map_size, map_size))  # (B, dim, h, w)
     loss = dense_correlation_loss(feats.float(), temperature, power, stride=x.shape[-1] // map_size)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -121,12 +109,11 @@ def dense_corr_step(model: nn.Module, backbone: nn.Module, optimizer, x: torch.T
     return loss.item()
 
 
-def tps_pair_step(model: nn.Module, backbone: nn.Module, optimizer, img_a, img_b, grid, layers: int,
-                  map_size: int, temperature: float, power: float, precision: str = "fp32") -> float:
+def tps_pair_step(model: nn.Module, rep: Representation, optimizer, img_a, img_b, grid, map_size: int,
+                  temperature: float, power: float, precision: str = "fp32") -> float:
     """One `projector.loss=tps_pair` step: both warped images projected, the equivariance loss between them."""
     with autocast(img_a.device, precision):
-        feats = model(_hypercolumn_blocks(backbone, torch.cat([img_a, img_b]), layers, precision),
-                      (map_size, map_size))
+        feats = model(frozen_stages(rep, torch.cat([img_a, img_b]), precision), (map_size, map_size))
     feat_a, feat_b = feats.float().chunk(2)
     loss = equivariance_loss(feat_a, feat_b, grid, temperature=temperature, power=power)
     optimizer.zero_grad(set_to_none=True)
@@ -144,8 +131,7 @@ def _frozen_backbone(config: dict[str, Any], device: torch.device) -> nn.Module:
     return backbone.to(memory_format=torch.channels_last) if device.type == "cuda" else backbone
 
 
-def _validator(config: dict[str, Any], cfg: ProjectorConfig, backbone: nn.Module, projector: Projector,
-               device: torch.device):
+def _validator(config: dict[str, Any], cfg: ProjectorConfig, rep: Representation, device: torch.device):
     """Rank 0's per-epoch matching on the validation pairs -> {val_match_same_px, val_match_diff_px}."""
     import ray
 
@@ -153,7 +139,7 @@ def _validator(config: dict[str, Any], cfg: ProjectorConfig, backbone: nn.Module
     if val is None:
         return None
     data = ray.get(val["data"])
-    rep = Representation("projected", backbone, {}, projector, cfg.layers, config["mean"], config["std"], device)
+    projector = rep.projector
     size = (cfg.data.image_size, cfg.data.image_size)  # official val_out_size: the input size
 
     def validate() -> dict[str, float]:
@@ -188,8 +174,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state, start_epoch, step = resume(device, projector=projector, optimizer=optimizer)
     logger.skip_logged_steps()  # an earlier attempt's points after its last checkpoint stay the only ones
     best = None if state is None else state.get("best")  # {"projector", "epoch", "val_match_diff_px", ...}
-    model = ray.train.torch.prepare_model(BlockProjector(projector), move_to_device=False)
-    validate = _validator(config, cfg, backbone, projector, device) if rank == 0 else None
+    rep = Representation("projected", backbone, {}, projector, cfg.layers, config["mean"], config["std"], device)
+    model = ray.train.torch.prepare_model(rep, move_to_device=False)  # DDP syncs the projector's gradients
+    validate = _validator(config, cfg, rep, device) if rank == 0 else None
 
     temperature, power, size = cfg.train.resolved_temperature(dim), cfg.train.power, cfg.train.map_size
     views = MoCoViews(cfg.data.image_size, mean=config["mean"], std=config["std"], border=config["border"]).to(device)
@@ -206,13 +193,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for i, batch in enumerate(batches):
             if cfg.projector.loss == "dense_corr":
                 x = views.view(to_levels(batch["image"]), generator)  # one MoCo view
-                loss = dense_corr_step(model, backbone, optimizer, x, cfg.layers, size, temperature, power,
-                                       cfg.train.precision)
+                loss = dense_corr_step(model, rep, optimizer, x, size, temperature, power, cfg.train.precision)
             else:
                 img_a, img_b, grid = pair_views(batch["image"], config["border"], cfg.data.image_size,
                                                 config["mean"], config["std"], (size, size), generator)
-                loss = tps_pair_step(model, backbone, optimizer, img_a, img_b, grid, cfg.layers, size, temperature,
-                                     power, cfg.train.precision)
+                loss = tps_pair_step(model, rep, optimizer, img_a, img_b, grid, size, temperature, power,
+                                     cfg.train.precision)
             losses.append(loss)
             step += 1
             if step % cfg.train.log_every_steps == 0 or i == steps_per_epoch - 1:
