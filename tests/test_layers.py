@@ -95,3 +95,18 @@ def test_the_checker_sees_an_upward_import():
         "landmarks/cluster.py:2 (cluster, floor 3) imports landmarks.train.checkpoint (floor 6)"]
     downward = "from ..cluster import join_cluster\n"  # the driver (floor 6) using the Ray glue: allowed
     assert _upward("landmarks.train.driver", ROOT / "train" / "driver.py", modules, downward) == []
+
+
+# Each job implements these for itself (its command line, its run's name, its Ray Train loop): one
+# interface, many implementations, not one function written twice.
+PER_JOB = {"main", "run_name", "train_loop_per_worker"}
+
+
+def test_no_public_function_or_class_is_defined_in_two_modules():
+    where: dict[str, list[str]] = {}
+    for module, path in _modules().items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(module)
+    twice = {name: mods for name, mods in where.items() if len(mods) > 1 and name not in PER_JOB}
+    assert not twice, twice

@@ -164,7 +164,7 @@ def _batches(n: int, samples: int, batch_size: int, rng: np.random.Generator, dr
     return [c for c in cuts if len(c) == batch_size] if drop_last and len(cuts) > 1 else cuts
 
 
-def train_epoch(head, optimizer, source: MaskRows, batches: list[np.ndarray], epoch: int, epochs: int,
+def train_mask_epoch(head, optimizer, source: MaskRows, batches: list[np.ndarray], epoch: int, epochs: int,
                 base_lr: float, size, image_size: int, precision: str = "fp32") -> float:
     total, count = 0.0, 0
     for i, pos in enumerate(batches):
@@ -210,7 +210,7 @@ def evaluate_segmentation(cfg: SegmentConfig, run_logger: RunLogger, plan: Segme
     for epoch in range(cfg.train.epochs):
         t0 = time.perf_counter()
         batches = _batches(len(train), plan.settings.samples_per_epoch, batch_size, rng, drop_last=cfg.finetune)
-        loss = train_epoch(head, optimizer, train, batches, epoch, cfg.train.epochs, plan.settings.lr, size, image_size,
+        loss = train_mask_epoch(head, optimizer, train, batches, epoch, cfg.train.epochs, plan.settings.lr, size, image_size,
                            cfg.train.precision)
         seen = sum(len(b) for b in batches)
         run_logger.log_metrics({"train_loss": loss, "images_per_sec": seen / (time.perf_counter() - t0)}, step=epoch)

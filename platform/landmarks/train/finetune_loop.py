@@ -77,7 +77,7 @@ def param_groups(model: LandmarkNet, lr: float, backbone_lr: float) -> list[dict
             {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr_scale": backbone_lr / lr}]
 
 
-def train_step(model, optimizer, images_u8, keypoints, visible, mean, std, image_size: int,
+def finetune_step(model, optimizer, images_u8, keypoints, visible, mean, std, image_size: int,
                precision: str = "fp32") -> float:
     """One step on border-cropped uint8 images (B, S, S, 3) with pixel keypoints (B, K, 2) -> loss."""
     x = input_tensor(images_u8, mean, std, images_u8.device)
@@ -158,7 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for i, b in enumerate(batches):
             lr = cosine_lr(cfg.train.lr, epoch + i / steps_per_epoch, cfg.train.epochs)
             set_lr(optimizer, lr)
-            loss = train_step(ddp_model, optimizer, b["image"], b["keypoints"], b["visible"], mean, std, size,
+            loss = finetune_step(ddp_model, optimizer, b["image"], b["keypoints"], b["visible"], mean, std, size,
                               cfg.train.precision)
             losses.append(loss)
             step += 1
