@@ -109,7 +109,6 @@ class LandmarkModel(nn.Module):
         if task not in TASKS:
             raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
         self.rep, self.head, self.task, self.meta = rep, head, task, meta
-        self.backbone, self.projector = rep.backbone, rep.projector  # registered as submodules
 
     @property
     def size(self) -> tuple[int, int]:
