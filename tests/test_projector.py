@@ -128,7 +128,7 @@ def test_train_projector_end_to_end_and_resume(eval_data, ray_address, tmp_path,
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["synthetic-faces/train"]
     model = _eval_data.logged_model(tmp_path, metrics["mlflow_run_id"])
     assert (model.task, model.meta["kept_epoch"]) == ("descriptors", metrics["kept_epoch"])
-    torch.testing.assert_close(model.projector.proj.weight, projector.proj.weight)
+    torch.testing.assert_close(model.rep.projector.proj.weight, projector.proj.weight)
     faces = read_split_numpy(eval_data["faces"], "test")["image"][:2]
     descriptors = model.predict(Preprocessing.from_dict(model.meta["preprocessing"]).stored_to_input(faces))["descriptors"]
     assert descriptors.shape == (2, 32, 32, 32)
