@@ -53,7 +53,7 @@ from ..registry import METRIC_GOALS
 from ..schedules import OFFICIAL_ETA_MIN_FACTOR, epoch_cosine_lr, set_lr
 from ..sources import load_representation
 from ..tracking import RunLogger
-from .runner import run_evaluation
+from .runner import head_params, run_evaluation
 
 
 @dataclass
@@ -99,9 +99,7 @@ def run_regress(cfg: RegressConfig, args: JobArgs) -> dict:
     """The job: check everything, then train and score as one Ray task (in-process inside a Tune trial)."""
     cfg = absolute_paths(cfg)
     plan = check_regression(cfg)
-    params = {**plan.settings.params(), "resolved.train_rows": len(plan.rows),
-              "backbone.fingerprint": plan.rep.info["fingerprint"]}
-    return run_evaluation("regress", cfg, args, plan, run_name(cfg, plan), evaluate_regression, params)
+    return run_evaluation("regress", cfg, args, plan, run_name(cfg, plan), evaluate_regression, head_params(plan))
 
 
 # ----------------------------------------------------------------------------- data sources

@@ -46,6 +46,13 @@ def run_logged(job: str, cfg: Any, tags: dict, run_name: str, evaluate: Callable
     return {**metrics, "mlflow_run_id": logger.run_id}
 
 
+def head_params(plan: Any) -> dict:
+    """The params every job that trains a head logs beside its config: its resolved settings, the training
+    rows it drew and the backbone's fingerprint."""
+    return {**plan.settings.params(), "resolved.train_rows": len(plan.rows),
+            "backbone.fingerprint": plan.rep.info["fingerprint"]}
+
+
 def run_evaluation(job: str, cfg: Any, args: JobArgs, plan: Any, run_name: str, evaluate: Callable,
                    extra_params: dict | None = None) -> dict:
     """What every evaluation job's `run_*` does once its `plan` is checked: `run_logged` with the plan's

@@ -44,7 +44,7 @@ from ..progress import Progress
 from ..schedules import cosine_lr, set_lr
 from ..sources import load_representation
 from ..tracking import RunLogger
-from .runner import run_evaluation
+from .runner import head_params, run_evaluation
 
 FIGURE_IMAGES = 6
 
@@ -88,9 +88,7 @@ def run_segment(cfg: SegmentConfig, args: JobArgs) -> dict:
     """The job: check everything, then train and score as one Ray task (in-process inside a Tune trial)."""
     cfg = absolute_paths(cfg)
     plan = check_segmentation(cfg)
-    params = {**plan.settings.params(), "resolved.train_rows": len(plan.rows),
-              "backbone.fingerprint": plan.rep.info["fingerprint"]}
-    return run_evaluation("segment", cfg, args, plan, run_name(cfg, plan), evaluate_segmentation, params)
+    return run_evaluation("segment", cfg, args, plan, run_name(cfg, plan), evaluate_segmentation, head_params(plan))
 
 
 # ----------------------------------------------------------------------------- data and model
