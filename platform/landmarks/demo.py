@@ -60,11 +60,11 @@ class DemoPreset:
 
 
 PRESETS = {
-    # docs/demo_study.md measures every choice: a quarter-width ResNet18 (0.72M parameters) gets ~1,500 MoCo steps
-    # in the minutes a full one gets ~200; the paper's crops (0.2) and JPEG noise make better features than crops of
+    # docs/demo_study.md measures every choice: a quarter-width ResNet18 (0.72M parameters) gets ~2,400 MoCo steps
+    # in the minutes a full one gets ~300; the paper's crops (0.2) and JPEG noise make better features than crops of
     # 0.6 or no JPEG at the same steps; temperature 0.2 and m 0.99 (MoCo v2's, and a faster key encoder) learn in a
     # short run where T 0.07 stalled; the regressor starts soft (init 0.001) and takes 500 steps.
-    "default": DemoPreset(num_images=6000, image_size=48, pretrain_epochs=20, pretrain_batch=64, queue_size=1024,
+    "default": DemoPreset(num_images=6000, image_size=48, pretrain_epochs=32, pretrain_batch=64, queue_size=1024,
                           pretrain_lr=0.03, projector_epochs=1, regress_epochs=20, samples_per_epoch=800,
                           budgets=(10, 100, "all"), repeats=3, segment_epochs=5, baseline_epochs=20,
                           projector_fraction=0.35,
