@@ -113,6 +113,8 @@ def test_logging_a_model_leaves_the_process_tracking_uri_alone(in_tmp_cwd, monke
     import torch
     from mlflow.tracking._tracking_service import utils
 
+    import landmarks.models  # noqa: F401  (torchvision's first import makes torch's inductor dir in the temp dir)
+
     monkeypatch.setattr(utils, "_tracking_uri", None)  # as in a fresh process
     first = f"sqlite:///{in_tmp_cwd}/first.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", first)
@@ -199,3 +201,24 @@ def test_a_resumed_attempt_does_not_log_steps_the_run_already_has(in_tmp_cwd):
     loss = [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")]
     assert sorted(loss) == [(s, 1.0) for s in range(5, 46, 5)] + [(50, 2.0), (55, 2.0)]
     assert sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "epoch")) == [(40, 7.0), (45, 8.0)]
+
+
+def test_a_pickled_module_loads_weights_only_and_anything_else_is_refused(tmp_path):
+    """`load_torch_model` reads an mlflow.pytorch model's whole pickled module weights-only: our backbones
+    and torch's modules load; a pickled function (code that would run on unpickling) is refused."""
+    import os
+    import pickle
+
+    import torch
+
+    from landmarks.models.backbones import build_backbone
+    from landmarks.models.formats import load_pickled_module
+
+    backbone = build_backbone("resnet18_quarter")
+    torch.save(backbone, tmp_path / "model.pth")
+    loaded = load_pickled_module(tmp_path / "model.pth")
+    assert type(loaded) is type(backbone)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), backbone.state_dict().values()))
+    torch.save({"module": torch.nn.Linear(2, 1), "hook": os.getcwd}, tmp_path / "evil.pth")
+    with pytest.raises(pickle.UnpicklingError, match="getcwd"):
+        load_pickled_module(tmp_path / "evil.pth")

@@ -91,6 +91,29 @@ def load_model_files(directory: str | Path) -> tuple[dict, dict]:
     return torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True), read_meta(directory)
 
 
+# Where the classes of a whole pickled module of ours come from (`load_pickled_module` allows only these).
+MODULE_CLASS_PACKAGES = ("torch.nn.", "torchvision.models.", "landmarks.models.")
+
+
+def load_pickled_module(path: str | Path) -> torch.nn.Module:
+    """A whole `nn.Module` saved with ``torch.save(module)`` (an mlflow.pytorch model's model.pth), on the CPU,
+    loaded weights-only: the `nn.Module` classes of `MODULE_CLASS_PACKAGES` it names are allow-listed, and a
+    file that pickles anything else (a function, another class) raises ``pickle.UnpicklingError`` instead of
+    running it."""
+    import importlib
+
+    allowed = []
+    for name in torch.serialization.get_unsafe_globals_in_checkpoint(path):
+        module, _, attr = name.rpartition(".")
+        if module.startswith(MODULE_CLASS_PACKAGES):
+            cls = getattr(importlib.import_module(module), attr, None)
+            if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+                allowed.append(cls)
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 __all__ = ["BACKBONE_FILE", "META_FILE", "MODEL_FILE", "PROJECTOR_FILE", "STATE_FILE", "cpu_state",
-           "has_model_files", "load_checkpoint", "load_model_files", "read_meta", "save_backbone",
+           "has_model_files", "load_checkpoint", "load_model_files", "load_pickled_module",
+           "read_meta", "save_backbone",
            "save_checkpoint", "save_model_files", "save_projector", "write_meta"]

@@ -60,15 +60,19 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
 
 def load_torch_model(run_id: str, name: str = "model") -> Any:
     """The `mlflow.pytorch` model `name` logged in run `run_id` (e.g. a pretraining run's
-    "backbone_model"), from the current tracking URI.
+    "backbone_model"), from the current tracking URI, on the CPU.
 
-    MLflow unpickles the whole module (a pickled model cannot load weights-only): for runs you trust.
-    The jobs never call this; they read a run's weights weights-only (`sources.load_backbone`)."""
-    import mlflow.pytorch
+    Its pickled module is read weights-only with torch's, torchvision's ResNet and our module classes
+    allow-listed (`models.formats.load_pickled_module`), not unpickled as `mlflow.pytorch.load_model` does."""
+    import mlflow.artifacts
+    from mlflow.models import Model
 
-    # MLflow downloads into a fresh temp dir of its own and leaves it; the model is in memory after.
+    from ..models.formats import load_pickled_module
+
     with fluent_tracking_uri(tracking_uri()), tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp:
-        return mlflow.pytorch.load_model(f"runs:/{run_id}/{name}", dst_path=tmp)
+        directory = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{name}", dst_path=tmp))
+        data = Model.load(str(directory)).flavors["pytorch"]["model_data"]
+        return load_pickled_module(directory / data / "model.pth")
 
 
 def start_run(
