@@ -32,6 +32,7 @@ from ..metrics import headline_metric
 from .backbones import build_backbone
 from .formats import (
     META_FILE,
+    MODEL_DIR,
     MODEL_FILE,
     cpu_state,
     has_model_files,
@@ -146,7 +147,7 @@ def save_model(model: LandmarkModel, directory: str | Path) -> Path:
 def saved_model(model: LandmarkModel) -> Iterator[Path]:
     """`model` saved (`save_model`) into a temporary directory, removed afterwards (to log it)."""
     with tempfile.TemporaryDirectory(prefix="landmarks-model-") as tmp:
-        yield save_model(model, Path(tmp) / "model")
+        yield save_model(model, Path(tmp) / MODEL_DIR)
 
 
 def load_model(directory: str | Path) -> LandmarkModel:

@@ -23,6 +23,7 @@ BACKBONE_FILE = "backbone.pt"
 PROJECTOR_FILE = "projector.pt"
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
+MODEL_DIR = "landmark_model"  # the name a trained model's directory is saved (and logged) under
 
 
 def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,7 +114,7 @@ def load_pickled_module(path: str | Path) -> torch.nn.Module:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-__all__ = ["BACKBONE_FILE", "META_FILE", "MODEL_FILE", "PROJECTOR_FILE", "STATE_FILE", "cpu_state",
+__all__ = ["BACKBONE_FILE", "META_FILE", "MODEL_DIR", "MODEL_FILE", "PROJECTOR_FILE", "STATE_FILE", "cpu_state",
            "has_model_files", "load_checkpoint", "load_model_files", "load_pickled_module",
            "read_meta", "save_backbone",
            "save_checkpoint", "save_model_files", "save_projector", "write_meta"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import re
 import shutil
 import tempfile
@@ -31,13 +30,13 @@ import mlflow.pyfunc
 import pandas as pd
 
 from ..errors import UserError
+from ..models.formats import META_FILE, MODEL_DIR, read_meta
 from .base import fluent_tracking_uri, source_tags, tracking_uri
 
 MODEL_NAME = "model"  # the run's artifact path that loads its landmark model
-MODEL_ARTIFACT = "landmark_model"  # its key in the pyfunc's artifacts: our model directory
+MODEL_ARTIFACT = MODEL_DIR  # its key in the pyfunc's artifacts: our model directory
 MODEL_URI_KEY = "landmark_model_uri"  # in the run's "model" pyfunc config: the logged model it stands for
 MODEL_ID_TAG = "landmark_model_id"  # run tag: the logged model's id (models:/<id>)
-META_FILE = "meta.json"  # in a model directory, beside its weights (`models.formats`)
 SERVING = "landmarks.predict.serving"  # the module whose `load(directory)` serves a model directory
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -90,7 +89,7 @@ def log_landmark_model(directory: Path, requirements: list[str], run_id: str) ->
     """Log the model saved in `directory` (`models.artifact.save_model`: model.pt + meta.json) in the
     active MLflow run `run_id`: the logged model `model_name(meta)` and the run's "model" that loads it
     (module docstring) -> the name."""
-    meta = json.loads((Path(directory) / META_FILE).read_text())
+    meta = read_meta(directory)
     task = meta["task"]
     name = model_name(meta)
     entry = str(Path(__file__).with_name("pyfunc_entry.py"))
