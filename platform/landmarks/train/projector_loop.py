@@ -175,7 +175,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger.skip_logged_steps()  # an earlier attempt's points after its last checkpoint stay the only ones
     best = None if state is None else state.get("best")  # {"projector", "epoch", "val_match_diff_px", ...}
     rep = Representation("projected", backbone, {}, projector, cfg.layers, config["mean"], config["std"], device)
-    model = ray.train.torch.prepare_model(rep, move_to_device=False)  # DDP syncs the projector's gradients
+    # DDP syncs the projector's gradients; the frozen backbone's BN buffers are the same on every rank (eval
+    # mode, loaded from one file) and the projector has none: no buffer broadcast before each forward.
+    model = ray.train.torch.prepare_model(rep, move_to_device=False,
+                                          parallel_strategy_kwargs={"broadcast_buffers": False})
     validate = _validator(config, cfg, rep, device) if rank == 0 else None
 
     temperature, power, size = cfg.train.resolved_temperature(dim), cfg.train.power, cfg.train.map_size
